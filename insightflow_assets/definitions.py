@@ -1,0 +1,41 @@
+"""The InsightFlow code location: every asset, check, job, sensor and resource."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+
+from insightflow_assets.imputation import assets as imputation
+from insightflow_assets.ingest import assets as ingest
+from insightflow_assets.partitions import runs_partitions
+from resources import build_resources
+
+ASSETS = [
+    ingest.instacart_snapshot,
+    imputation.orders_imputed,
+    imputation.mice_checks,
+]
+CHECKS = [*imputation.CHECKS]
+
+# The whole graph for one run partition; sensors, schedules and `insightflow run` launch it.
+insightflow_run = define_asset_job(
+    "insightflow_run",
+    selection=AssetSelection.all(),
+    description="Materialize the whole InsightFlow graph (with its checks) for one run partition.",
+)
+
+
+
+def make_definitions(resources: dict | None = None) -> Definitions:
+    """The code location, with the environment's resources unless others are given (tests)."""
+    return Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        jobs=[insightflow_run],
+        resources=resources if resources is not None else build_resources(),
+        # One process per run: the stages are numpy/polars-parallel already, and a 2-core
+        # machine gains nothing from a process per step but their memory.
+        executor=in_process_executor,
+    )
+
+
+defs = make_definitions()

@@ -1,0 +1,45 @@
+"""The run summary a person reads at the end of ``make run``: headline numbers from storage."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+
+from resources.layout import artifact
+from resources.storage import Storage
+
+
+def _rows(storage: Storage, name: str, run_key: str) -> int | None:
+    (key,) = artifact(name).keys(run_key).values()
+    if not storage.exists(key):
+        return None
+    return pq.ParquetFile(io.BytesIO(storage.read_bytes(key))).metadata.num_rows
+
+
+def _json(storage: Storage, name: str, file: str, run_key: str):
+    key = artifact(name).keys(run_key)[file]
+    return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
+
+
+def headline(storage: Storage, run_key: str) -> list[str]:
+    lines: list[str] = []
+    orders = _rows(storage, "raw_orders", run_key)
+    lines_n = _rows(storage, "raw_order_products", run_key)
+    products = _rows(storage, "products", run_key)
+    if orders is not None:
+        lines.append(f"input: {orders:,} orders, {lines_n or 0:,} order lines, {products or 0:,} products")
+
+    mice = _json(storage, "mice_checks", "mice_checks.json", run_key)
+    if mice:
+        lines.append("MICE mask-and-recover (RMSE on hidden known values):")
+        lines.append(f"  {'column':<24}{'MICE':>8}{'mean':>8}{'median':>8}")
+        for col, v in mice["mask_and_recover"].items():
+            lines.append(f"  {col:<24}{v['mice']['rmse']:>8.3f}{v['mean']['rmse']:>8.3f}{v['median']['rmse']:>8.3f}")
+        b, a = mice["day30"]["before"], mice["day30"]["after"]
+        lines.append(
+            f"day-30 share {b['day30_share']:.3f} → {a['day30_share']:.3f}; "
+            f"last-30-days share {b['last30_share']:.3f} → {a['last30_share']:.3f}"
+        )
+    return lines

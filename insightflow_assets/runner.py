@@ -1,0 +1,98 @@
+"""Running the graph for one run partition through Dagster, and reporting on it.
+
+Used by ``insightflow run`` (and so ``make run``) and by the integration tests: the run is
+executed against a real `DagsterInstance`, so it shows up in the UI afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import AssetCheckSeverity, DagsterInstance
+
+from insightflow_assets.partitions import register_run
+from resources.layout import ARTIFACTS
+from resources.storage import Storage
+
+
+@dataclass
+class RunOutcome:
+    run_key: str
+    success: bool
+    failed_steps: list[str]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the root cause of each failed step
+
+    @property
+    def failed_error_checks(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["passed"] and c["severity"] == "ERROR"]
+
+    @property
+    def ok(self) -> bool:
+        return self.success and not self.failed_error_checks
+
+
+def run_graph(
+    instance: DagsterInstance,
+    *,
+    run_key: str | None = None,
+    tag: str | None = None,
+    run_config: dict | None = None,
+    selection: list[str] | None = None,
+    defs=None,
+) -> RunOutcome:
+    """Register a run partition (unless given) and materialize the graph for it in process."""
+    if defs is None:
+        from insightflow_assets.definitions import defs
+    key = run_key or register_run(instance, tag=tag)
+    if run_key and run_key not in instance.get_dynamic_partitions("runs"):
+        register_run(instance, key=run_key)
+    job = defs.resolve_job_def("insightflow_run")
+    kwargs: dict[str, Any] = {}
+    if selection:
+        from dagster import AssetKey
+
+        kwargs["asset_selection"] = [AssetKey(s) for s in selection]
+    result = job.execute_in_process(
+        instance=instance, partition_key=key, run_config=run_config or {}, raise_on_error=False, **kwargs
+    )
+    checks = [
+        {
+            "asset": ev.asset_key.to_user_string(),
+            "check": ev.check_name,
+            "passed": ev.passed,
+            "severity": ev.severity.value if ev.severity else AssetCheckSeverity.ERROR.value,
+        }
+        for ev in result.get_asset_check_evaluations()
+    ]
+    errors = []
+    for ev in result.get_step_failure_events():
+        err = ev.step_failure_data.error
+        while err is not None and err.cause is not None:
+            err = err.cause
+        if err is not None:
+            errors.append(err.message.strip())
+    return RunOutcome(key, result.success, sorted(result.get_failed_step_keys()), checks, errors)
+
+
+def written_tree(storage: Storage, run_key: str) -> list[str]:
+    """The objects of this run in the curated store, as an indented tree."""
+    keys: list[tuple[str, int]] = []
+    for spec in ARTIFACTS.values():
+        for key in spec.keys(run_key).values():
+            info = storage.stat(key)
+            if info is not None:
+                keys.append((key, info.size))
+    keys.sort()
+    lines = [storage.uri()]
+    shown: set[str] = set()
+    for key, size in keys:
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in shown:
+                shown.add(folder)
+                lines.append("  " * depth + parts[depth - 1] + "/")
+        lines.append("  " * len(parts) + f"{parts[-1]}  ({size:,} B)")
+    return lines

@@ -1,0 +1,177 @@
+"""The curated IO manager: asset values in and out of the storage layout.
+
+What is stored, by the layout's file names:
+- one ``.parquet`` file  ↔ a polars DataFrame;
+- one ``.json`` file     ↔ a dict;
+- several files          ↔ an `ArtifactFolder` (charts with their ``index.json``, the model's
+  ``factors.npz`` + ``params.json``, the exports folder), written file by file.
+
+Values reach downstream assets only through here, so the lineage in the UI is the lineage of
+the data. Each materialization gets the storage path, row counts, a preview and inline plots.
+"""
+
+
+import base64
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
+
+from resources.layout import Artifact, artifact, run_ts
+from resources.storage import Storage
+
+
+def encode_value(name: str, value: Any) -> bytes:
+    """Bytes of one stored file, chosen by its extension."""
+    if isinstance(value, bytes):
+        return value
+    if name.endswith(".parquet"):
+        if not isinstance(value, pl.DataFrame):
+            raise TypeError(f"{name} must be a polars DataFrame, got {type(value).__name__}")
+        buf = io.BytesIO()
+        value.write_parquet(buf, compression="zstd", statistics=True)
+        return buf.getvalue()
+    if name.endswith(".json"):
+        return json.dumps(value, indent=2, sort_keys=False, default=_json_default).encode()
+    if name.endswith(".csv") and isinstance(value, pl.DataFrame):
+        return value.write_csv().encode()
+    if name.endswith(".jsonl") and isinstance(value, list):
+        return "".join(json.dumps(v, default=_json_default) + "\n" for v in value).encode()
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"do not know how to store {type(value).__name__} as {name}")
+
+
+def decode_value(name: str, data: bytes) -> Any:
+    if name.endswith(".parquet"):
+        return pl.read_parquet(io.BytesIO(data))
+    if name.endswith(".json"):
+        return json.loads(data)
+    return data
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@dataclass
+class ArtifactFolder(Mapping):
+    """Several named files stored together as one asset output (name → bytes)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> "ArtifactFolder":
+        return cls({name: encode_value(name, v) for name, v in values.items()})
+
+    def __getitem__(self, name: str) -> bytes:
+        return self.files[name]
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.files[name])
+
+    def frame(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(self.files[name]))
+
+
+def markdown_table(df: pl.DataFrame, n: int = 5) -> str:
+    """A small Markdown preview of a frame, for the UI."""
+    head = df.head(n)
+    cols = head.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def png_markdown(name: str, data: bytes) -> str:
+    return f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+
+class CuratedIOManager(ConfigurableIOManager):
+    """Stores each asset at its layout location in the curated `Storage` (local or S3)."""
+
+    storage: ResourceDependency[Storage]
+
+    # --- helpers --------------------------------------------------------------------
+    def _spec(self, context: InputContext | OutputContext) -> Artifact:
+        return artifact(context.asset_key.path[-1])
+
+    def keys_for(self, name: str, partition_key: str) -> dict[str, str]:
+        return artifact(name).keys(partition_key)
+
+    # --- output -------------------------------------------------------------------
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        if not context.has_partition_key:
+            raise ValueError(f"{context.asset_key.to_user_string()} must be materialized for a run partition")
+        run_key = context.partition_key
+        run_ts(run_key)  # refuse a malformed key before anything is written
+        spec = self._spec(context)
+        keys = spec.keys(run_key)
+
+        if len(spec.files) == 1:
+            (name,) = spec.files
+            files = {name: encode_value(name, obj)}
+        else:
+            if not isinstance(obj, ArtifactFolder):
+                raise TypeError(
+                    f"{context.asset_key.to_user_string()} stores {len(spec.files)} files; return an ArtifactFolder"
+                )
+            unknown = set(obj) - set(spec.files)
+            if unknown:
+                raise ValueError(f"{sorted(unknown)} are not part of the layout for {context.asset_key.to_user_string()}")
+            files = dict(obj.files)
+
+        for name, data in files.items():
+            self.storage.write_bytes(keys[name], data)
+
+        meta: dict[str, Any] = {
+            "path": MetadataValue.path(self.storage.uri(spec.run_folder(run_key))),
+            "files": MetadataValue.json({n: len(b) for n, b in files.items()}),
+        }
+        if isinstance(obj, pl.DataFrame):
+            meta["rows"] = MetadataValue.int(obj.height)
+            meta["columns"] = MetadataValue.int(obj.width)
+            meta["preview"] = MetadataValue.md(markdown_table(obj))
+        for name, data in files.items():
+            if name.endswith(".png"):
+                meta[name.removesuffix(".png")] = MetadataValue.md(png_markdown(name, data))
+        context.add_output_metadata(meta)
+
+    # --- input --------------------------------------------------------------------
+    def load_input(self, context: InputContext) -> Any:
+        spec = self._spec(context)
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            return {pk: self._load(spec, pk) for pk in context.asset_partition_keys}
+        return self._load(spec, context.asset_partition_key)
+
+    def _load(self, spec: Artifact, run_key: str) -> Any:
+        keys = spec.keys(run_key)
+        if len(spec.files) == 1:
+            (name,) = spec.files
+            return decode_value(name, self.storage.read_bytes(keys[name]))
+        return ArtifactFolder({n: self.storage.read_bytes(k) for n, k in keys.items() if self.storage.exists(k)})
