@@ -64,7 +64,9 @@ def cmd_run(args) -> int:
 
     run_config = json.loads(Path(args.config).read_text()) if args.config else None
     t0 = time.perf_counter()
-    outcome = run_graph(_instance(), run_key=args.run, tag=args.tag, run_config=run_config, selection=args.select)
+    outcome = run_graph(
+        _instance(), run_key=args.run, tag=args.tag, run_config=run_config, selection=args.select, log_level=args.log_level
+    )
     elapsed = time.perf_counter() - t0
     _, curated = storages(resolve=True)
 
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tag", default=None)
     r.add_argument("--config", default=None, help="a JSON file of Dagster run config")
     r.add_argument("--select", nargs="*", default=None, help="asset names (default: the whole graph)")
+    r.add_argument("--log-level", default="WARNING", help="console log level of the run (all logs are in the UI)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("runs", help="list registered run partitions")

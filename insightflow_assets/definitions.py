@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
+from insightflow_assets.evaluation import assets as evaluation
 from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
-from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.model import assets as model
+from insightflow_assets.ratings import assets as ratings
 from resources import build_resources
 
 ASSETS = [
     ingest.instacart_snapshot,
     imputation.orders_imputed,
     imputation.mice_checks,
+    ratings.ratings,
+    ratings.holdout,
+    model.als_model,
+    evaluation.als_eval,
 ]
-CHECKS = [*imputation.CHECKS]
+CHECKS = [*imputation.CHECKS, *ratings.CHECKS, *model.CHECKS, *evaluation.CHECKS]
 
 # The whole graph for one run partition; sensors, schedules and `insightflow run` launch it.
 insightflow_run = define_asset_job(

@@ -7,6 +7,7 @@ import json
 
 import pyarrow.parquet as pq
 
+from insightflow_assets.evaluation.offline import HEADLINE_K, metrics_table
 from resources.layout import artifact
 from resources.storage import Storage
 
@@ -41,5 +42,22 @@ def headline(storage: Storage, run_key: str) -> list[str]:
         lines.append(
             f"day-30 share {b['day30_share']:.3f} → {a['day30_share']:.3f}; "
             f"last-30-days share {b['last30_share']:.3f} → {a['last30_share']:.3f}"
+        )
+
+    als = _json(storage, "als_eval", "metrics.json", run_key)
+    if als:
+        post = _json(storage, "als_postrank", "metrics.json", run_key)
+        extra = {"als_postrank": post["als"]} if post else None
+        k = HEADLINE_K
+        lines.append(f"\noffline evaluation at K={k} on {als['n_users_evaluated']:,} users (held-out target baskets):")
+        cols = ["precision", "recall", "map", "ndcg", "hit_rate"]
+        lines.append(f"  {'method':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols))
+        for row in metrics_table(als, k, extra=extra):
+            lines.append(f"  {row['method']:<16}" + "".join(f"{row[c + '@' + str(k)]:>14.4f}" for c in cols))
+        ranking = {r["method"]: r[f"map@{k}"] for r in metrics_table(als, k, extra=extra)}
+        best = max(ranking, key=ranking.get)
+        lines.append(
+            f"  best at map@{k}: {best} ({ranking[best]:.4f}); ALS {ranking['ALS']:.4f}"
+            + (f", post-rank {ranking['ALS post-rank']:.4f}" if "ALS post-rank" in ranking else "")
         )
     return lines

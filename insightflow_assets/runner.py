@@ -41,6 +41,7 @@ def run_graph(
     run_config: dict | None = None,
     selection: list[str] | None = None,
     defs=None,
+    log_level: str | None = None,
 ) -> RunOutcome:
     """Register a run partition (unless given) and materialize the graph for it in process."""
     if defs is None:
@@ -54,8 +55,11 @@ def run_graph(
         from dagster import AssetKey
 
         kwargs["asset_selection"] = [AssetKey(s) for s in selection]
+    run_config = dict(run_config or {})
+    if log_level:
+        run_config.setdefault("loggers", {"console": {"config": {"log_level": log_level.upper()}}})
     result = job.execute_in_process(
-        instance=instance, partition_key=key, run_config=run_config or {}, raise_on_error=False, **kwargs
+        instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
     )
     checks = [
         {

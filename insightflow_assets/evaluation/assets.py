@@ -1,0 +1,109 @@
+"""Evaluation: `als_eval`, ALS scored against honest baselines on the held-out baskets."""
+
+from typing import Optional
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+
+from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report, metrics_table
+from insightflow_assets.model.als import AlsModel, recommend
+from insightflow_assets.partitions import runs_partitions
+from resources.io_manager import ArtifactFolder, markdown_table
+
+GROUP = "evaluation"
+
+
+class EvalConfig(Config):
+    ks: list[int] = [5, 10, 20]
+    sample_users: Optional[int] = None  # None: every holdout user; N: a seeded sample of N users
+    seed: int = 42
+
+
+def metrics_markdown(metrics: dict, extra: dict | None = None) -> MetadataValue:
+    return MetadataValue.md(markdown_table(pl.DataFrame(metrics_table(metrics, extra=extra)), n=10))
+
+
+def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
+    """Shared by both evaluations: every reported metric lies in [0, 1]."""
+    metrics = folder.json("metrics.json")
+    values: dict[str, float] = {}
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif "@" in k or k.startswith("coverage"):
+                values[prefix + k] = v
+
+    for section in ("als", "baseline", "baselines"):
+        walk(f"{section}.", metrics[section])
+    walk("", folder.json("coverage.json"))
+    bad = {k: v for k, v in values.items() if v is None or not (0.0 <= v <= 1.0)}
+    return AssetCheckResult(passed=not bad, metadata={"checked": len(values), "out_of_range": MetadataValue.json(bad)})
+
+
+@asset(
+    partitions_def=runs_partitions,
+    group_name=GROUP,
+    kinds={"polars", "json"},
+    owners=OWNERS,
+    code_version="1",
+    description="precision/recall/MAP/NDCG/hit-rate@K of ALS vs global popularity, P-TopFreq and GP-TopFreq.",
+)
+def als_eval(
+    context: AssetExecutionContext,
+    config: EvalConfig,
+    als_model: ArtifactFolder,
+    ratings: pl.DataFrame,
+    holdout: pl.DataFrame,
+    products: pl.DataFrame,
+) -> Output[ArtifactFolder]:
+    current_run(context)
+    model = AlsModel.from_files(als_model.files)
+    users = eval_users(holdout, config.sample_users, config.seed)
+    # Already-bought products stay allowed: repurchase is the main event in groceries.
+    recs = recommend(model, ratings, users, max(config.ks), filter_already_bought=False)
+    metrics, cov = evaluation_report(recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks))
+    winner = metrics["winner"]
+    context.log.info(f"best at {winner['metric']}: {winner['method']} ({winner['value']:.4f})")
+    return Output(
+        ArtifactFolder.of({"metrics.json": metrics, "coverage.json": cov}),
+        metadata={
+            f"metrics@{HEADLINE_K}": metrics_markdown(metrics),
+            "winner": f"{winner['method']} on {winner['metric']}",
+            "users_evaluated": int(len(users)),
+            **{k: float(v) for k, v in cov.items() if k.startswith("coverage")},
+        },
+    )
+
+
+@asset_check(asset=als_eval, blocking=True, partitions_def=runs_partitions)
+def als_eval_metrics_in_range(als_eval: ArtifactFolder) -> AssetCheckResult:
+    """Every metric of the report is within [0, 1]."""
+    return metrics_in_unit_interval(als_eval)
+
+
+@asset_check(asset=als_eval, blocking=False, partitions_def=runs_partitions)
+def als_beats_popularity(als_eval: ArtifactFolder) -> AssetCheckResult:
+    """ALS vs global popularity on map@10, recorded as a warning when ALS does not win."""
+    metrics = als_eval.json("metrics.json")
+    key = f"map@{HEADLINE_K}"
+    als, pop = metrics["als"][key], metrics["baseline"][key]
+    return AssetCheckResult(
+        passed=als >= pop,
+        severity=AssetCheckSeverity.WARN,
+        metadata={f"als_{key}": als, f"popularity_{key}": pop},
+    )
+
+
+CHECKS = [als_eval_metrics_in_range, als_beats_popularity]
