@@ -1,0 +1,208 @@
+"""Integration: the whole graph materialized through Dagster on generated data, on the local
+store and on S3 (a moto server over HTTP), with the stored files read back."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster import DagsterInstance
+
+from insightflow_assets.model.als import AlsModel
+from insightflow_assets.runner import run_graph
+from insightflow_assets_tests.conftest import local_defs, s3_defs
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_A = "run-20260301-101500"
+RUN_B = "run-20260301-101501-second"
+
+
+def relative_tree(keys, run_key: str) -> set[str]:
+    ts = run_key.split("-", 1)[1][:15]
+    return {k.replace(ts, "TS") for k in keys}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, small_clean_dir):
+    """Two runs of the whole graph on the local store, in one Dagster instance."""
+    curated = tmp_path_factory.mktemp("curated")
+    home = tmp_path_factory.mktemp("dagster_home")
+    defs = local_defs(small_clean_dir, curated)
+    with DagsterInstance.local_temp(str(home)) as instance:
+        first = run_graph(instance, run_key=RUN_A, defs=defs)
+        snapshot = {p: p.read_bytes() for p in curated.rglob("*") if p.is_file()}
+        second = run_graph(instance, run_key=RUN_B, defs=defs)
+        partitions = instance.get_dynamic_partitions("runs")
+    return {"curated": curated, "first": first, "second": second, "snapshot": snapshot, "partitions": partitions}
+
+
+def _files(curated: Path, run_key: str) -> set[str]:
+    ts = run_key.split("-", 1)[1][:15]
+    return {str(p.relative_to(curated)) for p in curated.rglob("*") if p.is_file() and ts in str(p)}
+
+
+def test_whole_graph_succeeds_with_every_blocking_check(local_run):
+    for outcome in (local_run["first"], local_run["second"]):
+        assert outcome.success, outcome.errors
+        assert outcome.failed_error_checks == [], outcome.failed_error_checks
+        names = {c["check"] for c in outcome.checks}
+        assert {"imputed_columns_complete", "mice_not_worse_than_median", "ratings_valid", "als_factors_finite"} <= names
+
+
+def test_two_runs_are_two_partitions_and_neither_overwrites(local_run):
+    assert set(local_run["partitions"]) >= {RUN_A, RUN_B}
+    curated = local_run["curated"]
+    a, b = _files(curated, RUN_A), _files(curated, RUN_B)
+    assert a and relative_tree(a, RUN_A) == relative_tree(b, RUN_B)
+    # the first run's files are byte-for-byte what they were before the second run
+    for path, data in local_run["snapshot"].items():
+        assert path.read_bytes() == data, path
+
+
+def test_written_tree_is_the_layout(local_run):
+    tree = relative_tree(_files(local_run["curated"], RUN_A), RUN_A)
+    assert {
+        "after-MICE/run-TS/orders_imputed.parquet",
+        "after-MICE/run-TS/mice_checks.json",
+        "after-MICE/run-TS/mice_day30.png",
+        "recsys/raw/run-TS/orders.parquet",
+        "recsys/raw/run-TS/order_products.parquet",
+        "recsys/raw/run-TS/products.parquet",
+        "recsys/ratings/run-TS/ratings.parquet",
+        "recsys/models/als-TS/factors.npz",
+        "recsys/models/als-TS/params.json",
+        "recsys/eval/als-TS/metrics.json",
+        "recsys/eval/als-TS/coverage.json",
+    } <= tree
+
+
+def test_imputed_orders_read_back(local_run, small_tables):
+    curated = local_run["curated"]
+    imputed = pl.read_parquet(curated / "after-MICE/run-20260301-101500/orders_imputed.parquet")
+    raw = small_tables["orders"]
+    assert imputed.height == raw.height
+    assert set(imputed["order_id"].to_list()) == set(raw["order_id"].to_list())
+    joined = raw.select("order_id", pl.col("order_hour_of_day").alias("raw_hour"), pl.col("days_since_prior_order").alias("raw_gap")).join(
+        imputed, on="order_id"
+    )
+    # flags mark exactly the cells that were missing, and known values are untouched
+    assert (joined["order_hour_of_day_imputed"] == joined["raw_hour"].is_null()).all()
+    known = joined.filter(pl.col("raw_hour").is_not_null())
+    assert (known["order_hour_of_day"] == known["raw_hour"]).all()
+    assert imputed["order_hour_of_day_imputed"].sum() > 0
+    # structural gap of first orders stays null, every other gap is filled and within 0-30
+    assert imputed.filter(pl.col("is_first_order"))["days_since_prior_order"].null_count() == imputed["is_first_order"].sum()
+    later = imputed.filter(~pl.col("is_first_order"))
+    assert later["days_since_prior_order"].null_count() == 0
+    assert later["days_since_prior_order"].is_between(0, 30).all()
+    assert imputed["order_hour_of_day"].is_between(0, 23).all() and imputed["order_dow"].is_between(0, 6).all()
+    # test orders have no lines: their basket size is imputed
+    test_orders = imputed.filter(pl.col("eval_set") == "test")
+    assert test_orders.height > 0 and test_orders["basket_size_imputed"].all()
+
+    checks = json.loads((curated / "after-MICE/run-20260301-101500/mice_checks.json").read_text())
+    gap = checks["mask_and_recover"]["days_since_prior_order"]
+    assert gap["n_masked"] > 0 and gap["mice"]["rmse"] < gap["median"]["rmse"]
+    assert 0 <= checks["day30"]["after"]["day30_share"] <= 1
+    assert (curated / "after-MICE/run-20260301-101500/mice_day30.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ratings_and_model_read_back(local_run, small_tables):
+    curated = local_run["curated"]
+    ratings = pl.read_parquet(curated / "recsys/ratings/run-20260301-101500/ratings.parquet")
+    holdout = pl.read_parquet(curated / "recsys/holdout/run-20260301-101500/holdout.parquet")
+    assert ratings.select("user_id", "product_id").n_unique() == ratings.height
+    # only orders before each user's train order build ratings: purchases == prior lines
+    assert ratings["purchases"].sum() == small_tables["order_products__prior"].height - _prior_lines_of_targets(small_tables)
+    # holdout = the train baskets (+ last prior basket of users whose final order is test)
+    train_users = small_tables["orders"].filter(pl.col("eval_set") == "train")["user_id"].n_unique()
+    assert holdout["user_id"].n_unique() >= train_users
+
+    folder = curated / "recsys/models/als-20260301-101500"
+    model = AlsModel.from_files({p.name: p.read_bytes() for p in folder.iterdir()})
+    assert set(model.user_ids.tolist()) == set(ratings["user_id"].unique().to_list())
+    assert set(model.item_ids.tolist()) == set(ratings["product_id"].unique().to_list())
+    assert np.isfinite(model.user_factors).all() and model.item_factors.shape[1] == 64
+
+
+def _prior_lines_of_targets(tables) -> int:
+    """Lines of users' last prior orders when that prior order is their target (final order is test)."""
+    orders = tables["orders"]
+    test_users = orders.filter(pl.col("eval_set") == "test")["user_id"]
+    last_prior = (
+        orders.filter(pl.col("user_id").is_in(test_users.implode()) & (pl.col("eval_set") == "prior"))
+        .group_by("user_id")
+        .agg(pl.col("order_id").sort_by("order_number").last())
+    )
+    return tables["order_products__prior"].filter(pl.col("order_id").is_in(last_prior["order_id"].implode())).height
+
+
+def test_evaluation_read_back(local_run):
+    curated = local_run["curated"]
+    metrics = json.loads((curated / "recsys/eval/als-20260301-101500/metrics.json").read_text())
+    assert {"als", "baseline", "lift", "baselines", "finished_at_utc"} <= set(metrics)
+    assert set(metrics["baselines"]) == {"p_topfreq", "gp_topfreq"}
+    for k in (5, 10, 20):
+        for m in ("precision", "recall", "map", "ndcg", "hit_rate"):
+            assert 0.0 <= metrics["als"][f"{m}@{k}"] <= 1.0
+    assert {"repeat", "explore"} <= set(metrics["als"])
+    base = metrics["baseline"]["map@10"]
+    assert metrics["lift"]["map@10"] == pytest.approx((metrics["als"]["map@10"] - base) / base)
+    ranking = metrics["winner"]["ranking"]
+    assert metrics["winner"]["value"] == max(
+        [metrics["als"]["map@10"], base, *(v["map@10"] for v in metrics["baselines"].values())]
+    )
+    assert set(ranking) == {"als", "baseline", "p_topfreq", "gp_topfreq"}
+    cov = json.loads((curated / "recsys/eval/als-20260301-101500/coverage.json").read_text())
+    assert 0 < cov["coverage_item"] <= 1 and cov["coverage_user_eval"] == 1.0
+
+
+def test_same_run_on_s3_writes_the_same_relative_keys(local_run, s3_buckets, small_clean_dir, instance):
+    s3, clean, curated_bucket = s3_buckets
+    client = s3.get_client()
+    for f in small_clean_dir.iterdir():
+        client.upload_file(str(f), clean, f"instacart/{f.name}")
+    outcome = run_graph(instance, run_key=RUN_A, defs=s3_defs(s3, clean, curated_bucket, prefix="insightflow"))
+    assert outcome.success, outcome.errors
+    keys = [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=curated_bucket) for o in p.get("Contents", [])]
+    assert all(k.startswith("insightflow/") for k in keys)
+    s3_tree = {k.removeprefix("insightflow/") for k in keys}
+    assert "after-MICE/run-20260301-101500/orders_imputed.parquet" in s3_tree
+    assert "recsys/models/als-20260301-101500/factors.npz" in s3_tree
+    assert s3_tree == _files(local_run["curated"], RUN_A)
+    # the values are the same as the local run's (same data, same seeds)
+    body = client.get_object(Bucket=curated_bucket, Key="insightflow/after-MICE/run-20260301-101500/orders_imputed.parquet")["Body"].read()
+    import io
+
+    s3_imputed = pl.read_parquet(io.BytesIO(body))
+    local_imputed = pl.read_parquet(local_run["curated"] / "after-MICE/run-20260301-101500/orders_imputed.parquet")
+    assert s3_imputed.equals(local_imputed)
+
+
+def test_dagster_definitions_validate():
+    for args in (["-m", "insightflow_assets.definitions"], ["-w", str(ROOT / "workspace.yaml")]):
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cli_new_run_registers_a_partition(tmp_path):
+    env = {"DAGSTER_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+    exe = str(Path(sys.executable).parent / "insightflow")
+    keys = [subprocess.run([exe, "new-run", "--tag", "ci"], env=env, capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)]
+    assert all(re.fullmatch(r"run-\d{8}-\d{6}-ci", k) for k in keys) and keys[0] != keys[1]
+    listed = subprocess.run([exe, "runs"], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(listed) == sorted(keys)
+    bad = subprocess.run([exe, "new-run", "--tag", "Bad/Tag"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid run key" in bad.stderr
