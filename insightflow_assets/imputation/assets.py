@@ -16,7 +16,7 @@ from dagster import (
 
 from insightflow_assets.common import OWNERS, current_run
 from insightflow_assets.imputation.diagnostics import day30_stats, mask_and_recover, plot_day30
-from insightflow_assets.imputation.mice import check_alignment, impute_orders, order_features
+from insightflow_assets.imputation.mice import impute_orders, order_features
 from insightflow_assets.imputation.validation import domain_violations, unexpected_nulls
 from insightflow_assets.partitions import runs_partitions
 from resources.io_manager import ArtifactFolder
@@ -65,7 +65,6 @@ def orders_imputed(
         fit_sample=config.fit_sample,
         seed=config.seed,
     )
-    check_alignment(features, imputed)
     return Output(imputed, metadata={"imputation": MetadataValue.json(info), "orders": imputed.height})
 
 
