@@ -50,6 +50,7 @@ RANGES = {
     "order_dow": (0, 6),
 }
 EVAL_SETS = ("prior", "train", "test")
+_INT_LIMITS = {pl.Int8: (-128, 127), pl.Int16: (-32768, 32767), pl.Int32: (-(2**31), 2**31 - 1), pl.Int64: (-(2**63), 2**63 - 1)}
 
 
 class InputError(ValueError):
@@ -113,11 +114,9 @@ def _header(path: Path, is_parquet: bool, name: str) -> list[str]:
 
 
 def _csv_read_types(wanted: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
-    # Small integer codes may arrive as "08" or "8.0": read them as floats, then check.
-    return {
-        c: (pl.Float64 if t in (pl.Int8, pl.Int16) or t == pl.Float32 else (pl.Int64 if t == pl.Int32 else t))
-        for c, t in wanted.items()
-    }
+    # Integers parse as Int64 (a quoted "08" included); anything odd such as "8.0" fails the
+    # fast path and is handled, and named, by the slow string path.
+    return {c: (pl.Int64 if t in _INT_LIMITS else (pl.Float64 if t == pl.Float32 else t)) for c, t in wanted.items()}
 
 
 def _cast_columns(raw: pl.DataFrame, wanted: dict[str, pl.DataType], name: str) -> pl.DataFrame:
@@ -129,7 +128,13 @@ def _cast_columns(raw: pl.DataFrame, wanted: dict[str, pl.DataType], name: str) 
             s = s.set(s.is_in(NULLS), None) if s.null_count() < len(s) else s
         target = dtype
         try:
-            if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64):
+            if dtype in _INT_LIMITS and s.dtype.is_integer():
+                lo, hi = _INT_LIMITS[target]
+                if s.min() is not None and (s.min() < lo or s.max() > hi):
+                    bad = s.filter((s < lo) | (s > hi))[0]
+                    raise InputError(f"{name}: column {col}: value {bad} is out of range")
+                s = s.cast(target, strict=True)
+            elif dtype in _INT_LIMITS:
                 as_float = s.cast(pl.Float64, strict=True)
                 frac = as_float.drop_nulls()
                 bad = frac.filter((frac % 1) != 0)
@@ -149,9 +154,6 @@ def _cast_columns(raw: pl.DataFrame, wanted: dict[str, pl.DataType], name: str) 
             ) from None
         out.append(s.alias(col))
     return pl.DataFrame(out)
-
-
-_INT_LIMITS = {pl.Int8: (-128, 127), pl.Int16: (-32768, 32767), pl.Int32: (-(2**31), 2**31 - 1), pl.Int64: (-(2**63), 2**63 - 1)}
 
 
 def _first_bad(s: pl.Series, dtype: pl.DataType):
@@ -231,10 +233,11 @@ def validate_snapshot(tables: dict[str, pl.DataFrame], names: dict[str, str]) ->
             )
         lines.append(op)
     order_products = pl.concat(lines, how="vertical")
-    # one Int64 key per line: far cheaper than hashing a two-column struct on 32 M rows
-    dup = (order_products["order_id"].cast(pl.Int64) * (1 << 32) + order_products["product_id"].cast(pl.Int64)).is_duplicated()
-    if dup.any():
-        first = order_products.filter(dup).row(0, named=True)
+    # One Int64 key per line; counting distinct keys is ~6x cheaper than is_duplicated on
+    # 32 M rows, and the slow search for an example only runs when there is a duplicate.
+    key = order_products["order_id"].cast(pl.Int64) * (1 << 32) + order_products["product_id"].cast(pl.Int64)
+    if key.n_unique() < key.len():
+        first = order_products.filter(key.is_duplicated()).row(0, named=True)
         raise InputError(
             f"{names['order_products__prior']}: column product_id: product {first['product_id']} "
             f"appears twice in order {first['order_id']}"

@@ -1,0 +1,93 @@
+"""Shared benchmark helpers: cached generated data, per-stage wall time and peak RSS, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so each stage reports its own peak.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Stages:
+    """Times stages and records the process's peak RSS during each."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    @contextmanager
+    def stage(self, name: str, **info):
+        _reset_peak()
+        t0 = time.perf_counter()
+        row = {"stage": name, **info}
+        yield row
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        row["peak_rss_mb"] = round(_rss_mb("VmHWM"), 0)
+        self.rows.append(row)
+        print(f"  {name:<28} {row['seconds']:>8.2f} s  {row['peak_rss_mb']:>8.0f} MB", flush=True)
+
+
+def cached_dataset(users: int, seed: int, missing_rate: float, test_share: float) -> Path:
+    """Generate (once) and return a folder of Instacart-shaped CSVs."""
+    from insightflow_assets.data.generate import generate_instacart, write_instacart
+
+    folder = CACHE / f"instacart-u{users}-s{seed}-m{missing_rate}-t{test_share}"
+    if not (folder / "orders.csv").exists():
+        tables = generate_instacart(users, seed=seed, missing_rate=missing_rate, test_share=test_share)
+        write_instacart(tables, folder, fmt="csv")
+    return folder
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_results(name: str, payload: dict, columns: list[str]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    path = RESULTS / f"{date}-{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    table = markdown(payload["stages"], columns)
+    (RESULTS / f"{date}-{name}.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nwrote {path}")
+    return path
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+    body = "\n".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows)
+    return head + "\n" + body
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
