@@ -1,0 +1,347 @@
+"""Chart stages: run ordering, series extraction, PNG output of every chart, publish sets."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib import image as mpimg
+
+from insightflow_assets.charts import eval_trends as et
+from insightflow_assets.charts import rfm
+
+EVAL_FILES = {
+    "map_trend.png", "ndcg_trend.png", "precision_trend.png", "recall_trend.png",
+    "coverage_item_trend.png", "coverage_user_trend.png", "metrics_bar.png",
+}
+RFM_FILES = {"cluster_profiles.png", "pca_segments.png", "seg_pop_lift.png"}
+
+
+def decode(png: bytes) -> np.ndarray:
+    assert isinstance(png, bytes) and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) < 250_000
+    img = mpimg.imread(io.BytesIO(png), format="png")
+    h, w = img.shape[:2]
+    assert 300 <= h <= 2000 and 500 <= w <= 2500, img.shape
+    assert img.std() > 0.01, "blank image"
+    return img
+
+
+# --- hand-made evaluation files ------------------------------------------------------------
+
+
+def flat(base: float) -> dict:
+    """Flat metrics whose values encode (metric, k): e.g. base 0.1 → map@10 = 0.1 + 0.03 + 0.001."""
+    out = {"n_users": 100}
+    for mi, metric in enumerate(("precision", "recall", "map", "ndcg", "hit_rate")):
+        for ki, k in enumerate((5, 10, 20)):
+            out[f"{metric}@{k}"] = round(base + 0.01 * mi + 0.001 * ki, 6)
+    return out
+
+
+def metrics(finished=None, *, als=0.1, pop=0.2, ptf=0.3, gtf=0.4) -> dict:
+    m = {
+        "als": flat(als),
+        "baseline": flat(pop),
+        "baselines": {"p_topfreq": flat(ptf), "gp_topfreq": flat(gtf)},
+        "lift": {},
+    }
+    if finished is not None:
+        m["finished_at_utc"] = finished
+    return m
+
+
+def run(finished=None, *, postrank=True, cov=(0.25, 0.9), pcov=(0.45, 1.0), **bases) -> dict:
+    return {
+        "als": metrics(finished, **bases),
+        "als_coverage": {"coverage_item": cov[0], "coverage_user_eval": cov[1], "k": 10} if cov else None,
+        "postrank": {"als": flat(0.5)} if postrank else None,
+        "postrank_coverage": {"coverage_item": pcov[0], "coverage_user_eval": pcov[1], "k": 10} if pcov else None,
+    }
+
+
+def many_runs(n: int) -> dict:
+    out = {}
+    for i in range(n):
+        key = f"run-202611{1 + i // 24:02d}-{i % 24:02d}0000"
+        out[key] = run(None if i % 3 else f"2026-11-{1 + i // 24:02d}T{i % 24:02d}:30:00+00:00", als=0.1 + 0.001 * i)
+    return out
+
+
+# --- order_runs ------------------------------------------------------------------------------
+
+
+def test_order_runs_finished_at_with_run_key_fallback():
+    runs = {
+        # finished long after its key's time: finished_at_utc wins
+        "run-20260101-000000": run("2026-03-01T00:00:00+00:00"),
+        # no finished_at_utc: the key's time
+        "run-20260201-000000": run(None),
+        # garbage finished_at_utc: the key's time (tagged key)
+        "run-20260301-120000-retry": run("not a date"),
+        # 'Z' suffix; its key's time is a year earlier, but finished_at_utc is what counts
+        "run-20250101-000000": run("2026-01-15T10:00:00Z"),
+        # naive stamp read as UTC
+        "run-20260215-000000": run("2026-02-15T00:00:00"),
+        # offset converted to UTC: 2026-03-01T01:00+02:00 = 2026-02-28T23:00Z
+        "run-20260228-230000": run("2026-03-01T01:00:00+02:00"),
+    }
+    ordered, warnings = et.order_runs(runs)
+    assert warnings == []
+    assert [e["run_key"] for e in ordered] == [
+        "run-20250101-000000",
+        "run-20260201-000000",
+        "run-20260215-000000",
+        "run-20260228-230000",
+        "run-20260101-000000",
+        "run-20260301-120000-retry",
+    ]
+    by_key = {e["run_key"]: e for e in ordered}
+    assert by_key["run-20260101-000000"]["source"] == "finished_at_utc"
+    assert by_key["run-20260201-000000"]["source"] == "run_key"
+    assert by_key["run-20260201-000000"]["finished_at_utc"] == "2026-02-01T00:00:00+00:00"
+    assert by_key["run-20260301-120000-retry"]["source"] == "run_key"
+    assert by_key["run-20260301-120000-retry"]["finished_at_utc"] == "2026-03-01T12:00:00+00:00"
+    assert by_key["run-20250101-000000"]["finished_at_utc"] == "2026-01-15T10:00:00+00:00"
+    assert by_key["run-20260215-000000"]["finished_at_utc"] == "2026-02-15T00:00:00+00:00"
+    assert by_key["run-20260228-230000"]["finished_at_utc"] == "2026-02-28T23:00:00+00:00"
+    json.dumps(ordered)  # index-ready
+
+
+def test_order_runs_ties_broken_by_run_key():
+    same = "2026-05-05T05:05:05+00:00"
+    runs = {"run-20260505-000002": run(same), "run-20260505-000001": run(same), "run-20260505-000003": run(None)}
+    # the third one's key time (00:00:03) is before the shared finished_at
+    ordered, _ = et.order_runs(runs)
+    assert [e["run_key"] for e in ordered] == ["run-20260505-000003", "run-20260505-000001", "run-20260505-000002"]
+
+
+def test_order_runs_skips_unreadable_and_missing_with_warnings():
+    good = run("2026-01-01T00:00:00+00:00")
+    runs = {
+        "run-20260101-000000": good,
+        "run-20260102-000000": {"als": None, "als_coverage": None, "postrank": None, "postrank_coverage": None},
+        "run-20260103-000000": {"als": ValueError("Expecting value: line 1"), "als_coverage": None},
+        "run-20260104-000000": {"als": ["not", "a", "dict"]},
+        "run-20260105-000000": {"als": {"baseline": flat(0.1)}},  # no "als" section
+        "run-20260106-000000": OSError("folder gone"),
+        "not-a-run-key": run(None),  # no time at all
+        # readable ALS, unreadable post-rank: kept, with a warning
+        "run-20260107-000000": {**run(None), "postrank": RuntimeError("truncated")},
+    }
+    ordered, warnings = et.order_runs(runs)
+    assert [e["run_key"] for e in ordered] == ["run-20260101-000000", "run-20260107-000000"]
+    assert ordered[1]["has_postrank"] is False and ordered[0]["has_postrank"] is True
+    text = "\n".join(warnings)
+    for key in ("run-20260102", "run-20260103", "run-20260104", "run-20260105", "run-20260106", "not-a-run-key"):
+        assert sum(key in w for w in warnings) == 1, (key, warnings)
+    assert "missing" in text and "unreadable" in text and "Expecting value" in text
+    assert any("run-20260107" in w and "post-rank" in w for w in warnings)
+    assert len(warnings) == 7
+
+
+# --- trend_series ----------------------------------------------------------------------------
+
+
+def test_trend_series_picks_values_from_the_right_places():
+    runs = {
+        "run-20260101-000000": run(None, postrank=False, pcov=None),
+        "run-20260102-000000": run(None, cov=(0.2, float("nan")), pcov=(0.6, 0.99)),
+    }
+    runs["run-20260102-000000"]["als"]["baselines"].pop("p_topfreq")
+    ordered, _ = et.order_runs(runs)
+    s = et.trend_series(ordered, runs, "map", 10)
+    assert set(s) == {"ALS", "Popularity", "P-TopFreq", "ALS post-rank"}
+    # map is metric index 2, k=10 is k index 1 → base + 0.021
+    assert s["ALS"] == [pytest.approx(0.121), pytest.approx(0.121)]
+    assert s["Popularity"] == [pytest.approx(0.221)] * 2
+    assert s["P-TopFreq"] == [pytest.approx(0.321), None]
+    assert s["ALS post-rank"] == [None, pytest.approx(0.521)]
+    assert et.trend_series(ordered, runs, "recall", 20)["ALS"][0] == pytest.approx(0.112)
+    assert et.trend_series(ordered, runs, "ndcg@5", 10)["Popularity"][0] == pytest.approx(0.23)
+
+    ci = et.trend_series(ordered, runs, "coverage_item", 10)
+    assert ci == {"ALS": [0.25, 0.2], "ALS post-rank": [None, 0.6]}
+    cu = et.trend_series(ordered, runs, "coverage_user", 10)
+    assert cu == {"ALS": [0.9, None], "ALS post-rank": [None, 0.99]}  # NaN → None
+    # coverage files are measured at their own k: not reported as another K
+    assert et.trend_series(ordered, runs, "coverage_item", 20) == {"ALS": [None, None], "ALS post-rank": [None, None]}
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+
+def test_trend_chart_one_run_and_many_runs():
+    one = {"run-20261122-020646": run("2026-11-22T02:06:46+00:00")}
+    ordered, _ = et.order_runs(one)
+    img1 = decode(et.trend_chart(ordered, one, "map", 10))
+
+    many = many_runs(30)
+    ordered, warnings = et.order_runs(many)
+    assert len(ordered) == 30 and not warnings
+    img30 = decode(et.trend_chart(ordered, many, "ndcg", 10, highlight=ordered[-1]["run_key"]))
+    assert img30.shape[1] > img1.shape[1]  # wider for more runs
+    decode(et.trend_chart(ordered, many, "coverage_user", 10))
+
+
+def test_trend_chart_without_any_value_still_renders():
+    runs = {"run-20260101-000000": run(None, cov=None, pcov=None)}
+    ordered, _ = et.order_runs(runs)
+    decode(et.trend_chart(ordered, runs, "coverage_item", 10))
+
+
+def test_metrics_bar_with_and_without_postrank():
+    decode(et.metrics_bar("run-20261122-020646", run(None), k=10))
+    decode(et.metrics_bar("run-20261122-020646", run(None, postrank=False), k=5))
+    with pytest.raises(ValueError, match="run-x"):
+        et.metrics_bar("run-x", {"als": None})
+
+
+def test_publish_eval_charts_files_and_index():
+    runs = many_runs(12)
+    runs["run-20261101-230000"] = {"als": ValueError("bad json"), "als_coverage": None,
+                                   "postrank": None, "postrank_coverage": None}
+    current = "run-20261101-050000"
+    files, index = et.publish_eval_charts(runs, current, k=10)
+    assert set(files) == EVAL_FILES and set(index["files"]) == EVAL_FILES
+    for png in files.values():
+        decode(png)
+    assert set(index) == {"run_key", "k", "runs", "files", "skipped", "generated_at_utc"}
+    assert index["run_key"] == current and index["k"] == 10
+    assert len(index["runs"]) == 12
+    assert len(index["skipped"]) == 1 and "run-20261101-230000" in index["skipped"][0]
+    json.dumps(index)
+
+
+def test_publish_eval_charts_single_run():
+    runs = {"run-20261122-020646": run(None, postrank=False, pcov=None)}
+    files, index = et.publish_eval_charts(runs, "run-20261122-020646")
+    assert set(files) == EVAL_FILES
+    assert [e["source"] for e in index["runs"]] == ["run_key"]
+
+
+def test_publish_eval_charts_current_run_unreadable_or_absent():
+    runs = many_runs(3)
+    runs["run-20261105-000000"] = {"als": OSError("gone"), "als_coverage": None}
+    with pytest.raises(ValueError, match="run-20261105-000000"):
+        et.publish_eval_charts(runs, "run-20261105-000000")
+    with pytest.raises(ValueError, match="run-20261106-000000"):
+        et.publish_eval_charts(runs, "run-20261106-000000")
+
+
+# --- RFM -------------------------------------------------------------------------------------
+
+LABELS = ["champions", "loyal", "at risk", "hibernating"]
+
+
+@pytest.fixture(scope="module")
+def rfm_tables():
+    rng = np.random.default_rng(3)
+    n = 3_000
+    seg = rng.integers(0, 4, n)
+    centres = np.array([[1.0, 1.5, 1.4], [0.5, 0.6, 0.5], [-1.0, 0.2, 0.1], [-1.2, -0.8, -0.9]])
+    z = centres[seg] + rng.normal(0, 0.4, (n, 3))
+    user_seg = pl.DataFrame({
+        "user_id": np.arange(1, n + 1),
+        "recency_days": rng.integers(0, 31, n),
+        "frequency": rng.integers(1, 40, n),
+        "monetary": rng.uniform(1, 300, n),
+        "r_z": z[:, 0], "f_z": z[:, 1], "m_z": z[:, 2],
+        "segment": seg,
+        "segment_label": [LABELS[s] for s in seg],
+        "hv": z @ np.array([0.4, 0.3, 0.3]),
+    }).with_columns(pl.col("segment").cast(pl.Int8))
+    centroids = (
+        user_seg.group_by("segment", "segment_label")
+        .agg(pl.len().alias("users"), pl.col("r_z", "f_z", "m_z").mean())
+        .with_columns((pl.col("users") / n).alias("share"))
+        .sort("segment")
+    )
+    products = pl.DataFrame({
+        "product_id": np.arange(1, 41),
+        "product_name": [f"Organic Extra Virgin Olive Oil Cold Pressed Bottle {i}" if i % 5 == 0 else f"Item {i}"
+                         for i in range(1, 41)],
+        "aisle": "oils", "department": "pantry",
+    })
+    rows = []
+    for s in range(4):
+        for p in range(1, 31):
+            buyers = int(rng.integers(1, 300))
+            rows.append((s, p, buyers, 2 * buyers, 0.01, 0.01, float(rng.uniform(0.2, 3.0)), p))
+        rows.append((s, 39, 2, 2, 0.01, 0.001, 50.0, 31))  # huge lift, tiny support: must not show
+        rows.append((s, 999, 500, 600, 0.01, 0.001, 9.0, 32))  # unknown product: shown as "product 999"
+    seg_pop = pl.DataFrame(rows, orient="row",
+                           schema=["segment", "product_id", "buyers", "purchases", "share", "overall_share", "lift", "rank"])
+    return user_seg, centroids, seg_pop, products
+
+
+def test_cluster_profiles_png(rfm_tables):
+    _, centroids, _, _ = rfm_tables
+    decode(rfm.cluster_profiles(centroids))
+    decode(rfm.cluster_profiles(centroids.drop("share").to_pandas()))  # share from users, pandas input
+
+
+def test_pca_segments_sampled_and_seeded(rfm_tables):
+    user_seg = rfm_tables[0]
+    a = rfm.pca_segments(user_seg, sample=1_000, seed=42)
+    decode(a)
+    assert rfm.pca_segments(user_seg, sample=1_000, seed=42) == a  # seeded: same bytes
+    decode(rfm.pca_segments(user_seg.head(2)))  # too few users: a readable placeholder
+
+
+def test_top_lift_products_support_rule(rfm_tables):
+    _, centroids, seg_pop, products = rfm_tables
+    users = dict(centroids.select("segment", "users").iter_rows())
+    best, need = rfm.top_lift_products(seg_pop, products, top=5, segment_users=users)
+    assert need == {s: max(3, math.ceil(0.01 * u)) for s, u in users.items()}
+    assert best.group_by("segment").len()["len"].to_list() == [5, 5, 5, 5]
+    assert 39 not in best["product_id"].to_list()  # below the support threshold
+    first = best.filter(pl.col("position") == 1)
+    assert first["product_id"].to_list() == [999] * 4 and first["product_name"].null_count() == 4
+    assert (best["buyers"] >= best["segment"].replace_strict(need, return_dtype=pl.Int64)).all()
+    # lift is non-increasing inside each segment
+    for s in range(4):
+        lifts = best.filter(pl.col("segment") == s)["lift"].to_list()
+        assert lifts == sorted(lifts, reverse=True)
+    relaxed, need1 = rfm.top_lift_products(seg_pop, products, top=3, min_buyers=1)
+    assert set(need1.values()) == {1} and 39 in relaxed["product_id"].to_list()
+
+
+def test_seg_pop_lift_png(rfm_tables):
+    _, centroids, seg_pop, products = rfm_tables
+    decode(rfm.seg_pop_lift(seg_pop, products, top=5, segment_labels=dict(enumerate(LABELS))))
+    decode(rfm.seg_pop_lift(seg_pop.to_pandas(), products.to_pandas(), top=3, min_buyers=10_000))  # nothing eligible
+
+
+def test_publish_rfm_charts(rfm_tables):
+    user_seg, centroids, seg_pop, products = rfm_tables
+    files, index = rfm.publish_rfm_charts(
+        user_seg, centroids, seg_pop, products,
+        run_key="run-20261122-020646", params={"k": 5, "n_clusters": 4}, pca_sample=500, seed=7,
+    )
+    assert set(files) == RFM_FILES and set(index["files"]) == RFM_FILES
+    for png in files.values():
+        decode(png)
+    assert set(index) == {"run_key", "files", "params", "generated_at_utc"}
+    assert index["params"] == {"k": 5, "n_clusters": 4, "pca_sample": 500, "seed": 7}
+    json.dumps(index)
+
+
+def test_charts_do_not_import_dagster_or_pyplot():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, insightflow_assets.charts.eval_trends, insightflow_assets.charts.rfm;"
+        "bad = [m for m in ('dagster', 'matplotlib.pyplot') if m in sys.modules];"
+        "sys.exit(str(bad) if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pandas_user_seg_accepted(rfm_tables):
+    decode(rfm.pca_segments(rfm_tables[0].to_pandas(), sample=300))
