@@ -8,6 +8,7 @@ from insightflow_assets.evaluation import assets as evaluation
 from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
 from insightflow_assets.model import assets as model
+from insightflow_assets.postrank import assets as postrank
 from insightflow_assets.ratings import assets as ratings
 from resources import build_resources
 
@@ -19,8 +20,10 @@ ASSETS = [
     ratings.holdout,
     model.als_model,
     evaluation.als_eval,
+    postrank.user_recos,
+    postrank.als_postrank,
 ]
-CHECKS = [*imputation.CHECKS, *ratings.CHECKS, *model.CHECKS, *evaluation.CHECKS]
+CHECKS = [*imputation.CHECKS, *ratings.CHECKS, *model.CHECKS, *evaluation.CHECKS, *postrank.CHECKS]
 
 # The whole graph for one run partition; sensors, schedules and `insightflow run` launch it.
 insightflow_run = define_asset_job(

@@ -52,7 +52,14 @@ def test_whole_graph_succeeds_with_every_blocking_check(local_run):
         assert outcome.success, outcome.errors
         assert outcome.failed_error_checks == [], outcome.failed_error_checks
         names = {c["check"] for c in outcome.checks}
-        assert {"imputed_columns_complete", "mice_not_worse_than_median", "ratings_valid", "als_factors_finite"} <= names
+        assert {
+            "imputed_columns_complete",
+            "mice_not_worse_than_median",
+            "ratings_valid",
+            "als_factors_finite",
+            "every_user_gets_k_items",
+            "postrank_metrics_in_range",
+        } <= names
 
 
 def test_two_runs_are_two_partitions_and_neither_overwrites(local_run):
@@ -79,6 +86,9 @@ def test_written_tree_is_the_layout(local_run):
         "recsys/models/als-TS/params.json",
         "recsys/eval/als-TS/metrics.json",
         "recsys/eval/als-TS/coverage.json",
+        "recsys/eval/als-postrank-TS/metrics.json",
+        "recsys/eval/als-postrank-TS/coverage.json",
+        "recsys/recos/run-TS/user_recos.parquet",
     } <= tree
 
 
@@ -206,3 +216,29 @@ def test_cli_new_run_registers_a_partition(tmp_path):
     assert sorted(listed) == sorted(keys)
     bad = subprocess.run([exe, "new-run", "--tag", "Bad/Tag"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid run key" in bad.stderr
+
+
+def test_postranked_recommendations_read_back(local_run, small_tables):
+    curated = local_run["curated"]
+    recos = pl.read_parquet(curated / "recsys/recos/run-20260301-101500/user_recos.parquet")
+    users = small_tables["orders"]["user_id"].unique()
+    assert set(recos["user_id"].unique().to_list()) == set(users.to_list())
+    per_user = recos.group_by("user_id").agg(n=pl.len(), distinct=pl.col("product_id").n_unique())
+    assert (per_user["n"] == 20).all() and (per_user["distinct"] == 20).all()
+    assert set(recos["source"].unique().to_list()) <= {"als", "popular", "fallback"}
+    # users without any training order (their only order with lines is the target) fall back to popularity
+    ratings = pl.read_parquet(curated / "recsys/ratings/run-20260301-101500/ratings.parquet")
+    cold = set(users.to_list()) - set(ratings["user_id"].unique().to_list())
+    cold_rows = recos.filter(pl.col("user_id").is_in(list(cold)))
+    assert (cold_rows["source"] == "fallback").all()
+    assert recos.filter(~pl.col("user_id").is_in(list(cold)))["source"].eq("als").mean() > 0.9
+
+    metrics = json.loads((curated / "recsys/eval/als-postrank-20260301-101500/metrics.json").read_text())
+    als = json.loads((curated / "recsys/eval/als-20260301-101500/metrics.json").read_text())
+    assert metrics["method"] == "als_postrank"
+    # the same users and the same baseline as als_eval
+    assert metrics["n_users_evaluated"] == als["n_users_evaluated"]
+    assert metrics["baseline"] == als["baseline"]
+    div = metrics["diversity"]
+    for method in ("als_postrank", "als"):
+        assert 0 < div[method]["ild"] <= 2 and div[method]["novelty"] > 0
