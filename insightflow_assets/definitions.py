@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
+from insightflow_assets.charts import assets as charts
 from insightflow_assets.evaluation import assets as evaluation
+from insightflow_assets.exports import assets as exports
 from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
 from insightflow_assets.model import assets as model
 from insightflow_assets.postrank import assets as postrank
+from insightflow_assets.publish import assets as publish
 from insightflow_assets.ratings import assets as ratings
+from insightflow_assets.segmentation import assets as segmentation
 from resources import build_resources
 
 ASSETS = [
@@ -22,8 +26,22 @@ ASSETS = [
     evaluation.als_eval,
     postrank.user_recos,
     postrank.als_postrank,
+    charts.eval_charts,
+    segmentation.user_seg,
+    segmentation.segment_popularity,
+    charts.rfm_charts,
+    exports.exports,
+    publish.latest_manifest,
 ]
-CHECKS = [*imputation.CHECKS, *ratings.CHECKS, *model.CHECKS, *evaluation.CHECKS, *postrank.CHECKS]
+CHECKS = [
+    *imputation.CHECKS,
+    *ratings.CHECKS,
+    *model.CHECKS,
+    *evaluation.CHECKS,
+    *postrank.CHECKS,
+    *segmentation.CHECKS,
+    *exports.CHECKS,
+]
 
 # The whole graph for one run partition; sensors, schedules and `insightflow run` launch it.
 insightflow_run = define_asset_job(

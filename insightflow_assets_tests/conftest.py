@@ -16,7 +16,7 @@ from dagster import DagsterInstance  # noqa: E402
 
 from insightflow_assets.data.generate import generate_instacart, write_instacart  # noqa: E402
 from insightflow_assets.definitions import make_definitions  # noqa: E402
-from resources import CuratedIOManager, LocalStorage, S3Storage  # noqa: E402
+from resources import CuratedIOManager, LocalStorage, RfmParams, S3Storage  # noqa: E402
 
 SMALL_USERS = 300
 
@@ -40,10 +40,15 @@ def instance():
         yield inst
 
 
-def local_defs(source_dir: Path, curated_dir: Path):
-    source = LocalStorage(root=str(source_dir))
-    curated = LocalStorage(root=str(curated_dir))
-    return make_definitions({"source": source, "curated": curated, "io_manager": CuratedIOManager(storage=curated)})
+def defs_for(source, curated, **rfm):
+    """The code location wired to the given stores (what build_resources does from env vars)."""
+    return make_definitions(
+        {"source": source, "curated": curated, "io_manager": CuratedIOManager(storage=curated), "rfm": RfmParams(**rfm)}
+    )
+
+
+def local_defs(source_dir: Path, curated_dir: Path, **rfm):
+    return defs_for(LocalStorage(root=str(source_dir)), LocalStorage(root=str(curated_dir)), **rfm)
 
 
 def _free_port() -> int:
@@ -84,7 +89,7 @@ def s3_buckets(moto_endpoint, request):
     return S3Resource(endpoint_url=moto_endpoint, region_name="us-east-1"), clean, curated
 
 
-def s3_defs(s3, clean_bucket: str, curated_bucket: str, prefix: str = "insightflow"):
-    source = S3Storage(s3=s3, bucket=clean_bucket, prefix="instacart")
-    curated = S3Storage(s3=s3, bucket=curated_bucket, prefix=prefix)
-    return make_definitions({"source": source, "curated": curated, "io_manager": CuratedIOManager(storage=curated)})
+def s3_defs(s3, clean_bucket: str, curated_bucket: str, prefix: str = "insightflow", **rfm):
+    return defs_for(
+        S3Storage(s3=s3, bucket=clean_bucket, prefix="instacart"), S3Storage(s3=s3, bucket=curated_bucket, prefix=prefix), **rfm
+    )

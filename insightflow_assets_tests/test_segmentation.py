@@ -285,3 +285,28 @@ def test_segment_popularity_lift_by_hand():
     assert top2.select("segment", "product_id").rows() == [(0, A), (0, B), (1, C), (1, A)]
     top1 = segment_popularity(user_seg, ratings.sample(fraction=1.0, shuffle=True, seed=5), top_n=1)
     assert top1["product_id"].to_list() == [A, C] and top1["lift"].to_list() == pytest.approx([4 / 3, 1.5])
+
+
+def test_centroids_from_user_seg_match_the_fit():
+    import numpy as np
+
+    from insightflow_assets.segmentation.rfm import centroids_from_user_seg, segment_users
+
+    rng = np.random.default_rng(3)
+    rfm = pl.DataFrame(
+        {
+            "user_id": np.arange(1, 401, dtype=np.int32),
+            "recency_days": rng.integers(0, 31, 400).astype(float),
+            "frequency": rng.integers(1, 60, 400).astype(np.int32),
+            "monetary": rng.integers(1, 600, 400).astype(float),
+        }
+    )
+    for col, sign in (("recency_days", -1), ("frequency", 1), ("monetary", 1)):
+        z = (rfm[col] - rfm[col].mean()) / rfm[col].std(ddof=0)
+        rfm = rfm.with_columns((sign * z).alias({"recency_days": "r_z", "frequency": "f_z", "monetary": "m_z"}[col]))
+    user_seg, centroids, _ = segment_users(rfm, k=4, seed=1)
+    derived = centroids_from_user_seg(user_seg)
+    assert derived["segment"].to_list() == centroids["segment"].to_list()
+    assert derived["segment_label"].to_list() == centroids["segment_label"].to_list()
+    for col in ("users", "share", "r_z", "f_z", "m_z", "recency_days", "frequency", "monetary", "hv"):
+        assert np.allclose(derived[col].to_numpy(), centroids[col].to_numpy()), col

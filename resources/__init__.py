@@ -21,6 +21,7 @@ from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from resources.io_manager import ArtifactFolder, CuratedIOManager
+from resources.params import RfmParams
 from resources.storage import LocalStorage, ObjectInfo, S3Storage, Storage
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "CuratedIOManager",
     "LocalStorage",
     "ObjectInfo",
+    "RfmParams",
     "S3Storage",
     "Storage",
     "build_resources",
@@ -91,4 +93,5 @@ def build_resources() -> dict:
         "source": source,
         "curated": curated,
         "io_manager": CuratedIOManager(storage=curated),
+        "rfm": RfmParams(),
     }

@@ -25,6 +25,10 @@ from resources.layout import Artifact, artifact, run_ts
 from resources.storage import Storage
 
 
+# Input metadata flag: load every upstream run partition as {run_key: value or exception}.
+ALL_RUNS = "insightflow/all_runs"
+
+
 def encode_value(name: str, value: Any) -> bytes:
     """Bytes of one stored file, chosen by its extension."""
     if isinstance(value, bytes):
@@ -165,8 +169,16 @@ class CuratedIOManager(ConfigurableIOManager):
     # --- input --------------------------------------------------------------------
     def load_input(self, context: InputContext) -> Any:
         spec = self._spec(context)
-        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
-            return {pk: self._load(spec, pk) for pk in context.asset_partition_keys}
+        if (context.definition_metadata or {}).get(ALL_RUNS):
+            # Inputs across runs (e.g. the evaluation trend): one value per run key; a run whose
+            # files are missing or unreadable gets the exception, for the asset to report.
+            out: dict[str, Any] = {}
+            for pk in context.asset_partition_keys:
+                try:
+                    out[pk] = self._load(spec, pk)
+                except Exception as exc:  # noqa: BLE001 - reported per run downstream
+                    out[pk] = exc
+            return out
         return self._load(spec, context.asset_partition_key)
 
     def _load(self, spec: Artifact, run_key: str) -> Any:
@@ -174,4 +186,7 @@ class CuratedIOManager(ConfigurableIOManager):
         if len(spec.files) == 1:
             (name,) = spec.files
             return decode_value(name, self.storage.read_bytes(keys[name]))
-        return ArtifactFolder({n: self.storage.read_bytes(k) for n, k in keys.items() if self.storage.exists(k)})
+        files = {n: self.storage.read_bytes(k) for n, k in keys.items() if self.storage.exists(k)}
+        if not files:
+            raise FileNotFoundError(f"nothing stored at {self.storage.uri(spec.run_folder(run_key))}")
+        return ArtifactFolder(files)

@@ -35,6 +35,12 @@ the item's global popularity for filled rows.
 Ties are broken deterministically by ascending ``product_id`` (candidates of
 a user are laid out in product_id order and ``argmax`` returns the first
 maximum; the popularity order is popularity desc, product_id asc).
+
+Performance (206,209 users + 5,000 cold users, N=100 candidates, k=20,
+64 factors, 2 cores shared with other jobs): ``similarity="factors"``
+6-10 s wall (~11 s CPU), ``"aisle"`` ~3 s, ``popularity_kind="user"`` +
+factors ~8-12 s; ~0.5-0.9 GB on top of the inputs. Cost is dominated by the
+``k`` batched cosine updates (``B x N x f`` per step).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ __all__ = [
     "LABEL_THRESHOLD",
     "RFM_COLUMNS",
     "USER_SEG_COLUMNS",
+    "USER_SEG_SCHEMA",
+    "centroids_from_user_seg",
     "hv_expr",
     "label_candidates",
     "label_centroid",
@@ -66,6 +68,18 @@ LABEL_THRESHOLD = 0.5  # |centroid z| above which a dimension counts as high / l
 
 RFM_COLUMNS = ["user_id", "recency_days", "frequency", "monetary", "r_z", "f_z", "m_z"]
 USER_SEG_COLUMNS = RFM_COLUMNS + ["segment", "segment_label", "hv"]
+USER_SEG_SCHEMA = {
+    "user_id": pl.Int32,
+    "recency_days": pl.Float64,
+    "frequency": pl.Int32,
+    "monetary": pl.Float64,
+    "r_z": pl.Float64,
+    "f_z": pl.Float64,
+    "m_z": pl.Float64,
+    "segment": pl.Int8,
+    "segment_label": pl.String,
+    "hv": pl.Float64,
+}
 
 
 def _lazy(frame: Frame) -> pl.LazyFrame:
@@ -496,3 +510,28 @@ def segment_users(
         "seconds_total": round(time.perf_counter() - t0, 4),
     }
     return user_seg, centroids, info
+
+
+def centroids_from_user_seg(user_seg: pl.DataFrame) -> pl.DataFrame:
+    """The segment profiles (the ``centroids`` of `segment_users`) recomputed from ``user_seg``.
+
+    KMeans centroids are the mean z-scores of their members, so downstream assets can derive
+    them from the stored segmentation instead of a second artifact. Empty segments (which the
+    checks forbid) do not appear.
+    """
+    n = max(user_seg.height, 1)
+    return (
+        user_seg.group_by("segment", "segment_label")
+        .agg(
+            users=pl.len().cast(pl.Int64),
+            r_z=pl.col("r_z").mean(),
+            f_z=pl.col("f_z").mean(),
+            m_z=pl.col("m_z").mean(),
+            recency_days=pl.col("recency_days").mean(),
+            frequency=pl.col("frequency").cast(pl.Float64).mean(),
+            monetary=pl.col("monetary").mean(),
+        )
+        .with_columns(share=pl.col("users").cast(pl.Float64) / n, hv=hv_expr())
+        .select("segment", "segment_label", "users", "share", "r_z", "f_z", "m_z", "recency_days", "frequency", "monetary", "hv")
+        .sort("segment")
+    )

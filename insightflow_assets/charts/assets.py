@@ -1,0 +1,90 @@
+"""Charts: evaluation trends across runs (`eval_charts`) and the RFM analysis (`rfm_charts`)."""
+
+from typing import Any
+
+import polars as pl
+from dagster import AllPartitionMapping, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+
+from insightflow_assets.charts.eval_trends import publish_eval_charts
+from insightflow_assets.charts.rfm import publish_rfm_charts
+from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.exports.conform import conform
+from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.charts.runs import runs_up_to
+from insightflow_assets.segmentation.popularity import SEGMENT_POPULARITY_SCHEMA
+from insightflow_assets.segmentation.rfm import USER_SEG_SCHEMA, centroids_from_user_seg
+from resources.io_manager import ALL_RUNS, ArtifactFolder
+from resources.layout import artifact
+from resources.params import RfmParams
+
+GROUP = "charts"
+_ALL_RUNS = dict(partition_mapping=AllPartitionMapping(), metadata={ALL_RUNS: True})
+
+
+class EvalChartsConfig(Config):
+    k: int = 10
+
+
+@asset(
+    partitions_def=runs_partitions,
+    group_name=GROUP,
+    kinds={"matplotlib", "json"},
+    owners=OWNERS,
+    code_version="1",
+    ins={"als_eval_runs": AssetIn("als_eval", **_ALL_RUNS), "als_postrank_runs": AssetIn("als_postrank", **_ALL_RUNS)},
+    description=(
+        "Trend charts of MAP/NDCG/precision/recall/coverage over every run up to this one "
+        "(ALS, popularity, P-TopFreq, post-rank), this run's metrics bar, and index.json."
+    ),
+)
+def eval_charts(
+    context: AssetExecutionContext,
+    config: EvalChartsConfig,
+    als_eval_runs: dict[str, Any],
+    als_postrank_runs: dict[str, Any],
+) -> Output[ArtifactFolder]:
+    run = current_run(context)
+    runs = runs_up_to(run, als_eval_runs, als_postrank_runs)
+    files, index = publish_eval_charts(runs, run, k=config.k)
+    for warning in index["skipped"]:
+        context.log.warning(warning)
+    return Output(
+        ArtifactFolder.of({**files, "index.json": index}),
+        metadata={"runs_included": len(index["runs"]), "runs_skipped": MetadataValue.json(index["skipped"])},
+    )
+
+
+@asset(
+    partitions_def=runs_partitions,
+    group_name=GROUP,
+    kinds={"matplotlib", "json"},
+    owners=OWNERS,
+    code_version="1",
+    description="cluster_profiles.png, pca_segments.png, seg_pop_lift.png and index.json of the run's segmentation.",
+)
+def rfm_charts(
+    context: AssetExecutionContext,
+    rfm: RfmParams,
+    user_seg: pl.DataFrame,
+    segment_popularity: pl.DataFrame,
+    products: pl.DataFrame,
+) -> Output[ArtifactFolder]:
+    run = current_run(context)
+    seg = conform(user_seg, USER_SEG_SCHEMA, artifact("user_seg").keys(run)["user_seg.parquet"], strict=rfm.strict_parquet)
+    pop = conform(
+        segment_popularity,
+        SEGMENT_POPULARITY_SCHEMA,
+        artifact("segment_popularity").keys(run)["segment_popularity.parquet"],
+        strict=rfm.strict_parquet,
+    )
+    files, index = publish_rfm_charts(
+        seg,
+        centroids_from_user_seg(seg),
+        pop,
+        products,
+        run_key=run,
+        params=rfm.model_dump(),
+        pca_sample=rfm.pca_sample,
+        seed=rfm.seed,
+    )
+    return Output(ArtifactFolder.of({**files, "index.json": index}))

@@ -1,0 +1,123 @@
+"""Segmentation: `user_seg` (RFM + KMeans) and `segment_popularity` (per segment × product)."""
+
+import time
+
+import polars as pl
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output, asset, asset_check
+
+from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.segmentation.diagnostics import StepDiagnostics
+from insightflow_assets.segmentation.popularity import segment_popularity as build_segment_popularity
+from insightflow_assets.segmentation.rfm import centroids_from_user_seg, rfm_table, segment_users
+from resources.io_manager import markdown_table
+from resources.layout import artifact
+from resources.params import RfmParams
+from resources.storage import Storage
+
+GROUP = "segmentation"
+
+
+@asset(
+    partitions_def=runs_partitions,
+    group_name=GROUP,
+    kinds={"scikit-learn", "polars", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    description=(
+        "Per user R (days before the target order), F (orders), M (items, or spend with prices), "
+        "their higher-is-better z-scores, and a KMeans segment ordered by the centroid's high-value score."
+    ),
+)
+def user_seg(
+    context: AssetExecutionContext,
+    rfm: RfmParams,
+    curated: Storage,
+    orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
+    products: pl.DataFrame,
+    ratings: pl.DataFrame,
+) -> Output[pl.DataFrame]:
+    run = current_run(context)
+    diag = StepDiagnostics(echo=context.log.info)
+    try:
+        diag.record_schema(orders_imputed)
+        diag.log(f"orders={orders_imputed.height} lines={raw_order_products.height} ratings_users={ratings['user_id'].n_unique()}")
+        t0 = time.perf_counter()
+        table = rfm_table(orders_imputed, raw_order_products, products, users=ratings.select("user_id").unique())
+        diag.metrics["seconds_rfm"] = round(time.perf_counter() - t0, 3)
+        diag.log(f"rfm rows={table.height}; KMeans k={rfm.k} seed={rfm.seed}")
+        seg, centroids, info = segment_users(table, k=rfm.k, seed=rfm.seed)
+        diag.metrics.update(info)
+        diag.log(f"segments: {info['segment_users']}; inertia={info['inertia']:.1f} silhouette={info['silhouette']}")
+    except Exception as exc:
+        diag.failed(exc)
+        raise
+    finally:
+        for key, data in zip(artifact("user_seg_diagnostics").keys(run).values(), diag.files().values()):
+            curated.write_bytes(key, data)
+    return Output(
+        seg,
+        metadata={
+            "users": seg.height,
+            "segments": MetadataValue.md(markdown_table(centroids, n=rfm.k)),
+            "silhouette": float(info["silhouette"]) if info["silhouette"] is not None else float("nan"),
+            "inertia": float(info["inertia"]),
+        },
+    )
+
+
+@asset(
+    partitions_def=runs_partitions,
+    group_name=GROUP,
+    kinds={"polars", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    description="Top-N products per segment: buyers, purchases, share in segment, rank and lift over the overall share.",
+)
+def segment_popularity(
+    context: AssetExecutionContext, rfm: RfmParams, user_seg: pl.DataFrame, ratings: pl.DataFrame
+) -> Output[pl.DataFrame]:
+    current_run(context)
+    df = build_segment_popularity(user_seg, ratings, top_n=rfm.top_n)
+    return Output(df, metadata={"segments": df["segment"].n_unique(), "top_n": rfm.top_n})
+
+
+# --- checks --------------------------------------------------------------------------------
+
+
+@asset_check(asset=user_seg, blocking=True, partitions_def=runs_partitions, additional_ins={"ratings": AssetIn("ratings")})
+def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFrame) -> AssetCheckResult:
+    """Each user of the ratings appears exactly once in user_seg, and no one else does."""
+    rated = ratings.select("user_id").unique()
+    missing = rated.join(user_seg, on="user_id", how="anti").height
+    extra = user_seg.join(rated, on="user_id", how="anti").height
+    duplicated = user_seg.height - user_seg["user_id"].n_unique()
+    return AssetCheckResult(
+        passed=missing == 0 and extra == 0 and duplicated == 0,
+        metadata={"missing": missing, "not_in_ratings": extra, "duplicated": duplicated},
+    )
+
+
+@asset_check(asset=user_seg, blocking=True, partitions_def=runs_partitions)
+def no_empty_segment(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
+    """Every one of the k segments has users."""
+    centroids = centroids_from_user_seg(user_seg)
+    return AssetCheckResult(
+        passed=centroids.height == rfm.k and bool((centroids["users"] > 0).all()),
+        metadata={"k": rfm.k, "users_per_segment": MetadataValue.json(dict(zip(centroids["segment_label"], centroids["users"])))},
+    )
+
+
+@asset_check(asset=segment_popularity, blocking=True, partitions_def=runs_partitions)
+def segment_popularity_bounded(segment_popularity: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
+    """At most top_n rows per segment, and every lift > 0."""
+    per_segment = segment_popularity.group_by("segment").len()["len"].max() or 0
+    non_positive = int((segment_popularity["lift"] <= 0).sum())
+    return AssetCheckResult(
+        passed=per_segment <= rfm.top_n and non_positive == 0,
+        metadata={"max_rows_per_segment": int(per_segment), "top_n": rfm.top_n, "non_positive_lift": non_positive},
+    )
+
+
+CHECKS = [every_rated_user_has_one_segment, no_empty_segment, segment_popularity_bounded]

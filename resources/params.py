@@ -1,0 +1,21 @@
+"""Run knobs shared by several assets, with the seed's names and defaults.
+
+A resource rather than per-asset config so that one value (e.g. ``seed``) reaches the
+segmentation, the charts and the exports alike; override it per run in the launchpad under
+``resources: rfm: config:``.
+"""
+
+from dagster import ConfigurableResource
+
+
+class RfmParams(ConfigurableResource):
+    """``rfm_analysis_and_export.py``'s flags, plus the segmentation's k and Top-N."""
+
+    strict_parquet: bool = True  # refuse stored inputs whose columns/dtypes drift, instead of casting
+    pca_sample: int = 50_000  # users drawn for the PCA scatter
+    hv_n: int = 150  # high-value cohort size (hv = 0.4*r_z + 0.3*f_z + 0.3*m_z)
+    rand_n: int = 150  # random cohort size
+    topn_per_segment: int = 5  # Top-K per segment and per cohort user in the exports
+    seed: int = 42
+    k: int = 5  # KMeans clusters
+    top_n: int = 100  # products kept per segment in segment_popularity
