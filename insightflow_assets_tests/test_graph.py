@@ -68,8 +68,11 @@ def test_two_runs_are_two_partitions_and_neither_overwrites(local_run):
     a, b = _files(curated, RUN_A), _files(curated, RUN_B)
     assert a and relative_tree(a, RUN_A) == relative_tree(b, RUN_B)
     # the first run's files are byte-for-byte what they were before the second run
-    for path, data in local_run["snapshot"].items():
-        assert path.read_bytes() == data, path
+    # (only latest/ moves on, by design)
+    first = [p for p in local_run["snapshot"] if "20260301-101500" in str(p)]
+    assert len(first) == len(a)
+    for path in first:
+        assert path.read_bytes() == local_run["snapshot"][path], path
 
 
 def test_written_tree_is_the_layout(local_run):
@@ -185,7 +188,12 @@ def test_same_run_on_s3_writes_the_same_relative_keys(local_run, s3_buckets, sma
     s3_tree = {k.removeprefix("insightflow/") for k in keys}
     assert "after-MICE/run-20260301-101500/orders_imputed.parquet" in s3_tree
     assert "recsys/models/als-20260301-101500/factors.npz" in s3_tree
-    assert s3_tree == _files(local_run["curated"], RUN_A)
+    run_tree = {k for k in s3_tree if "20260301-101500" in k}
+    assert run_tree == _files(local_run["curated"], RUN_A)
+    # everything else is the promoted latest/ entry, exactly as on the local store
+    local_latest = {str(p.relative_to(local_run["curated"])) for p in local_run["curated"].rglob("*") if p.is_file() and "latest" in p.parts}
+    assert s3_tree - run_tree == local_latest
+    assert "recsys/latest/index.json" in local_latest and "recsys/user_seg/latest/user_seg.parquet" in local_latest
     # the values are the same as the local run's (same data, same seeds)
     body = client.get_object(Bucket=curated_bucket, Key="insightflow/after-MICE/run-20260301-101500/orders_imputed.parquet")["Body"].read()
     import io
