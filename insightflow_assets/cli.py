@@ -5,6 +5,8 @@
     insightflow run [--run KEY | --tag TAG] [--config FILE] [--select ASSET ...]
                                               materialize the graph for a run, print a summary
     insightflow runs                          list registered run partitions
+    insightflow promote RUN_KEY               point latest/ at a run (rollback included)
+    insightflow latest                        print what latest/ holds
 """
 
 from __future__ import annotations
@@ -89,6 +91,39 @@ def cmd_run(args) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_promote(args) -> int:
+    from insightflow_assets.publish.promotion import promote
+    from resources import storages
+    from resources.layout import parse_run_key
+
+    parse_run_key(args.run_key)
+    _, curated = storages(resolve=True)
+    result = promote(curated, args.run_key, force=True)
+    m = result["manifest"]
+    print(f"latest/ → {m['run_key']} ({len(m['objects'])} objects; previous: {m['previous_run_key']})")
+    return 0
+
+
+def cmd_latest(args) -> int:
+    from insightflow_assets.publish.promotion import read_manifest, verify_manifest
+    from resources import storages
+
+    _, curated = storages(resolve=True)
+    manifest = read_manifest(curated)
+    if manifest is None:
+        print("latest/ is empty: no run has been promoted yet")
+        return 1
+    print(f"run key:        {manifest['run_key']}")
+    print(f"finished (UTC): {manifest['finished_at_utc']}")
+    print(f"promoted (UTC): {manifest['promoted_at_utc']}  (previous: {manifest['previous_run_key']})")
+    for obj in manifest["objects"]:
+        print(f"  {obj['key']:<58} {obj['size']:>12,} B  sha256 {obj['sha256'][:12]}…")
+    problems = verify_manifest(curated, manifest)
+    for p in problems:
+        print("  PROBLEM " + p)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="insightflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("runs", help="list registered run partitions")
     ls.set_defaults(func=cmd_runs)
+
+    pr = sub.add_parser("promote", help="point latest/ at a run (e.g. roll back to an older one)")
+    pr.add_argument("run_key")
+    pr.set_defaults(func=cmd_promote)
+
+    la = sub.add_parser("latest", help="print the run latest/ holds and verify its objects")
+    la.set_defaults(func=cmd_latest)
     return p
 
 
@@ -123,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # our one-line input / run-key errors
+    except (ValueError, RuntimeError) as exc:  # our one-line input / run-key / promotion errors
         print(f"insightflow: {exc}", file=sys.stderr)
         return 2
 
