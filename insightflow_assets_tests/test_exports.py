@@ -259,3 +259,16 @@ def test_write_exports(tmp_path, exports):
     assert csv["product_id"].to_list() == parquet["product_id"].to_list()
     assert len((tmp_path / "bedrock_inputs.jsonl").read_text().splitlines()) == 100
     assert pl.read_csv(tmp_path / "overview.csv").height == 5
+
+
+def test_strict_parquet_refuses_drift_and_lenient_casts():
+    from insightflow_assets.exports.conform import SchemaDriftError, conform
+
+    schema = {"user_id": pl.Int32, "hv": pl.Float64}
+    drifted = pl.DataFrame({"user_id": [1, 2], "hv": [0.5, 0.1], "extra": ["a", "b"]})  # user_id is Int64
+    with pytest.raises(SchemaDriftError, match=r"user_seg\.parquet: column user_id is Int64, expected Int32"):
+        conform(drifted, schema, "recsys/user_seg/run-x/user_seg.parquet", strict=True)
+    fixed = conform(drifted, schema, "user_seg.parquet", strict=False)
+    assert fixed.schema == pl.Schema(schema) and fixed["user_id"].to_list() == [1, 2]
+    with pytest.raises(SchemaDriftError, match="missing column hv"):
+        conform(drifted.drop("hv"), schema, "user_seg.parquet", strict=False)

@@ -250,3 +250,73 @@ def test_postranked_recommendations_read_back(local_run, small_tables):
     div = metrics["diversity"]
     for method in ("als_postrank", "als"):
         assert 0 < div[method]["ild"] <= 2 and div[method]["novelty"] > 0
+
+
+def test_segmentation_read_back_and_stable_across_runs(local_run):
+    curated = local_run["curated"]
+    a = pl.read_parquet(curated / "recsys/user_seg/run-20260301-101500/user_seg.parquet")
+    b = pl.read_parquet(curated / "recsys/user_seg/run-20260301-101501/user_seg.parquet")
+    ratings = pl.read_parquet(curated / "recsys/ratings/run-20260301-101500/ratings.parquet")
+    assert set(a["user_id"].to_list()) == set(ratings["user_id"].unique().to_list())
+    assert a.equals(b)  # same data, same seed: same segments, same ids, same labels
+    # higher is better: the most recent users have the highest r_z
+    assert a.sort("recency_days")["r_z"][0] == a["r_z"].max()
+    assert (a["hv"] - (0.4 * a["r_z"] + 0.3 * a["f_z"] + 0.3 * a["m_z"])).abs().max() < 1e-9
+    # segment 0 has the highest mean hv, ids ordered by it
+    means = a.group_by("segment").agg(pl.col("hv").mean()).sort("segment")["hv"].to_list()
+    assert means == sorted(means, reverse=True)
+    assert a["segment"].n_unique() == 5 and a["segment_label"].n_unique() == 5
+
+    pop = pl.read_parquet(curated / "recsys/segment_popularity/run-20260301-101500/segment_popularity.parquet")
+    assert pop.group_by("segment").len()["len"].max() <= 100 and (pop["lift"] > 0).all()
+    # lift arithmetic against the ratings, for one (segment, product)
+    row = pop.filter(pl.col("rank") == 1).row(0, named=True)
+    joined = ratings.join(a.select("user_id", "segment"), on="user_id")
+    seg_rows = joined.filter(pl.col("segment") == row["segment"])
+    share = seg_rows.filter(pl.col("product_id") == row["product_id"])["purchases"].sum() / seg_rows["purchases"].sum()
+    overall = joined.filter(pl.col("product_id") == row["product_id"])["purchases"].sum() / joined["purchases"].sum()
+    assert row["lift"] == pytest.approx(share / overall)
+
+    charts = curated / "recsys/eval_charts/rfm_analysis-20260301-101500"
+    index = json.loads((charts / "index.json").read_text())
+    assert set(index["files"]) == {"cluster_profiles.png", "pca_segments.png", "seg_pop_lift.png"}
+    assert index["run_key"] == RUN_A and index["params"]["pca_sample"] == 50_000
+    assert all((charts / f).read_bytes()[:4] == b"\x89PNG" for f in index["files"])
+
+
+def test_exports_read_back(local_run):
+    from insightflow_assets.exports.build import validate_bedrock_lines
+
+    curated = local_run["curated"]
+    data = curated / "recsys/exports/run-20260301-101500/data"
+    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-101500/user_seg.parquet")
+    hv = pl.read_parquet(data / "users_high_value.parquet")
+    assert hv["user_id"].to_list() == seg.sort(["hv", "user_id"], descending=[True, False]).head(150)["user_id"].to_list()
+    assert pl.read_parquet(data / "users_random.parquet").height == 150
+    overview = pl.read_csv(data / "overview.csv")
+    assert overview["users"].sum() == seg.height and overview.height == 5
+    top = pl.read_parquet(data / "segment_topn.parquet")
+    assert (top.group_by("segment").len()["len"] == 5).all() and top["product_name"].null_count() == 0
+    recos_csv = pl.read_csv(data / "user_recos.csv")
+    recos = pl.read_parquet(data / "user_recos.parquet")
+    assert recos.height == recos_csv.height == (150 + 150) * 5
+    assert set(recos["cohort"].unique().to_list()) == {"high_value", "random"}
+    lines = [json.loads(line) for line in (data / "bedrock_inputs.jsonl").read_text().splitlines()]
+    assert len(lines) == 300 and validate_bedrock_lines(lines) == []
+    first = lines[0]
+    assert first["cohort"] == "high_value" and len(first["recommendations"]) == 5
+    assert all(r["reason"] and r["product_name"] for r in first["recommendations"])
+
+
+def test_segment_popularity_can_be_left_out_by_selection(tmp_path, small_clean_dir, instance):
+    """The seed's --skip_seg_pop: select user_seg without segment_popularity."""
+    curated = tmp_path / "curated"
+    outcome = run_graph(
+        instance,
+        run_key=RUN_A,
+        defs=local_defs(small_clean_dir, curated),
+        selection=["raw_orders", "raw_order_products", "products", "orders_imputed", "ratings", "user_seg"],
+    )
+    assert outcome.ok, outcome.errors
+    assert (curated / "recsys/user_seg/run-20260301-101500/user_seg.parquet").exists()
+    assert not (curated / "recsys/segment_popularity").exists()
