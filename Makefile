@@ -28,5 +28,10 @@ ui: install
 test: install
 	$(BIN)/python -m pytest
 
+# Re-run every asset check of a stored run and print a table: make check RUN=run-YYYYMMDD-HHMMSS
+check: install
+	@test -n "$(RUN)" || { echo "usage: make check RUN=run-YYYYMMDD-HHMMSS (see .venv/bin/insightflow runs)"; exit 2; }
+	$(BIN)/insightflow check $(RUN)
+
 clean:
 	rm -rf data .dagster_home/storage .dagster_home/history .dagster_home/schedules .dagster_home/logs

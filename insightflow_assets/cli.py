@@ -5,6 +5,9 @@
     insightflow run [--run KEY | --tag TAG] [--config FILE] [--select ASSET ...]
                                               materialize the graph for a run, print a summary
     insightflow runs                          list registered run partitions
+    insightflow backfill (--runs KEY ... | --all) --select ASSET ...
+                                              re-materialize assets for existing runs
+    insightflow check RUN_KEY                 re-run every asset check of a stored run
     insightflow promote RUN_KEY               point latest/ at a run (rollback included)
     insightflow latest                        print what latest/ holds
 """
@@ -91,6 +94,46 @@ def cmd_run(args) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_backfill(args) -> int:
+    from insightflow_assets.partitions import registered_runs
+    from insightflow_assets.runner import run_graph
+
+    instance = _instance()
+    known = registered_runs(instance)
+    runs = sorted(known) if args.all else args.runs
+    unknown = [r for r in runs if r not in known]
+    if unknown:
+        raise ValueError(f"not registered: {', '.join(unknown)} (see `insightflow runs`)")
+    failed = 0
+    for run in runs:
+        outcome = run_graph(instance, run_key=run, selection=args.select, log_level=args.log_level)
+        status = "ok" if outcome.ok else "FAILED " + "; ".join(outcome.errors or [c["check"] for c in outcome.failed_error_checks])
+        print(f"{run}: {status}")
+        failed += not outcome.ok
+    return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from insightflow_assets.runner import run_checks
+
+    outcome = run_checks(_instance(), args.run_key)
+    print(f"asset checks for {outcome.run_key}:")
+    print(f"  {'result':<6} {'severity':<8} {'asset':<20} {'check':<36} details")
+    for c in sorted(outcome.checks, key=lambda c: (c["asset"], c["check"])):
+        details = ", ".join(f"{k}={_short(v)}" for k, v in c["metadata"].items())
+        print(f"  {'PASS' if c['passed'] else 'FAIL':<6} {c['severity']:<8} {c['asset']:<20} {c['check']:<36} {details}")
+    for err in outcome.errors:
+        print("  ERROR " + err)
+    failed = outcome.failed_error_checks
+    print(f"{len(outcome.checks) - len(failed)}/{len(outcome.checks)} without an ERROR-severity failure")
+    return 0 if outcome.ok else 1
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def cmd_promote(args) -> int:
     from insightflow_assets.publish.promotion import promote
     from resources import storages
@@ -151,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("runs", help="list registered run partitions")
     ls.set_defaults(func=cmd_runs)
+
+    bf = sub.add_parser("backfill", help="re-materialize chosen assets for existing runs, oldest first")
+    who = bf.add_mutually_exclusive_group(required=True)
+    who.add_argument("--runs", nargs="+", help="run keys")
+    who.add_argument("--all", action="store_true", help="every registered run")
+    bf.add_argument("--select", nargs="+", required=True, help="asset names, e.g. als_eval als_postrank eval_charts")
+    bf.add_argument("--log-level", default="WARNING")
+    bf.set_defaults(func=cmd_backfill)
+
+    ck = sub.add_parser("check", help="re-run every asset check of a stored run and print a table")
+    ck.add_argument("run_key")
+    ck.set_defaults(func=cmd_check)
 
     pr = sub.add_parser("promote", help="point latest/ at a run (e.g. roll back to an older one)")
     pr.add_argument("run_key")

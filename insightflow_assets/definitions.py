@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import Definitions, in_process_executor
 
+from insightflow_assets.automation.sensors import daily_retrain, new_source_data
 from insightflow_assets.charts import assets as charts
 from insightflow_assets.evaluation import assets as evaluation
 from insightflow_assets.exports import assets as exports
 from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
+from insightflow_assets.jobs import insightflow_checks, insightflow_run
 from insightflow_assets.model import assets as model
 from insightflow_assets.postrank import assets as postrank
 from insightflow_assets.publish import assets as publish
@@ -43,12 +45,6 @@ CHECKS = [
     *exports.CHECKS,
 ]
 
-# The whole graph for one run partition; sensors, schedules and `insightflow run` launch it.
-insightflow_run = define_asset_job(
-    "insightflow_run",
-    selection=AssetSelection.all(),
-    description="Materialize the whole InsightFlow graph (with its checks) for one run partition.",
-)
 
 
 
@@ -57,7 +53,9 @@ def make_definitions(resources: dict | None = None) -> Definitions:
     return Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[insightflow_run],
+        jobs=[insightflow_run, insightflow_checks],
+        sensors=[new_source_data],
+        schedules=[daily_retrain],
         resources=resources if resources is not None else build_resources(),
         # One process per run: the stages are numpy/polars-parallel already, and a 2-core
         # machine gains nothing from a process per step but their memory.

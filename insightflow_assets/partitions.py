@@ -27,24 +27,30 @@ def registered_runs(instance: DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(runs_partitions.name))
 
 
-def register_run(instance: DagsterInstance, tag: str | None = None, key: str | None = None) -> str:
-    """Add a new run partition to the instance and return its key.
+def next_run_key(existing: list[str], tag: str | None = None) -> str:
+    """A new key for now (UTC) whose timestamp no existing run holds.
 
-    Without an explicit key the current UTC second is used; if another run already holds that
-    timestamp we wait for the next second, so each ``run-TS`` folder belongs to one run.
+    If the current second is taken we wait for the next one, so each ``run-TS`` folder belongs
+    to one run.
     """
-    existing = set(registered_runs(instance))
     taken = {run_ts(k) for k in existing if RUN_KEY_RE.match(k)}
+    key = make_run_key(tag)
+    while run_ts(key) in taken:
+        time.sleep(0.25)
+        key = make_run_key(tag)
+    return key
+
+
+def register_run(instance: DagsterInstance, tag: str | None = None, key: str | None = None) -> str:
+    """Add a new run partition to the instance and return its key (a new one unless given)."""
+    existing = registered_runs(instance)
     if key is not None:
         ts, _ = parse_run_key(key)
         if key in existing:
             raise RunKeyError(f"run key {key!r} is already registered")
-        if ts in taken:
+        if ts in {run_ts(k) for k in existing if RUN_KEY_RE.match(k)}:
             raise RunKeyError(f"run key {key!r}: timestamp {ts} is already used by another run")
     else:
-        key = make_run_key(tag)
-        while run_ts(key) in taken:
-            time.sleep(0.25)
-            key = make_run_key(tag)
+        key = next_run_key(existing, tag)
     instance.add_dynamic_partitions(runs_partitions.name, [key])
     return key

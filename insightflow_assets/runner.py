@@ -61,12 +61,33 @@ def run_graph(
     result = job.execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
     )
+    return _outcome(key, result)
+
+
+def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutcome:
+    """Re-run every asset check against what is stored for an existing run (`make check`)."""
+    if defs is None:
+        from insightflow_assets.definitions import defs
+    if run_key not in instance.get_dynamic_partitions("runs"):
+        raise ValueError(f"run {run_key!r} is not registered (see `insightflow runs`)")
+    job = defs.resolve_job_def("insightflow_checks")
+    result = job.execute_in_process(
+        instance=instance,
+        tags={"dagster/partition": run_key},
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
+    )
+    return _outcome(run_key, result)
+
+
+def _outcome(key: str, result) -> RunOutcome:
     checks = [
         {
             "asset": ev.asset_key.to_user_string(),
             "check": ev.check_name,
             "passed": ev.passed,
             "severity": ev.severity.value if ev.severity else AssetCheckSeverity.ERROR.value,
+            "metadata": {k: getattr(v, "value", v) for k, v in (ev.metadata or {}).items()},
         }
         for ev in result.get_asset_check_evaluations()
     ]
