@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 USERS  ?= 2000
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install run ui test check bench clean
+.PHONY: install system-deps run ui test check bench clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,14 @@ run: install
 ui: install
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-test: install
+# Debian's chromium for the UI test (no browser download); installed when we are root.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium is missing: install Debian's chromium package (the UI test needs it)"; fi; }
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 # Re-run every asset check of a stored run and print a table: make check RUN=run-YYYYMMDD-HHMMSS

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tag", default=None)
     r.add_argument("--config", default=None, help="a JSON file of Dagster run config")
     r.add_argument("--select", nargs="*", default=None, help="asset names (default: the whole graph)")
-    r.add_argument("--log-level", default="WARNING", help="console log level of the run (all logs are in the UI)")
+    r.add_argument("--log-level", default="CRITICAL", help="console log level of the run (default: only the summary; every log is in the UI)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("runs", help="list registered run partitions")
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--runs", nargs="+", help="run keys")
     who.add_argument("--all", action="store_true", help="every registered run")
     bf.add_argument("--select", nargs="+", required=True, help="asset names, e.g. als_eval als_postrank eval_charts")
-    bf.add_argument("--log-level", default="WARNING")
+    bf.add_argument("--log-level", default="CRITICAL")
     bf.set_defaults(func=cmd_backfill)
 
     ck = sub.add_parser("check", help="re-run every asset check of a stored run and print a table")
