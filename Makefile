@@ -40,5 +40,17 @@ check: install
 	@test -n "$(RUN)" || { echo "usage: make check RUN=run-YYYYMMDD-HHMMSS (see .venv/bin/insightflow runs)"; exit 2; }
 	$(BIN)/insightflow check $(RUN)
 
+# Benchmarks at Instacart scale (minutes, not CI): foundation stages, the whole graph with its
+# scaling curve, and the peers (pandas, Spark MLlib ALS; Java is installed here when missing).
+bench: install
+	@command -v java >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+		else echo "java is missing: install openjdk-17-jre-headless for the Spark comparison"; fi; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/run_scale.py --curve
+	$(BIN)/python benchmarks/bench_peers.py
+
 clean:
 	rm -rf data .dagster_home/storage .dagster_home/history .dagster_home/schedules .dagster_home/logs

@@ -76,7 +76,19 @@ def write_results(name: str, payload: dict, columns: list[str]) -> Path:
     (RESULTS / f"{date}-{name}.md").write_text(table + "\n")
     print("\n" + table)
     print(f"\nwrote {path}")
+    update_readme(name, f"{date}, {payload.get('users', '')} users:\n\n{table}")
     return path
+
+
+def update_readme(name: str, text: str) -> None:
+    """Replace the README block between <!-- bench:NAME --> markers with the latest table."""
+    readme = HERE.parent / "README.md"
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    content = readme.read_text()
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:

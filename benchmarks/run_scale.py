@@ -1,0 +1,197 @@
+"""Scale benchmark: the whole graph through Dagster at Instacart scale on the local store.
+
+    .venv/bin/python benchmarks/run_scale.py                 # 206,209 users, one run
+    .venv/bin/python benchmarks/run_scale.py --curve         # also 10 %, 25 %, 50 % → scaling plot
+
+Per asset it records wall time (the step's start/success events), the peak RSS of the run
+process during the step (sampled every 50 ms) and rows in/out (materialization metadata).
+Targets on 2 cores / 24 GB: whole graph ≤ 5 minutes, peak memory ≤ 6 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import CACHE, RESULTS, cached_dataset, machine, markdown, write_results  # noqa: E402
+
+INSTACART_USERS = 206_209
+TARGET_SECONDS, TARGET_RSS_MB = 300, 6 * 1024
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's resident memory, so each step gets its own peak."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        status = Path("/proc/self/status")
+        while not self._halt.is_set():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
+                    break
+            self._halt.wait(self.every)
+
+    def peak(self, start: float, end: float) -> float:
+        inside = [mb for t, mb in self.samples if start <= t <= end]
+        return max(inside) if inside else float("nan")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
+    from dagster import DagsterEventType, DagsterInstance
+
+    from insightflow_assets.definitions import make_definitions
+    from insightflow_assets.runner import run_graph
+    from resources import CuratedIOManager, LocalStorage, RfmParams
+
+    clean = cached_dataset(users, seed, missing_rate=0.05, test_share=0.364)
+    curated = Path(tempfile.mkdtemp(prefix="scale-curated-", dir=CACHE))
+    source, store = LocalStorage(root=str(clean)), LocalStorage(root=str(curated))
+    defs = make_definitions({"source": source, "curated": store, "io_manager": CuratedIOManager(storage=store), "rfm": RfmParams()})
+
+    sampler = RssSampler()
+    sampler.start()
+    with tempfile.TemporaryDirectory() as home, DagsterInstance.local_temp(home) as instance:
+        t0 = time.time()
+        outcome = run_graph(instance, defs=defs, run_config=run_config, log_level="CRITICAL")
+        wall = time.time() - t0
+        sampler.stop()
+        run = instance.get_runs(limit=1)[0]
+        records = instance.all_logs(run.run_id)
+
+    starts, ends, rows = {}, {}, {}
+    for rec in records:
+        ev = rec.dagster_event
+        if ev is None or ev.step_key is None:
+            continue
+        if ev.event_type == DagsterEventType.STEP_START:
+            starts[ev.step_key] = rec.timestamp
+        elif ev.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            ends[ev.step_key] = rec.timestamp
+        elif ev.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            mat = ev.event_specific_data.materialization
+            value = mat.metadata.get("rows")
+            rows[mat.asset_key.to_user_string()] = int(value.value) if value is not None else None
+
+    graph = defs.resolve_asset_graph()
+    steps = []
+    for step, start in sorted(starts.items(), key=lambda kv: kv[1]):
+        end = ends.get(step, start)
+        produced = [k for k in rows if k == step or step == "instacart_snapshot" and k in ("raw_orders", "raw_order_products", "products")]
+        row = {"stage": step, "seconds": round(end - start, 2), "peak_rss_mb": round(sampler.peak(start, end))}
+        if produced:
+            outs = [rows[k] for k in produced if rows[k] is not None]
+            if outs:  # folders (charts, model, reports) have files, not rows
+                row["rows_out"] = sum(outs)
+            parents = {p.to_user_string() for k in produced for p in graph.get(_key(k)).parent_keys}
+            ins = [rows.get(p) for p in parents if rows.get(p) is not None]
+            if ins:
+                row["rows_in"] = sum(ins)
+        steps.append(row)
+
+    # the source CSVs' lines, for the ingest step's rows in
+    for row in steps:
+        if row["stage"] == "instacart_snapshot":
+            row["rows_in"] = sum(sum(1 for _ in open(p, "rb")) - 1 for p in clean.glob("*.csv"))
+    total = {
+        "stage": "whole graph",
+        "seconds": round(wall, 1),
+        "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
+    }
+    _rmtree(curated)
+    return {
+        "users": users,
+        "ok": outcome.ok,
+        "errors": outcome.errors,
+        "failed_checks": outcome.failed_error_checks,
+        "stages": steps + [total],
+        "whole_graph_seconds": total["seconds"],
+        "peak_rss_mb": total["peak_rss_mb"],
+    }
+
+
+def _key(name: str):
+    from dagster import AssetKey
+
+    return AssetKey(name)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def plot_curve(points: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4.5), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    users = [p["users"] for p in points]
+    ax1.plot(users, [p["whole_graph_seconds"] for p in points], marker="o")
+    ax1.axhline(TARGET_SECONDS, ls=":", color="grey", label="target 5 min")
+    ax1.set(title="Whole graph wall time", xlabel="users", ylabel="seconds")
+    ax2.plot(users, [p["peak_rss_mb"] / 1024 for p in points], marker="o", color="tab:orange")
+    ax2.axhline(TARGET_RSS_MB / 1024, ls=":", color="grey", label="target 6 GB")
+    ax2.set(title="Peak memory (RSS of the run process)", xlabel="users", ylabel="GB")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_ylim(bottom=0)
+    fig.suptitle("InsightFlow scaling on 2 cores (generated Instacart-shaped data)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=INSTACART_USERS)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--curve", action="store_true", help="also run at 10 %, 25 % and 50 % of --users")
+    args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS
+
+    print(f"scale benchmark: whole graph at {args.users:,} users")
+    result = run_once(args.users, args.seed)
+    payload = {
+        "benchmark": "scale",
+        **result,
+        "targets": {"whole_graph_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+    }
+    if args.curve:
+        points = []
+        for frac in (0.1, 0.25, 0.5):
+            n = int(args.users * frac)
+            print(f"curve: {n:,} users")
+            r = run_once(n, args.seed)
+            points.append({"users": n, "whole_graph_seconds": r["whole_graph_seconds"], "peak_rss_mb": r["peak_rss_mb"], "ok": r["ok"]})
+        points.append({"users": args.users, "whole_graph_seconds": result["whole_graph_seconds"], "peak_rss_mb": result["peak_rss_mb"], "ok": result["ok"]})
+        payload["curve"] = points
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        plot_curve(points, RESULTS / "scaling_curve.png")
+        print("\n" + markdown(points, ["users", "whole_graph_seconds", "peak_rss_mb", "ok"]))
+    write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
+    if not result["ok"]:
+        print("RUN FAILED:", result["errors"], result["failed_checks"])
+
+
+if __name__ == "__main__":
+    main()
