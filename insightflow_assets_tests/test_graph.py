@@ -204,7 +204,8 @@ def test_same_run_on_s3_writes_the_same_relative_keys(local_run, s3_buckets, sma
 
 
 def test_dagster_definitions_validate():
-    for args in (["-m", "insightflow_assets.definitions"], ["-w", str(ROOT / "workspace.yaml")]):
+    # no argument: [tool.dagster] in pyproject.toml; then the module; then workspace.yaml
+    for args in ([], ["-m", "insightflow_assets.definitions"], ["-w", str(ROOT / "workspace.yaml")]):
         proc = subprocess.run(
             [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", *args],
             cwd=ROOT,

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import boto3
-import polars as pl
 import pytest
 from dagster import AssetCheckResult, Definitions, asset_check
 

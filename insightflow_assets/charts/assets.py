@@ -3,18 +3,15 @@
 from typing import Any
 
 import polars as pl
-from dagster import AllPartitionMapping, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from dagster import AllPartitionMapping, AssetExecutionContext, AssetIn, Config, MetadataValue, Output
 
 from insightflow_assets.charts.eval_trends import publish_eval_charts
 from insightflow_assets.charts.rfm import publish_rfm_charts
-from insightflow_assets.common import OWNERS, current_run
-from insightflow_assets.exports.conform import conform
-from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.common import current_run, run_asset
+from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.charts.runs import runs_up_to
-from insightflow_assets.segmentation.popularity import SEGMENT_POPULARITY_SCHEMA
-from insightflow_assets.segmentation.rfm import USER_SEG_SCHEMA, centroids_from_user_seg
+from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ALL_RUNS, ArtifactFolder
-from resources.layout import artifact
 from resources.params import RfmParams
 
 GROUP = "charts"
@@ -25,12 +22,9 @@ class EvalChartsConfig(Config):
     k: int = 10
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"matplotlib", "json"},
-    owners=OWNERS,
-    code_version="1",
     ins={"als_eval_runs": AssetIn("als_eval", **_ALL_RUNS), "als_postrank_runs": AssetIn("als_postrank", **_ALL_RUNS)},
     description=(
         "Trend charts of MAP/NDCG/precision/recall/coverage over every run up to this one "
@@ -54,12 +48,9 @@ def eval_charts(
     )
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"matplotlib", "json"},
-    owners=OWNERS,
-    code_version="1",
     description="cluster_profiles.png, pca_segments.png, seg_pop_lift.png and index.json of the run's segmentation.",
 )
 def rfm_charts(
@@ -70,13 +61,7 @@ def rfm_charts(
     products: pl.DataFrame,
 ) -> Output[ArtifactFolder]:
     run = current_run(context)
-    seg = conform(user_seg, USER_SEG_SCHEMA, artifact("user_seg").keys(run)["user_seg.parquet"], strict=rfm.strict_parquet)
-    pop = conform(
-        segment_popularity,
-        SEGMENT_POPULARITY_SCHEMA,
-        artifact("segment_popularity").keys(run)["segment_popularity.parquet"],
-        strict=rfm.strict_parquet,
-    )
+    seg, pop = conform_segmentation(user_seg, segment_popularity, run, strict=rfm.strict_parquet)
     files, index = publish_rfm_charts(
         seg,
         centroids_from_user_seg(seg),

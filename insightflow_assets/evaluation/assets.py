@@ -10,14 +10,11 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
-    asset,
-    asset_check,
 )
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report, metrics_table
 from insightflow_assets.model.als import AlsModel, recommend
-from insightflow_assets.partitions import runs_partitions
 from resources.io_manager import ArtifactFolder, markdown_table
 
 GROUP = "evaluation"
@@ -52,12 +49,9 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
     return AssetCheckResult(passed=not bad, metadata={"checked": len(values), "out_of_range": MetadataValue.json(bad)})
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "json"},
-    owners=OWNERS,
-    code_version="1",
     description="precision/recall/MAP/NDCG/hit-rate@K of ALS vs global popularity, P-TopFreq and GP-TopFreq.",
 )
 def als_eval(
@@ -87,13 +81,13 @@ def als_eval(
     )
 
 
-@asset_check(asset=als_eval, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=als_eval)
 def als_eval_metrics_in_range(als_eval: ArtifactFolder) -> AssetCheckResult:
     """Every metric of the report is within [0, 1]."""
     return metrics_in_unit_interval(als_eval)
 
 
-@asset_check(asset=als_eval, blocking=False, partitions_def=runs_partitions)
+@run_check(asset=als_eval, blocking=False)
 def als_beats_popularity(als_eval: ArtifactFolder) -> AssetCheckResult:
     """ALS vs global popularity on map@10, recorded as a warning when ALS does not win."""
     metrics = als_eval.json("metrics.json")

@@ -3,27 +3,21 @@
 import json
 
 import polars as pl
-from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.exports.build import build_exports, jsonl_text, validate_bedrock_lines
-from insightflow_assets.exports.conform import conform
-from insightflow_assets.partitions import runs_partitions
-from insightflow_assets.segmentation.popularity import SEGMENT_POPULARITY_SCHEMA
-from insightflow_assets.segmentation.rfm import USER_SEG_SCHEMA, centroids_from_user_seg
+from insightflow_assets.exports.conform import conform_segmentation
+from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ArtifactFolder, markdown_table
-from resources.layout import artifact
 from resources.params import RfmParams
 
 GROUP = "exports"
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "csv", "parquet", "json"},
-    owners=OWNERS,
-    code_version="1",
     description=(
         "overview.csv, centroids, segment Top-K, the high-value and random cohorts with their "
         "Top-K recommendations (csv + parquet), and bedrock_inputs.jsonl validated against its JSON Schema."
@@ -39,13 +33,7 @@ def exports(
     products: pl.DataFrame,
 ) -> Output[ArtifactFolder]:
     run = current_run(context)
-    seg = conform(user_seg, USER_SEG_SCHEMA, artifact("user_seg").keys(run)["user_seg.parquet"], strict=rfm.strict_parquet)
-    pop = conform(
-        segment_popularity,
-        SEGMENT_POPULARITY_SCHEMA,
-        artifact("segment_popularity").keys(run)["segment_popularity.parquet"],
-        strict=rfm.strict_parquet,
-    )
+    seg, pop = conform_segmentation(user_seg, segment_popularity, run, strict=rfm.strict_parquet)
     files = build_exports(
         seg,
         centroids_from_user_seg(seg),
@@ -76,7 +64,7 @@ def exports(
 # --- checks --------------------------------------------------------------------------------
 
 
-@asset_check(asset=exports, blocking=True, partitions_def=runs_partitions, additional_ins={"user_seg": AssetIn("user_seg")})
+@run_check(asset=exports, additional_ins={"user_seg": AssetIn("user_seg")})
 def high_value_cohort_is_top_hv(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """users_high_value is exactly the hv_n users with the highest hv (ties by user_id)."""
     exported = exports.frame("users_high_value.parquet")
@@ -87,7 +75,7 @@ def high_value_cohort_is_top_hv(exports: ArtifactFolder, user_seg: pl.DataFrame,
     )
 
 
-@asset_check(asset=exports, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=exports)
 def bedrock_inputs_match_schema(exports: ArtifactFolder) -> AssetCheckResult:
     """Every line of bedrock_inputs.jsonl parses and matches its JSON Schema."""
     text = exports["bedrock_inputs.jsonl"].decode()
@@ -103,7 +91,7 @@ def bedrock_inputs_match_schema(exports: ArtifactFolder) -> AssetCheckResult:
     )
 
 
-@asset_check(asset=exports, blocking=True, partitions_def=runs_partitions, additional_ins={"user_seg": AssetIn("user_seg")})
+@run_check(asset=exports, additional_ins={"user_seg": AssetIn("user_seg")})
 def export_row_counts(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """Cohorts of hv_n / rand_n users (fewer only if fewer users exist), Top-K per segment and user."""
     n_users = user_seg.height

@@ -22,3 +22,21 @@ def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType], where: str, *, 
         if strict and frame.schema[col] != dtype:
             raise SchemaDriftError(f"{where}: column {col} is {frame.schema[col]}, expected {dtype} (strict_parquet)")
     return frame.select(pl.col(c).cast(t) for c, t in schema.items())
+
+
+def conform_segmentation(
+    user_seg: pl.DataFrame, segment_popularity: pl.DataFrame, run_key: str, *, strict: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The stored segmentation outputs held to their schemas, errors naming the stored file."""
+    from insightflow_assets.segmentation.popularity import SEGMENT_POPULARITY_SCHEMA
+    from insightflow_assets.segmentation.rfm import USER_SEG_SCHEMA
+    from resources.layout import artifact
+
+    seg = conform(user_seg, USER_SEG_SCHEMA, artifact("user_seg").keys(run_key)["user_seg.parquet"], strict=strict)
+    pop = conform(
+        segment_popularity,
+        SEGMENT_POPULARITY_SCHEMA,
+        artifact("segment_popularity").keys(run_key)["segment_popularity.parquet"],
+        strict=strict,
+    )
+    return seg, pop

@@ -10,15 +10,12 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
-    asset,
-    asset_check,
 )
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.imputation.diagnostics import day30_stats, mask_and_recover, plot_day30
 from insightflow_assets.imputation.mice import impute_orders, order_features
 from insightflow_assets.imputation.validation import domain_violations, unexpected_nulls
-from insightflow_assets.partitions import runs_partitions
 from resources.io_manager import ArtifactFolder
 
 GROUP = "imputation"
@@ -39,12 +36,9 @@ class MiceChecksConfig(MiceConfig):
     mask_fraction: float = 0.1
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"scikit-learn", "polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description=(
         "Orders with day-of-week, hour, days-since-prior and basket size imputed by MICE; "
         "`<col>_imputed` flags mark every filled cell; first orders keep their structural null gap."
@@ -68,12 +62,9 @@ def orders_imputed(
     return Output(imputed, metadata={"imputation": MetadataValue.json(info), "orders": imputed.height})
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"scikit-learn", "matplotlib", "json"},
-    owners=OWNERS,
-    code_version="1",
     description=(
         "Day-30 metrics before vs after imputation (mice_checks.json, mice_day30.png) and a "
         "mask-and-recover validation of MICE against mean and median imputation."
@@ -114,24 +105,22 @@ def mice_checks(
 # --- asset checks -------------------------------------------------------------------------
 
 
-@asset_check(asset=orders_imputed, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=orders_imputed)
 def imputed_columns_complete(orders_imputed: pl.DataFrame) -> AssetCheckResult:
     """No missing value left in the imputed columns (first orders' gap is structural, allowed)."""
     nulls = unexpected_nulls(orders_imputed)
     return AssetCheckResult(passed=not any(nulls.values()), metadata={"nulls": MetadataValue.json(nulls)})
 
 
-@asset_check(asset=orders_imputed, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=orders_imputed)
 def imputed_values_in_domain(orders_imputed: pl.DataFrame) -> AssetCheckResult:
     """Every imputed field in its domain: gap 0–30, hour 0–23, dow 0–6, basket ≥ 1."""
     bad = domain_violations(orders_imputed)
     return AssetCheckResult(passed=not any(bad.values()), metadata={"violations": MetadataValue.json(bad)})
 
 
-@asset_check(
+@run_check(
     asset=orders_imputed,
-    blocking=True,
-    partitions_def=runs_partitions,
     additional_ins={"raw_orders": AssetIn("raw_orders")},
 )
 def imputed_row_count_matches_input(orders_imputed: pl.DataFrame, raw_orders: pl.DataFrame) -> AssetCheckResult:
@@ -143,7 +132,7 @@ def imputed_row_count_matches_input(orders_imputed: pl.DataFrame, raw_orders: pl
     )
 
 
-@asset_check(asset=mice_checks, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=mice_checks)
 def mice_not_worse_than_median(mice_checks: ArtifactFolder) -> AssetCheckResult:
     """On hidden known values, MICE's RMSE is not worse than median imputation, per column."""
     validation = mice_checks.json("mice_checks.json")["mask_and_recover"]

@@ -7,12 +7,12 @@ run later reads that run's inputs, not today's.
 
 from dagster import AssetExecutionContext, AssetOut, MetadataValue, Output, multi_asset
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import CODE_VERSION, OWNERS, current_run
 from insightflow_assets.ingest.loading import pick_source_files, read_table, validate_snapshot
 from insightflow_assets.partitions import runs_partitions
 from resources.storage import Storage
 
-_OUT = dict(kinds={"polars", "parquet"}, owners=OWNERS, code_version="1")
+_OUT = dict(kinds={"polars", "parquet"}, owners=OWNERS, code_version=CODE_VERSION)
 
 @multi_asset(
     name="instacart_snapshot",

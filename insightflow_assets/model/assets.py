@@ -1,12 +1,11 @@
 """Model: `als_model`, implicit's conjugate-gradient ALS on the ratings (factors + id maps, no pickle)."""
 
 import numpy as np
-from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output
 import polars as pl
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.model.als import DEFAULT_PARAMS, AlsModel, fit_als
-from insightflow_assets.partitions import runs_partitions
 from resources.io_manager import ArtifactFolder
 
 GROUP = "model"
@@ -20,12 +19,9 @@ class AlsConfig(Config):
     random_state: int = DEFAULT_PARAMS["random_state"]
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"implicit", "numpy"},
-    owners=OWNERS,
-    code_version="1",
     description="implicit ALS (CG solver): user/item factors and id maps in factors.npz, parameters in params.json.",
 )
 def als_model(context: AssetExecutionContext, config: AlsConfig, ratings: pl.DataFrame) -> Output[ArtifactFolder]:
@@ -43,7 +39,7 @@ def als_model(context: AssetExecutionContext, config: AlsConfig, ratings: pl.Dat
     )
 
 
-@asset_check(asset=als_model, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=als_model)
 def als_factors_finite(als_model: ArtifactFolder) -> AssetCheckResult:
     """Every user and item factor is a finite number."""
     model = AlsModel.from_files(als_model.files)

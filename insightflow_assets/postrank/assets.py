@@ -3,15 +3,14 @@
 from typing import Literal
 
 import polars as pl
-from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output
 
-from insightflow_assets.common import OWNERS, current_run
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.assets import EvalConfig, metrics_in_unit_interval, metrics_markdown
 from insightflow_assets.evaluation.baselines import item_popularity
 from insightflow_assets.evaluation.metrics import intra_list_diversity, novelty
 from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report
 from insightflow_assets.model.als import AlsModel, recommend
-from insightflow_assets.partitions import runs_partitions
 from insightflow_assets.postrank.rerank import postrank
 from resources.io_manager import ArtifactFolder
 
@@ -27,12 +26,9 @@ class PostrankConfig(Config):
     popularity_kind: Literal["global", "user"] = "global"
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"numpy", "polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description=(
         "Post-ranked recommendations for every user: ALS candidates re-scored with popularity, "
         "diversified by MMR, cold users filled from popularity (source ∈ als/popular/fallback)."
@@ -74,12 +70,9 @@ def user_recos(
     )
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "json"},
-    owners=OWNERS,
-    code_version="1",
     description="The post-ranked lists scored like als_eval (same users, same baselines) plus diversity and novelty.",
 )
 def als_postrank(
@@ -118,10 +111,8 @@ def als_postrank(
     )
 
 
-@asset_check(
+@run_check(
     asset=user_recos,
-    blocking=True,
-    partitions_def=runs_partitions,
     additional_ins={"orders_imputed": AssetIn("orders_imputed")},
 )
 def every_user_gets_k_items(user_recos: pl.DataFrame, orders_imputed: pl.DataFrame) -> AssetCheckResult:
@@ -138,7 +129,7 @@ def every_user_gets_k_items(user_recos: pl.DataFrame, orders_imputed: pl.DataFra
     )
 
 
-@asset_check(asset=als_postrank, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=als_postrank)
 def postrank_metrics_in_range(als_postrank: ArtifactFolder) -> AssetCheckResult:
     """Every metric of the post-rank report is within [0, 1]."""
     return metrics_in_unit_interval(als_postrank)

@@ -2,10 +2,9 @@
 
 from datetime import datetime, timezone
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from insightflow_assets.common import OWNERS, current_run
-from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.publish.promotion import promote
 from resources.layout import LATEST_MANIFEST
 from resources.storage import Storage
@@ -13,12 +12,9 @@ from resources.storage import Storage
 GROUP = "publish"
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"s3", "json"},
-    owners=OWNERS,
-    code_version="1",
     deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks"],
     description=(
         "Promotes this run's user_seg, segment_popularity and eval_charts to latest/ and writes "

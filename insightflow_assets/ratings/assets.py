@@ -4,10 +4,9 @@ and the held-out target baskets every evaluation reads."""
 from typing import Optional
 
 import polars as pl
-from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output
 
-from insightflow_assets.common import OWNERS, current_run
-from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.ratings.build import build_holdout, build_ratings
 
 GROUP = "ratings"
@@ -21,12 +20,9 @@ class RatingsConfig(Config):
     min_item_interactions: int = 1
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description="One row per (user, product) bought before the user's target order: purchases and rating.",
 )
 def ratings(
@@ -50,12 +46,9 @@ def ratings(
     )
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description="Each user's target basket (the eval_set=train order, else the last order): the evaluation truth.",
 )
 def holdout(context: AssetExecutionContext, orders_imputed: pl.DataFrame, raw_order_products: pl.DataFrame) -> Output[pl.DataFrame]:
@@ -64,7 +57,7 @@ def holdout(context: AssetExecutionContext, orders_imputed: pl.DataFrame, raw_or
     return Output(df, metadata={"users": df["user_id"].n_unique()})
 
 
-@asset_check(asset=ratings, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=ratings)
 def ratings_valid(ratings: pl.DataFrame) -> AssetCheckResult:
     """Ratings are non-empty, unique per (user, product), and every score is > 0."""
     duplicates = ratings.height - ratings.select("user_id", "product_id").n_unique() if ratings.height else 0

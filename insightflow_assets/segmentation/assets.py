@@ -3,10 +3,9 @@
 import time
 
 import polars as pl
-from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
-from insightflow_assets.common import OWNERS, current_run
-from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.segmentation.diagnostics import StepDiagnostics
 from insightflow_assets.segmentation.popularity import segment_popularity as build_segment_popularity
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg, rfm_table, segment_users
@@ -18,12 +17,9 @@ from resources.storage import Storage
 GROUP = "segmentation"
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"scikit-learn", "polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description=(
         "Per user R (days before the target order), F (orders), M (items, or spend with prices), "
         "their higher-is-better z-scores, and a KMeans segment ordered by the centroid's high-value score."
@@ -67,12 +63,9 @@ def user_seg(
     )
 
 
-@asset(
-    partitions_def=runs_partitions,
-    group_name=GROUP,
+@run_asset(
+    group=GROUP,
     kinds={"polars", "parquet"},
-    owners=OWNERS,
-    code_version="1",
     description="Top-N products per segment: buyers, purchases, share in segment, rank and lift over the overall share.",
 )
 def segment_popularity(
@@ -86,7 +79,7 @@ def segment_popularity(
 # --- checks --------------------------------------------------------------------------------
 
 
-@asset_check(asset=user_seg, blocking=True, partitions_def=runs_partitions, additional_ins={"ratings": AssetIn("ratings")})
+@run_check(asset=user_seg, additional_ins={"ratings": AssetIn("ratings")})
 def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFrame) -> AssetCheckResult:
     """Each user of the ratings appears exactly once in user_seg, and no one else does."""
     rated = ratings.select("user_id").unique()
@@ -99,7 +92,7 @@ def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFra
     )
 
 
-@asset_check(asset=user_seg, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=user_seg)
 def no_empty_segment(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """Every one of the k segments has users."""
     centroids = centroids_from_user_seg(user_seg)
@@ -109,7 +102,7 @@ def no_empty_segment(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult
     )
 
 
-@asset_check(asset=segment_popularity, blocking=True, partitions_def=runs_partitions)
+@run_check(asset=segment_popularity)
 def segment_popularity_bounded(segment_popularity: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """At most top_n rows per segment, and every lift > 0."""
     per_segment = segment_popularity.group_by("segment").len()["len"].max() or 0
