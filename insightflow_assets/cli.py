@@ -87,7 +87,9 @@ def cmd_run(args) -> int:
         print(f"\nasset checks: {passed}/{len(outcome.checks)} passed")
         for c in outcome.checks:
             if not c["passed"]:
-                print(f"  FAILED [{c['severity']}] {c['asset']}:{c['check']}")
+                values = ", ".join(f"{k}={_short(v)}" for k, v in c["metadata"].items())
+                word = "warning" if c["severity"] == "WARN" else "FAILED"
+                print(f"  {word}: {c['asset']}:{c['check']} ({values})")
     print("\nfiles written:")
     for line in written_tree(curated, outcome.run_key):
         print("  " + line)

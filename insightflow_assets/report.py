@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 
+import polars as pl
 import pyarrow.parquet as pq
 
 from insightflow_assets.evaluation.offline import HEADLINE_K, metrics_table
+from insightflow_assets.publish.promotion import read_manifest
 from resources.layout import artifact
 from resources.storage import Storage
 
@@ -60,4 +62,21 @@ def headline(storage: Storage, run_key: str) -> list[str]:
             f"  best at map@{k}: {best} ({ranking[best]:.4f}); ALS {ranking['ALS']:.4f}"
             + (f", post-rank {ranking['ALS post-rank']:.4f}" if "ALS post-rank" in ranking else "")
         )
+
+    seg_key = artifact("user_seg").keys(run_key)["user_seg.parquet"]
+    if storage.exists(seg_key):
+        seg = pl.read_parquet(io.BytesIO(storage.read_bytes(seg_key)))
+        counts = seg.group_by("segment", "segment_label").len().sort("segment")
+        lines.append(
+            "\nsegments: " + ", ".join(f"{r['segment']} {r['segment_label']} ({r['len']:,})" for r in counts.iter_rows(named=True))
+        )
+    exports = artifact("exports").keys(run_key)["bedrock_inputs.jsonl"]
+    if storage.exists(exports):
+        n = storage.read_bytes(exports).count(b"\n")
+        lines.append(f"exports: {n} cohort users in bedrock_inputs.jsonl")
+
+    manifest = read_manifest(storage)
+    if manifest:
+        note = "this run" if manifest["run_key"] == run_key else "not this run: it failed a blocking check or a newer run is latest"
+        lines.append(f"latest/ → {manifest['run_key']} ({note})")
     return lines
