@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from insightflow_assets.ingest.loading import SCHEMAS as _LOADER_SCHEMAS
+
 __all__ = [
     "AISLES",
     "DEPARTMENTS",
@@ -102,34 +104,11 @@ AISLES: tuple[tuple[str, int], ...] = (
     ("specialty wines champagnes", 5),
 )  # fmt: skip
 
-_LINE_SCHEMA = {
-    "order_id": pl.Int32,
-    "product_id": pl.Int32,
-    "add_to_cart_order": pl.Int16,
-    "reordered": pl.Int8,
-}
-# Column names, order and dtypes of every table; also handy as
-# ``schema_overrides`` when reading the written CSVs back.
+# Column names, order and dtypes of every table: the ingest contract, so generated files are
+# exactly what the loader expects; also handy as ``schema_overrides`` when reading CSVs back.
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "orders": {
-        "order_id": pl.Int32,
-        "user_id": pl.Int32,
-        "eval_set": pl.String,
-        "order_number": pl.Int16,
-        "order_dow": pl.Int8,
-        "order_hour_of_day": pl.Int8,
-        "days_since_prior_order": pl.Float32,
-    },
-    "order_products__prior": dict(_LINE_SCHEMA),
-    "order_products__train": dict(_LINE_SCHEMA),
-    "products": {
-        "product_id": pl.Int32,
-        "product_name": pl.String,
-        "aisle_id": pl.Int32,
-        "department_id": pl.Int32,
-    },
-    "aisles": {"aisle_id": pl.Int32, "aisle": pl.String},
-    "departments": {"department_id": pl.Int32, "department": pl.String},
+    stem: dict(_LOADER_SCHEMAS["order_products" if stem.startswith("order_products") else stem])
+    for stem in ("orders", "order_products__prior", "order_products__train", "products", "aisles", "departments")
 }
 
 FULL_N_PRODUCTS = 49_688
@@ -398,7 +377,7 @@ def generate_instacart(
             "add_to_cart_order": ((packed & 0xFFFFFFFF) >> 1).astype(np.int16),
             "reordered": (packed & 1).astype(np.int8),
         },
-        schema=_LINE_SCHEMA,
+        schema=SCHEMAS["order_products__prior"],
     )
     del packed
     prior_lines = lines.filter(~is_train_line)
