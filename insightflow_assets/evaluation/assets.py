@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report, metrics_table
+from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report, list_diversity, metrics_table
 from insightflow_assets.model.als import AlsModel, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
 
@@ -68,6 +68,8 @@ def als_eval(
     # Already-bought products stay allowed: repurchase is the main event in groceries.
     recs = recommend(model, ratings, users, max(config.ks), filter_already_bought=False)
     metrics, cov = evaluation_report(recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks))
+    metrics["diversity"] = {"k": HEADLINE_K, "als": list_diversity(recs, model.item_ids, model.item_factors, ratings, HEADLINE_K)}
+    metrics["eval_config"] = config.model_dump()
     winner = metrics["winner"]
     context.log.info(f"best at {winner['metric']}: {winner['method']} ({winner['value']:.4f})")
     return Output(

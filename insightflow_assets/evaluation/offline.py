@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 import numpy as np
 import polars as pl
 
-from insightflow_assets.evaluation.baselines import global_popularity, gp_topfreq, p_topfreq
-from insightflow_assets.evaluation.metrics import coverage, evaluate
+from insightflow_assets.evaluation.baselines import global_popularity, gp_topfreq, item_popularity, p_topfreq
+from insightflow_assets.evaluation.metrics import coverage, evaluate, intra_list_diversity, novelty
 
 HEADLINE_K = 10
 METHOD_LABELS = {
@@ -53,6 +53,20 @@ def baseline_recs(ratings: pl.DataFrame, users: np.ndarray, n: int) -> dict[str,
     }
 
 
+def baseline_scores(ratings: pl.DataFrame, holdout: pl.DataFrame, users: np.ndarray, ks: tuple[int, ...]) -> dict:
+    """The three baselines scored on ``users``: ``{"baseline", "p_topfreq", "gp_topfreq"}``."""
+    history = ratings.select("user_id", "product_id")
+    return {
+        name: evaluate(recs, holdout, ks, history=history, users=users)
+        for name, recs in baseline_recs(ratings, users, max(ks)).items()
+    }
+
+
+def baselines_of(report: dict) -> dict:
+    """The baseline scores inside a stored report (to reuse them for another method)."""
+    return {"baseline": report["baseline"], **report["baselines"]}
+
+
 def evaluation_report(
     method_recs: pl.DataFrame,
     ratings: pl.DataFrame,
@@ -62,17 +76,18 @@ def evaluation_report(
     n_items: int,
     ks: tuple[int, ...],
     method: str = "als",
+    baselines: dict | None = None,
 ) -> tuple[dict, dict]:
     """``(metrics, coverage)`` of one method next to the baselines, in the seed's schema.
 
     ``history`` for the repeat/explore split is the ratings' (user, product) pairs, i.e. what
-    each user bought before the target basket.
+    each user bought before the target basket. ``baselines`` (from `baseline_scores`, or a
+    stored report on the same users) saves scoring them again.
     """
     kmax = max(ks)
     history = ratings.select("user_id", "product_id")
     scored = {method: evaluate(method_recs, holdout, ks, history=history, users=users)}
-    for name, recs in baseline_recs(ratings, users, kmax).items():
-        scored[name] = evaluate(recs, holdout, ks, history=history, users=users)
+    scored.update(baselines if baselines is not None else baseline_scores(ratings, holdout, users, ks))
 
     key = f"map@{HEADLINE_K}" if HEADLINE_K in ks else f"map@{kmax}"
     ranking = sorted(scored, key=lambda m: scored[m][key], reverse=True)
@@ -91,6 +106,15 @@ def evaluation_report(
     cov = coverage(method_recs, k=k_cov, n_items=n_items, users=users)
     cov["k"] = k_cov
     return metrics, cov
+
+
+def list_diversity(recs: pl.DataFrame, item_ids: np.ndarray, item_factors: np.ndarray, ratings: pl.DataFrame, k: int) -> dict:
+    """Intra-list diversity (mean pairwise 1 − cosine of ALS item factors) and novelty
+    (mean −log2 of the share of users who bought the item) of the top-k lists."""
+    return {
+        "ild": intra_list_diversity(recs, (item_ids, item_factors), k),
+        "novelty": novelty(recs, item_popularity(ratings), k),
+    }
 
 
 def metrics_table(metrics: dict, k: int = HEADLINE_K, extra: dict[str, dict] | None = None) -> list[dict]:

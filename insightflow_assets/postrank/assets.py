@@ -8,8 +8,7 @@ from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, Me
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.assets import EvalConfig, metrics_in_unit_interval, metrics_markdown
 from insightflow_assets.evaluation.baselines import item_popularity
-from insightflow_assets.evaluation.metrics import intra_list_diversity, novelty
-from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report
+from insightflow_assets.evaluation.offline import HEADLINE_K, baselines_of, eval_users, evaluation_report, list_diversity
 from insightflow_assets.model.als import AlsModel, recommend
 from insightflow_assets.postrank.rerank import postrank
 from resources.io_manager import ArtifactFolder
@@ -79,6 +78,7 @@ def als_postrank(
     context: AssetExecutionContext,
     config: EvalConfig,
     user_recos: pl.DataFrame,
+    als_eval: ArtifactFolder,
     als_model: ArtifactFolder,
     ratings: pl.DataFrame,
     holdout: pl.DataFrame,
@@ -87,25 +87,35 @@ def als_postrank(
     current_run(context)
     model = AlsModel.from_files(als_model.files)
     users = eval_users(holdout, config.sample_users, config.seed)
+    reference = als_eval.json("metrics.json")
+    # The baselines were scored by als_eval on the same users: reuse them, unless this
+    # evaluation was configured differently.
+    same = reference.get("eval_config") == config.model_dump() and reference["n_users_evaluated"] == len(users)
     metrics, cov = evaluation_report(
-        user_recos, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks), method="als_postrank"
+        user_recos,
+        ratings,
+        holdout,
+        users,
+        n_items=products.height,
+        ks=tuple(config.ks),
+        method="als_postrank",
+        baselines=baselines_of(reference) if same else None,
     )
     # Diversity and novelty of the post-ranked lists next to plain ALS top-K, to show MMR's effect.
     k = HEADLINE_K
-    plain = recommend(model, ratings, users, k)
-    pop = item_popularity(ratings)
-    vectors = (model.item_ids, model.item_factors)
     evaluated = user_recos.filter(pl.col("user_id").is_in(pl.Series(users).implode()))
     metrics["diversity"] = {
         "k": k,
-        "als_postrank": {"ild": intra_list_diversity(evaluated, vectors, k), "novelty": novelty(evaluated, pop, k)},
-        "als": {"ild": intra_list_diversity(plain, vectors, k), "novelty": novelty(plain, pop, k)},
+        "als_postrank": list_diversity(evaluated, model.item_ids, model.item_factors, ratings, k),
+        "als": reference["diversity"]["als"],
     }
+    metrics["eval_config"] = config.model_dump()
     return Output(
         ArtifactFolder.of({"metrics.json": metrics, "coverage.json": cov}),
         metadata={
             f"metrics@{k}": metrics_markdown(metrics),
             "diversity": MetadataValue.json(metrics["diversity"]),
+            "baselines_reused_from_als_eval": same,
             **{key: float(v) for key, v in cov.items() if key.startswith("coverage")},
         },
     )
