@@ -11,7 +11,9 @@ Targets on 2 cores / 24 GB: whole graph ≤ 5 minutes, peak memory ≤ 6 GB.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +48,10 @@ class RssSampler(threading.Thread):
 
     def peak(self, start: float, end: float) -> float:
         inside = [mb for t, mb in self.samples if start <= t <= end]
-        return max(inside) if inside else float("nan")
+        if not inside:  # a step shorter than the sampling interval: the sample just before it
+            before = [mb for t, mb in self.samples if t <= end]
+            inside = before[-1:] or [mb for _, mb in self.samples[:1]]
+        return max(inside)
 
     def stop(self) -> None:
         self._halt.set()
@@ -117,7 +122,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
     _rmtree(curated)
     return {
         "users": users,
-        "ok": outcome.ok,
+        "ok": "yes" if outcome.ok else "NO",
         "errors": outcome.errors,
         "failed_checks": outcome.failed_error_checks,
         "stages": steps + [total],
@@ -140,6 +145,7 @@ def _rmtree(path: Path) -> None:
 
 def plot_curve(points: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(9, 4.5), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
@@ -151,6 +157,7 @@ def plot_curve(points: list[dict], path: Path) -> None:
     ax2.axhline(TARGET_RSS_MB / 1024, ls=":", color="grey", label="target 6 GB")
     ax2.set(title="Peak memory (RSS of the run process)", xlabel="users", ylabel="GB")
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_ylim(bottom=0)
@@ -164,8 +171,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=INSTACART_USERS)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--curve", action="store_true", help="also run at 10 %, 25 % and 50 % of --users")
+    ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: one curve point, JSON to this path
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS
+
+    if args.point:
+        r = run_once(args.users, args.seed)
+        Path(args.point).write_text(json.dumps({k: r[k] for k in ("users", "whole_graph_seconds", "peak_rss_mb", "ok")}))
+        return
 
     print(f"scale benchmark: whole graph at {args.users:,} users")
     result = run_once(args.users, args.seed)
@@ -176,20 +189,24 @@ def main() -> None:
         "machine": machine(),
         "load_average": os.getloadavg(),
     }
+    write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
     if args.curve:
         points = []
         for frac in (0.1, 0.25, 0.5):
             n = int(args.users * frac)
             print(f"curve: {n:,} users")
-            r = run_once(n, args.seed)
-            points.append({"users": n, "whole_graph_seconds": r["whole_graph_seconds"], "peak_rss_mb": r["peak_rss_mb"], "ok": r["ok"]})
+            # a fresh process per point, so its peak RSS is its own and not the heap left behind
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [sys.executable, __file__, "--users", str(n), "--seed", str(args.seed), "--point", out.name]
+                subprocess.run(cmd, check=True)
+                points.append(json.loads(Path(out.name).read_text()))
         points.append({"users": args.users, "whole_graph_seconds": result["whole_graph_seconds"], "peak_rss_mb": result["peak_rss_mb"], "ok": result["ok"]})
         payload["curve"] = points
         RESULTS.mkdir(parents=True, exist_ok=True)
         plot_curve(points, RESULTS / "scaling_curve.png")
         print("\n" + markdown(points, ["users", "whole_graph_seconds", "peak_rss_mb", "ok"]))
-    write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
-    if not result["ok"]:
+        write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
+    if result["ok"] != "yes":
         print("RUN FAILED:", result["errors"], result["failed_checks"])
 
 
