@@ -183,6 +183,9 @@ def test_same_run_on_s3_writes_the_same_relative_keys(local_run, s3_buckets, sma
         client.upload_file(str(f), clean, f"instacart/{f.name}")
     outcome = run_graph(instance, run_key=RUN_A, defs=s3_defs(s3, clean, curated_bucket, prefix="insightflow"))
     assert outcome.success, outcome.errors
+    # every asset check ran on the S3 store too, and no ERROR-severity check failed
+    assert len(outcome.checks) == len(local_run["first"].checks)
+    assert outcome.failed_error_checks == [], outcome.failed_error_checks
     keys = [o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=curated_bucket) for o in p.get("Contents", [])]
     assert all(k.startswith("insightflow/") for k in keys)
     s3_tree = {k.removeprefix("insightflow/") for k in keys}
