@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from insightflow_assets.frames import lazy as _lazy, user_ids as _users_frame
+
 Frame = pl.DataFrame | pl.LazyFrame
 Users = Iterable[int] | pl.Series | pl.DataFrame | np.ndarray
 
@@ -29,20 +31,6 @@ _RECS_SCHEMA = {
     "product_id": pl.Int32,
     "score": pl.Float32,
 }
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
-
-
-def _users_frame(users: Users) -> pl.DataFrame:
-    if isinstance(users, pl.DataFrame):
-        s = users.get_column("user_id")
-    elif isinstance(users, pl.Series):
-        s = users
-    else:
-        s = pl.Series(np.asarray(users if isinstance(users, np.ndarray) else list(users)))
-    return pl.DataFrame({"user_id": s.cast(pl.Int32)}).unique().sort("user_id")
 
 
 def _finish(lf: pl.LazyFrame) -> pl.DataFrame:

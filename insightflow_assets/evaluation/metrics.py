@@ -45,6 +45,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from insightflow_assets.frames import lazy as _lazy, user_ids
+
+
+def _users_frame(users) -> pl.LazyFrame:
+    return user_ids(users, pl.Int64).lazy()
+
 Frame = pl.DataFrame | pl.LazyFrame
 
 __all__ = [
@@ -57,20 +63,6 @@ __all__ = [
 ]
 
 _METRICS = ("precision", "recall", "map", "ndcg", "hit_rate")
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
-
-
-def _users_frame(users: Iterable[int] | pl.Series | pl.DataFrame | np.ndarray) -> pl.LazyFrame:
-    if isinstance(users, pl.DataFrame):
-        s = users.get_column("user_id")
-    elif isinstance(users, pl.Series):
-        s = users
-    else:
-        s = pl.Series(np.asarray(list(users) if not isinstance(users, np.ndarray) else users))
-    return pl.DataFrame({"user_id": s.cast(pl.Int64)}).unique().lazy()
 
 
 _SHIFT = 1 << 32

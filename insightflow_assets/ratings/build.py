@@ -29,6 +29,8 @@ import math
 
 import polars as pl
 
+from insightflow_assets.frames import lazy as _lazy
+
 Frame = pl.DataFrame | pl.LazyFrame
 
 _SHIFT = 1 << 32
@@ -41,10 +43,6 @@ __all__ = [
     "build_holdout",
     "build_ratings",
 ]
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
 
 
 def _order_days_lazy(orders_imputed: Frame) -> pl.LazyFrame:

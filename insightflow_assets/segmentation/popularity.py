@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from insightflow_assets.frames import lazy as _lazy
+
 Frame = pl.DataFrame | pl.LazyFrame
 
 __all__ = ["SEGMENT_POPULARITY_SCHEMA", "segment_popularity"]
@@ -34,10 +36,6 @@ SEGMENT_POPULARITY_SCHEMA = {
     "lift": pl.Float64,
     "rank": pl.Int32,
 }
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
 
 
 def segment_popularity(user_seg: Frame, ratings: Frame, *, top_n: int | None = 100) -> pl.DataFrame:

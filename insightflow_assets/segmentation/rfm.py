@@ -44,6 +44,7 @@ import numpy as np
 import polars as pl
 
 from insightflow_assets.ratings.build import target_orders
+from insightflow_assets.frames import lazy as _lazy, user_ids as _user_ids
 
 Frame = pl.DataFrame | pl.LazyFrame
 
@@ -80,23 +81,6 @@ USER_SEG_SCHEMA = {
     "segment_label": pl.String,
     "hv": pl.Float64,
 }
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
-
-
-def _user_ids(users: Any) -> pl.DataFrame:
-    """A one-column ``user_id Int32`` frame of distinct ids from many input kinds."""
-    if isinstance(users, pl.LazyFrame):
-        users = users.select("user_id").collect()
-    if isinstance(users, pl.DataFrame):
-        s = users.get_column("user_id")
-    elif isinstance(users, pl.Series):
-        s = users
-    else:
-        s = pl.Series(np.asarray(list(users) if not isinstance(users, np.ndarray) else users).ravel())
-    return pl.DataFrame({"user_id": s.drop_nulls().cast(pl.Int32).unique()})
 
 
 def hv_expr(r: str = "r_z", f: str = "f_z", m: str = "m_z") -> pl.Expr:

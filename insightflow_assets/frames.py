@@ -1,0 +1,27 @@
+"""Small polars helpers shared by the pure stage modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+Frame = pl.DataFrame | pl.LazyFrame
+
+
+def lazy(frame: Frame) -> pl.LazyFrame:
+    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+
+
+def user_ids(users: Any, dtype: pl.DataType = pl.Int32) -> pl.DataFrame:
+    """Distinct, sorted ``user_id`` of a frame, series, array or iterable of ids."""
+    if isinstance(users, pl.LazyFrame):
+        users = users.select("user_id").collect()
+    if isinstance(users, pl.DataFrame):
+        s = users.get_column("user_id")
+    elif isinstance(users, pl.Series):
+        s = users
+    else:
+        s = pl.Series(np.asarray(users if isinstance(users, np.ndarray) else list(users)).ravel())
+    return pl.DataFrame({"user_id": s.drop_nulls().cast(dtype)}).unique().sort("user_id")
