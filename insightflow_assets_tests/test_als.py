@@ -251,7 +251,12 @@ def test_recommend_threads_and_batches_agree(block_model):
     ratings, model = block_model
     a = recommend(model, ratings, model.user_ids, 8, num_threads=1, batch_size=1000)
     b = recommend(model, ratings, model.user_ids, 8, num_threads=2, batch_size=3)
-    assert a.equals(b)
+    # Products and ranks agree exactly; scores only within float32 rounding, because BLAS may
+    # sum in a different order for another batch shape or thread count (seen: ~2e-7).
+    score = [c for c in a.columns if a[c].dtype.is_float()]
+    assert a.drop(score).equals(b.drop(score))
+    for c in score:
+        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         recommend(model, None, [1], 3, filter_already_bought=True)
 
