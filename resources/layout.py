@@ -56,6 +56,8 @@ SOURCE_TABLES = (
     "departments",
 )
 OPTIONAL_SOURCE_TABLES = ("order_products__train",)
+# The other input form: one table of order lines (see insightflow_assets.ingest.transactions).
+TRANSACTIONS_TABLE = "transactions"
 SOURCE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 SOURCE_SUCCESS_MARKER = "_SUCCESS"
 

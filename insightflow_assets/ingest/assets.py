@@ -2,48 +2,106 @@
 
 One step reads and validates the whole input set before yielding anything, so bad input
 stops the run with nothing written. Snapshotting per run means that re-materializing an old
-run later reads that run's inputs, not today's.
+run later reads that run's inputs, not today's. Two input forms are accepted: Instacart's
+files, or one `transactions` table of order lines (see `ingest.transactions`).
 """
 
-from dagster import AssetExecutionContext, AssetOut, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
+from pydantic import Field
 
 from insightflow_assets.common import CODE_VERSION, OWNERS, current_run
-from insightflow_assets.ingest.loading import pick_source_files, read_table, validate_snapshot
+from insightflow_assets.ingest.loading import Snapshot, pick_source_files, read_table, validate_snapshot
+from insightflow_assets.ingest.transactions import (
+    DEFAULT_NON_PRODUCT_CODES,
+    DEFAULT_NON_PRODUCT_PREFIXES,
+    TransactionsSpec,
+    derive_snapshot,
+)
 from insightflow_assets.partitions import runs_partitions
+from resources.layout import TRANSACTIONS_TABLE
 from resources.storage import Storage
 
 _OUT = dict(kinds={"polars", "parquet"}, owners=OWNERS, code_version=CODE_VERSION)
 
+
+class IngestConfig(Config):
+    """How to read the transactions form (ignored for Instacart files)."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Logical field -> column of transactions.*: customer_id, order_id, timestamp, product_id "
+            "(required), quantity, unit_price, product_name, category. Unmapped fields are looked up "
+            "under common names (the UCI Online Retail names included)."
+        ),
+    )
+    cancel_prefixes: list[str] = Field(default_factory=lambda: ["C"], description="Order ids starting with these are cancellations.")
+    non_product_codes: list[str] = Field(default_factory=lambda: list(DEFAULT_NON_PRODUCT_CODES))
+    non_product_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_NON_PRODUCT_PREFIXES))
+
+    def spec(self) -> TransactionsSpec:
+        return TransactionsSpec(
+            columns=dict(self.columns),
+            cancel_prefixes=tuple(self.cancel_prefixes),
+            non_product_codes=tuple(self.non_product_codes),
+            non_product_prefixes=tuple(self.non_product_prefixes),
+        )
+
+
 @multi_asset(
     name="instacart_snapshot",
     outs={
-        "raw_orders": AssetOut(description="The run's orders.csv, typed and validated.", **_OUT),
+        "raw_orders": AssetOut(description="The run's orders, typed and validated (Instacart orders.csv or derived from transactions).", **_OUT),
         "raw_order_products": AssetOut(
-            description="order_products__prior + __train lines of the run, validated against orders and products.",
+            description="The run's order lines, validated against orders and products.",
             **_OUT,
         ),
-        "products": AssetOut(description="Products with their aisle and department names joined.", **_OUT),
+        "products": AssetOut(description="Products with their aisle and department (or category) names.", **_OUT),
     },
     partitions_def=runs_partitions,
     group_name="ingest",
 )
-def instacart_snapshot(context: AssetExecutionContext, source: Storage):
+def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage):
     current_run(context)
     listing = {o.key: o for o in source.list("")}
     chosen = pick_source_files(list(listing), source.uri())
-
-    tables = {}
-    for stem, key in chosen.items():
-        with source.local_path(key) as path:
-            tables[stem] = read_table(path, stem, display_name=key)
-        context.log.info(f"read {source.uri(key)}: {tables[stem].height:,} rows")
-    snap = validate_snapshot(tables, names=chosen)
+    if TRANSACTIONS_TABLE in chosen:
+        snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec())
+    else:
+        snap, details = _instacart(context, source, chosen), {"form": "instacart"}
 
     provenance = {
         key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version}
         for key in chosen.values()
     }
     src = MetadataValue.json(provenance)
-    yield Output(snap.orders, "raw_orders", metadata={"source": src, "users": snap.orders["user_id"].n_unique()})
-    yield Output(snap.order_products, "raw_order_products", metadata={"source": src})
-    yield Output(snap.products, "products", metadata={"source": src})
+    meta = {"source": src, "input_form": details["form"]}
+    if "excluded" in details:
+        meta["excluded_lines"] = MetadataValue.json(details["excluded"])
+        meta["lines_in"] = details["lines_in"]
+        meta["derivation"] = MetadataValue.json(details["info"])
+    yield Output(snap.orders, "raw_orders", metadata={**meta, "users": snap.orders["user_id"].n_unique()})
+    yield Output(snap.order_products, "raw_order_products", metadata={**meta, "lines": snap.order_products.height})
+    yield Output(snap.products, "products", metadata={**meta, "products": snap.products.height})
+
+
+def _instacart(context, source: Storage, chosen: dict[str, str]) -> Snapshot:
+    tables = {}
+    for stem, key in chosen.items():
+        with source.local_path(key) as path:
+            tables[stem] = read_table(path, stem, display_name=key)
+        context.log.info(f"read {source.uri(key)}: {tables[stem].height:,} rows")
+    return validate_snapshot(tables, names=chosen)
+
+
+def _transactions(context, source: Storage, key: str, spec: TransactionsSpec) -> tuple[Snapshot, dict]:
+    with source.local_path(key) as path:
+        result = derive_snapshot(path, spec, display_name=key)
+    excluded = dict(result.excluded)
+    context.log.info(
+        f"read {source.uri(key)}: {result.lines_in:,} lines, {sum(excluded.values()):,} excluded "
+        + ", ".join(f"{k}={v:,}" for k, v in excluded.items() if v)
+    )
+    if not result.info["time_of_day"]:
+        context.log.warning(f"{key}: timestamps carry no time of day; order_hour_of_day is unknown")
+    return result.snapshot, {"form": "transactions", "excluded": excluded, "lines_in": result.lines_in, "info": result.info}

@@ -246,15 +246,24 @@ def validate_snapshot(tables: dict[str, pl.DataFrame], names: dict[str, str]) ->
 
 
 def pick_source_files(keys: list[str], where: str) -> dict[str, str]:
-    """Map each Kaggle stem to the one file that holds it (``.csv``, ``.csv.gz`` or ``.parquet``).
+    """Map each Kaggle stem to the one file that holds it (``.csv``, ``.csv.gz`` or ``.parquet``),
+    or, for the transactions form, ``{"transactions": key}``.
 
     ``keys`` are the object keys found at the clean location (top level only); ``where`` names
     the location in messages.
     """
-    from resources.layout import OPTIONAL_SOURCE_TABLES, SOURCE_SUFFIXES, SOURCE_TABLES
+    from resources.layout import OPTIONAL_SOURCE_TABLES, SOURCE_SUFFIXES, SOURCE_TABLES, TRANSACTIONS_TABLE
 
     top = {k for k in keys if "/" not in k}
     chosen: dict[str, str] = {}
+    transactions = [TRANSACTIONS_TABLE + s for s in SOURCE_SUFFIXES if TRANSACTIONS_TABLE + s in top]
+    if transactions:
+        instacart = sorted(k for k in top for stem in SOURCE_TABLES if k in {stem + s for s in SOURCE_SUFFIXES})
+        if instacart:
+            raise InputError(f"{where}: holds both {transactions[0]} and Instacart files ({instacart[0]}); keep one input form")
+        if len(transactions) > 1:
+            raise InputError(f"{where}: {TRANSACTIONS_TABLE} is there as {' and '.join(transactions)}; keep one")
+        return {TRANSACTIONS_TABLE: transactions[0]}
     for stem in SOURCE_TABLES:
         found = [stem + s for s in SOURCE_SUFFIXES if stem + s in top]
         if len(found) > 1:
@@ -262,5 +271,8 @@ def pick_source_files(keys: list[str], where: str) -> dict[str, str]:
         if found:
             chosen[stem] = found[0]
         elif stem not in OPTIONAL_SOURCE_TABLES:
-            raise InputError(f"{where}: missing file {stem}.csv (or .csv.gz / .parquet)")
+            raise InputError(
+                f"{where}: missing file {stem}.csv (or .csv.gz / .parquet), "
+                f"or a {TRANSACTIONS_TABLE}.csv for the transactions form"
+            )
     return chosen

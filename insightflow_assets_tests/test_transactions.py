@@ -1,0 +1,183 @@
+"""Data in, the transactions form: a hand-written order-line table, its derivation into the
+internal tables, the exclusions by reason, the column mapping and every bad-input class.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey
+
+from insightflow_assets.ingest.loading import InputError
+from insightflow_assets.ingest.transactions import TransactionsSpec, derive_snapshot
+from insightflow_assets_tests.test_ingest import ingest, stored_files
+
+RUN = "run-20260101-000000"
+
+# Customer 1: three invoices (one product on two lines of one invoice, one exact duplicate line,
+# one cancellation); customer 2: one invoice plus a postage line; a line without customer; a free
+# sample at price 0; a return with negative quantity.
+HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+LINES = [
+    "1001,A1,Red mug,2,2011-01-03 09:15:00,1.50,17850.0,UK",  # Monday
+    "1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,17850.0,UK",
+    "1001,A1,Red mug,3,2011-01-03 09:15:00,1.50,17850.0,UK",  # same product again: merged
+    "1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,17850.0,UK",  # exact duplicate of line 2
+    "1002,A1,Red mug,1,2011-01-10 14:00:00,1.50,17850.0,UK",  # 7 days later
+    "C1003,A1,Red mug,-1,2011-01-11 10:00:00,1.50,17850.0,UK",  # cancellation
+    "1004,C3,Green bowl,2,2011-03-01 18:30:00,2.25,17850.0,UK",  # 50 days later: capped at 30
+    "1005,B2,Blue plate,5,2011-01-09 11:00:00,3.80,12346.0,FR",  # a Sunday
+    "1005,POST,POSTAGE,1,2011-01-09 11:00:00,18.00,12346.0,FR",  # not a product
+    "1006,A1,Red mug,4,2011-01-05 08:00:00,1.50,,UK",  # no customer
+    "1007,C3,Green bowl,1,2011-01-06 08:00:00,0.00,12346.0,FR",  # free sample
+    "1008,C3,Green bowl,-2,2011-01-07 08:00:00,2.25,12346.0,FR",  # a return without C prefix
+]
+TINY = HEADER + "\n".join(LINES) + "\n"
+
+
+def write(folder: Path, text: str = TINY, name: str = "transactions.csv") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder
+
+
+def test_derivation_of_the_internal_tables(tmp_path):
+    result = derive_snapshot(write(tmp_path / "clean") / "transactions.csv")
+    assert result.lines_in == 12
+    assert result.excluded == {
+        "no_customer_id": 1,
+        "no_timestamp": 0,
+        "cancellation": 1,
+        "non_product_code": 1,
+        "non_positive_quantity": 1,
+        "non_positive_price": 1,
+        "duplicate_line": 1,
+    }
+    orders = result.snapshot.orders.sort("user_id", "order_number")
+    assert orders.select("user_id", "order_code", "order_number", "eval_set").rows() == [
+        (12346, "1005", 1, "train"),
+        (17850, "1001", 1, "prior"),
+        (17850, "1002", 2, "prior"),
+        (17850, "1004", 3, "train"),
+    ]
+    assert orders["days_since_prior_order"].to_list() == [None, None, 7.0, 30.0]
+    assert orders["order_dow"].to_list() == [0, 1, 1, 2]  # Sunday = 0, Monday = 1, Tuesday = 2
+    assert orders["order_hour_of_day"].to_list() == [11, 9, 14, 18]
+    # order ids are numbered in time order
+    assert orders.sort("order_ts")["order_code"].to_list() == ["1001", "1005", "1002", "1004"]
+    assert orders.sort("order_ts")["order_id"].to_list() == [1, 2, 3, 4]
+
+
+def test_lines_quantities_and_products(tmp_path):
+    result = derive_snapshot(write(tmp_path / "clean") / "transactions.csv")
+    snap = result.snapshot
+    products = snap.products.sort("product_id")
+    assert products.select("product_id", "product_code", "product_name").rows() == [
+        (1, "A1", "Red mug"),
+        (2, "B2", "Blue plate"),
+        (3, "C3", "Green bowl"),
+    ]
+    assert products["aisle"].unique().to_list() == ["unknown"]
+    lines = snap.order_products.join(snap.orders.select("order_id", "order_code"), on="order_id")
+    first = lines.filter(pl.col("order_code") == "1001").sort("add_to_cart_order")
+    assert first.select("product_id", "add_to_cart_order", "quantity", "reordered").rows() == [(1, 1, 5, 0), (2, 2, 1, 0)]
+    assert lines.filter(pl.col("order_code") == "1002")["reordered"].to_list() == [1]
+    assert lines.filter(pl.col("order_code") == "1005")["unit_price"].to_list() == [3.8]
+    assert result.info["repeated_product_lines_merged"] == 1
+
+
+def test_column_mapping_and_formats(tmp_path):
+    renamed = TINY.replace(HEADER, "inv,sku,title,n,when,price_each,client,country\n")
+    spec = TransactionsSpec(
+        columns={"order_id": "inv", "product_id": "sku", "product_name": "title", "quantity": "n",
+                 "timestamp": "when", "unit_price": "price_each", "customer_id": "client"}
+    )
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "transactions.csv.gz").write_bytes(gzip.compress(renamed.encode()))
+    mapped = derive_snapshot(clean / "transactions.csv.gz", spec)
+    plain = derive_snapshot(write(tmp_path / "plain") / "transactions.csv")
+    assert mapped.snapshot.orders.equals(plain.snapshot.orders)
+    assert mapped.snapshot.order_products.equals(plain.snapshot.order_products)
+    assert mapped.excluded == plain.excluded
+
+
+def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):
+    text = "customer,order,date,item\nbob,o1,2024-05-01,x\nann,o2,2024-05-02,y\nbob,o3,2024-05-09,y\n"
+    result = derive_snapshot(write(tmp_path / "c", text) / "transactions.csv", TransactionsSpec(
+        columns={"customer_id": "customer", "order_id": "order", "product_id": "item"}))
+    orders = result.snapshot.orders.sort("order_ts")
+    assert orders["user_id"].to_list() == [2, 1, 2]  # ann = 1, bob = 2 (sorted)
+    assert orders["order_hour_of_day"].null_count() == 3
+    assert result.info["time_of_day"] is False
+    assert orders["days_since_prior_order"].to_list() == [None, None, 8.0]
+
+
+BAD = {
+    "missing required column": (TINY.replace("CustomerID", "Client"), ["transactions.csv", "missing column customer_id"]),
+    "mapped column absent": (None, ["transactions.csv", "missing column cust", "customer_id"]),
+    "bad timestamp": (TINY.replace("2011-01-10 14:00:00", "yesterday"), ["transactions.csv", "column InvoiceDate", "'yesterday'"]),
+    "bad quantity": (TINY.replace(",3,2011", ",three,2011"), ["transactions.csv", "column Quantity", "'three'"]),
+    "fractional quantity": (TINY.replace(",3,2011", ",2.5,2011"), ["transactions.csv", "column Quantity", "not an integer"]),
+    "customer column empty": (
+        HEADER + "\n".join(",".join(l.split(",")[:6] + ["", l.split(",")[7]]) for l in LINES) + "\n",
+        ["transactions.csv", "column CustomerID", "no value at all"],
+    ),
+    "missing product id": (TINY.replace("1002,A1,", "1002,,"), ["transactions.csv", "column StockCode", "1 missing"]),
+    "nothing usable": (HEADER + LINES[5] + "\n" + LINES[9] + "\n", ["transactions.csv", "no usable line", "cancellation 1"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_transactions_fail_with_one_line_and_write_nothing(tmp_path, instance, case):
+    from insightflow_assets.runner import run_graph
+    from insightflow_assets_tests.conftest import local_defs
+
+    text, expected = BAD[case]
+    clean = write(tmp_path / "clean", text if text is not None else TINY)
+    config = None
+    if case == "mapped column absent":
+        config = {"ops": {"instacart_snapshot": {"config": {"columns": {"customer_id": "cust"}}}}}
+    curated = tmp_path / "curated"
+    outcome = run_graph(
+        instance, run_key=RUN, defs=local_defs(clean, curated), run_config=config,
+        selection=["raw_orders", "raw_order_products", "products"],
+    )
+    assert not outcome.success
+    assert len(outcome.errors) == 1 and "\n" not in outcome.errors[0], outcome.errors
+    for part in expected:
+        assert part in outcome.errors[0], (part, outcome.errors[0])
+    assert stored_files(curated) == []
+
+
+def test_both_forms_in_one_location_is_refused(tmp_path, instance):
+    from insightflow_assets_tests.test_ingest import write_tiny
+
+    clean = write_tiny(tmp_path / "clean")
+    write(clean)
+    outcome, curated = ingest(tmp_path, instance, clean)
+    assert not outcome.success
+    assert "keep one input form" in outcome.errors[0]
+    assert stored_files(curated) == []
+
+
+def test_snapshot_through_dagster_records_exclusions(tmp_path, instance):
+    outcome, curated = ingest(tmp_path, instance, write(tmp_path / "clean"))
+    assert outcome.ok, outcome.errors
+    raw = curated / "recsys/raw/run-20260101-000000"
+    orders = pl.read_parquet(raw / "orders.parquet")
+    assert orders.height == 4 and orders.schema["order_ts"] == pl.Datetime("us")
+    lines = pl.read_parquet(raw / "order_products.parquet")
+    assert set(lines.columns) >= {"quantity", "unit_price"}
+    mat = instance.get_latest_materialization_event(AssetKey("raw_order_products")).asset_materialization
+    assert mat.metadata["excluded_lines"].value["cancellation"] == 1
+    assert mat.metadata["input_form"].value == "transactions"
+
+
+def test_unreadable_transactions_file_is_named(tmp_path):
+    path = write(tmp_path / "x", "garbage", name="transactions.parquet") / "transactions.parquet"
+    with pytest.raises(InputError, match="transactions.parquet: cannot be read"):
+        derive_snapshot(path)
