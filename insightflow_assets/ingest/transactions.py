@@ -113,13 +113,24 @@ def read_transactions(path: Path, spec: TransactionsSpec, display_name: str | No
         if is_parquet:
             raw = pl.read_parquet(path, columns=list(cols.values()))
         else:
-            raw = pl.read_csv(path, columns=list(cols.values()), infer_schema=False, null_values=NULLS)
+            raw = _read_csv(path, cols)
     except Exception as exc:
         raise InputError(f"{name}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     return _typed(out, cols, name)
+
+
+def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
+    # Fast path: numbers parsed by the reader; a bad value falls back to strings, where
+    # `_number` finds it and names it.
+    numeric = {cols[c]: t for c, t in (("quantity", pl.Int64), ("unit_price", pl.Float64)) if c in cols}
+    text = {c: pl.String for c in cols.values() if c not in numeric}
+    try:
+        return pl.read_csv(path, columns=list(cols.values()), schema_overrides={**text, **numeric}, null_values=NULLS)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        return pl.read_csv(path, columns=list(cols.values()), infer_schema=False, null_values=NULLS)
 
 
 def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
@@ -154,6 +165,8 @@ def _as_id_string(df: pl.DataFrame, col: str) -> pl.Expr:
 
 def _number(df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str) -> pl.Series:
     s = df[col]
+    if s.dtype == dtype or (dtype == pl.Float64 and s.dtype.is_numeric()):
+        return s.cast(dtype).alias(col)
     if s.dtype == pl.String:
         s = s.str.strip_chars()
         s = pl.Series(col, s).set(s.is_in(NULLS), None)
@@ -222,14 +235,31 @@ def usable_lines(df: pl.DataFrame, spec: TransactionsSpec, name: str) -> tuple[p
         if reason is not None:
             counts[reason] = int(n)
     kept = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
-    # Exact duplicates: every mapped column equal (a double export), counted after the rest.
-    dup = ~kept.select(pl.struct(pl.exclude("_line")).is_first_distinct()).to_series()
+    dup = _exact_duplicates(kept)
     counts["duplicate_line"] = int(dup.sum())
     kept = kept.filter(~dup)
     if kept.height == 0:
         detail = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
         raise InputError(f"{name}: no usable line left (excluded: {detail})")
     return kept, counts
+
+
+def _exact_duplicates(lines: pl.DataFrame) -> pl.Series:
+    """Lines equal in every mapped column to an earlier line (a double export).
+
+    A row hash finds candidates cheaply; only rows whose hash repeats are compared exactly, so
+    a hash collision can never drop a real line.
+    """
+    cols = [c for c in lines.columns if c != "_line"]
+    dup = pl.Series("dup", [False] * lines.height, dtype=pl.Boolean)
+    if lines.height == 0:
+        return dup
+    candidates = lines.select(pl.struct(cols).hash(seed=0).is_duplicated()).to_series()
+    if candidates.any():
+        sub = lines.with_row_index("_pos").filter(candidates)
+        again = sub.select("_pos", (~pl.struct(cols).is_first_distinct()).alias("_dup")).filter("_dup")
+        dup = dup.scatter(again["_pos"], True)
+    return dup
 
 
 def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_name: str | None = None) -> TransactionsResult:
@@ -239,16 +269,20 @@ def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_na
     df = read_transactions(path, spec, name)
     lines, excluded = usable_lines(df, spec, name)
     users, user_info = _user_ids(lines["customer_id"])
-    lines = lines.with_columns(user_id=users)
-    products = _products(lines)
-    lines = lines.join(products.select("product_code", "product_id"), left_on=pl.col("product_id"), right_on="product_code", how="left", suffix="_int")
-    lines = lines.drop("product_id").rename({"product_id_int": "product_id"})
-    orders = _orders(lines, name)
-    order_products, merged = _order_lines(lines, orders)
+    # Integer keys early: grouping and joining 32 M lines on strings is what would be slow.
+    lines = lines.with_columns(
+        user_id=users,
+        _okey=pl.col("order_id").cast(pl.Categorical).to_physical().cast(pl.Int64) + users.cast(pl.Int64) * _SHIFT,
+        _pcat=pl.col("product_id").cast(pl.Categorical).to_physical(),
+    )
+    products, pmap = _products(lines)
+    orders, omap = _orders(lines, name)
+    lines = lines.drop("order_id", "product_id").join(pmap, on="_pcat", how="left").join(omap, on="_okey", how="left")
+    order_products, merged = _order_lines(lines)
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
         orders = orders.with_columns(pl.lit(None, dtype=pl.Int8).alias("order_hour_of_day"))
-    snap = Snapshot(orders=orders.sort(["user_id", "order_number"]), order_products=order_products, products=products)
+    snap = Snapshot(orders=orders, order_products=order_products, products=products)
     info = {
         **user_info,
         "form": "transactions",
@@ -258,6 +292,9 @@ def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_na
         "last_ts": str(orders["order_ts"].max()),
     }
     return TransactionsResult(snap, excluded, df.height, info)
+
+
+_SHIFT = 1 << 32
 
 
 def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict]:
@@ -270,18 +307,18 @@ def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict]:
     return ranks.alias("user_id"), {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
 
 
-def _products(lines: pl.DataFrame) -> pl.DataFrame:
-    """One row per product code: dense Int32 id, name (first non-empty in the file), category."""
+def _products(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Products (dense Int32 id in code order, name = first non-empty in the file, category as
+    aisle and department) and the map from the lines' ``_pcat`` to ``product_id``."""
     has_name, has_cat = "product_name" in lines.columns, "category" in lines.columns
     agg = [
+        pl.col("product_id").first().alias("product_code"),
         (pl.col("product_name").drop_nulls().first() if has_name else pl.lit(None, pl.String)).alias("product_name"),
         (pl.col("category").drop_nulls().first() if has_cat else pl.lit(None, pl.String)).alias("category"),
     ]
     prods = (
-        lines.sort("_line")
-        .group_by("product_id")
+        lines.group_by("_pcat", maintain_order=True)  # lines are in file order: "first" is the file's first
         .agg(agg)
-        .rename({"product_id": "product_code"})
         .sort("product_code")
         .with_row_index("product_id", offset=1)
         .with_columns(
@@ -290,40 +327,39 @@ def _products(lines: pl.DataFrame) -> pl.DataFrame:
             pl.col("category").fill_null("unknown"),
         )
     )
-    if prods.height >= 2**31:
-        raise InputError("transactions: column product_id: too many distinct products")
     cats = prods.select("category").unique().sort("category").with_row_index("aisle_id", offset=1)
     if cats.height > 32_767:
         raise InputError(f"transactions: column category: {cats.height:,} categories (at most 32,767)")
-    return (
+    out = (
         prods.join(cats.with_columns(pl.col("aisle_id").cast(pl.Int16)), on="category", how="left")
         .with_columns(department_id=pl.col("aisle_id"), aisle=pl.col("category"), department=pl.col("category"))
         .select("product_id", "product_name", "aisle_id", "department_id", "aisle", "department", "product_code")
         .sort("product_id")
     )
+    return out, prods.select("_pcat", "product_id")
 
 
-def _orders(lines: pl.DataFrame, name: str) -> pl.DataFrame:
-    """One row per (customer, invoice), numbered in time order; the last one is the target."""
+def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One order per (customer, invoice), numbered in time order (the last one is the target),
+    and the map from the lines' ``_okey`` to ``order_id`` / ``order_number``."""
     orders = (
-        lines.group_by("user_id", "order_id")
-        .agg(order_ts=pl.col("timestamp").min())
-        .rename({"order_id": "order_code"})
+        lines.group_by("_okey")
+        .agg(pl.col("user_id").first(), pl.col("order_id").first().alias("order_code"), order_ts=pl.col("timestamp").min())
         .sort("order_ts", "order_code", "user_id")
         .with_row_index("order_id", offset=1)
         .with_columns(pl.col("order_id").cast(pl.Int32))
+        .sort("user_id", "order_ts", "order_id")
     )
-    if orders.height >= 2**31:
-        raise InputError(f"{name}: too many orders")
-    orders = orders.sort("user_id", "order_ts", "order_id").with_columns(
-        order_number=pl.int_range(1, pl.len() + 1).over("user_id"),
-        _prev=pl.col("order_ts").shift(1).over("user_id"),
+    first = (pl.col("user_id") != pl.col("user_id").shift(1)).fill_null(True)
+    orders = orders.with_columns(
+        order_number=_block_position(first),
+        _prev=pl.when(first).then(None).otherwise(pl.col("order_ts").shift(1)),
     )
     if orders["order_number"].max() > 32_767:
         raise InputError(f"{name}: a customer has more than 32,767 orders")
     gap = (pl.col("order_ts").dt.date() - pl.col("_prev").dt.date()).dt.total_days()
-    last = pl.col("order_number") == pl.col("order_number").max().over("user_id")
-    return orders.select(
+    last = (pl.col("user_id") != pl.col("user_id").shift(-1)).fill_null(True)
+    out = orders.select(
         "order_id",
         "user_id",
         pl.when(last).then(pl.lit("train")).otherwise(pl.lit("prior")).alias("eval_set"),
@@ -334,28 +370,31 @@ def _orders(lines: pl.DataFrame, name: str) -> pl.DataFrame:
         "order_ts",
         "order_code",
     )
+    return out, orders.select("_okey", "order_id", pl.col("order_number").cast(pl.Int16))
 
 
-def _order_lines(lines: pl.DataFrame, orders: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def _block_position(first: pl.Expr) -> pl.Expr:
+    """1-based position within runs of rows that start where ``first`` is true (a sorted frame);
+    cheaper than ``int_range().over()`` on tens of millions of rows."""
+    idx = pl.int_range(0, pl.len(), dtype=pl.Int64)
+    return idx - pl.when(first).then(idx).forward_fill() + 1
+
+
+def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Order lines; a product on several lines of one order becomes one line (quantities summed)."""
-    keyed = lines.join(
-        orders.select("order_id", "user_id", "order_code", "order_number"),
-        left_on=["user_id", "order_id"],
-        right_on=["user_id", "order_code"],
-        how="inner",
-        suffix="_o",
-    ).drop("order_id").rename({"order_id_o": "order_id"})
-    agg = [pl.col("_line").min().alias("_line"), pl.col("order_number").first()]
-    if "quantity" in keyed.columns:
-        agg.append(pl.col("quantity").sum().cast(pl.Int32).alias("quantity"))
-    if "unit_price" in keyed.columns:
-        qty = pl.col("quantity") if "quantity" in keyed.columns else pl.lit(1)
+    pair = pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
+    agg = [pl.col("_line").min(), pl.col("order_number").first(), pl.col("user_id").first()]
+    if "quantity" in lines.columns:
+        agg.append(pl.col("quantity").sum().cast(pl.Int32))
+    if "unit_price" in lines.columns:
+        qty = pl.col("quantity") if "quantity" in lines.columns else pl.lit(1)
         agg.append(((pl.col("unit_price") * qty).sum() / qty.sum()).alias("unit_price"))
-    grouped = keyed.group_by("user_id", "order_id", "product_id").agg(agg)
-    merged = keyed.height - grouped.height
+    grouped = lines.group_by(pair.alias("_pair")).agg(*agg, pl.col("order_id").first(), pl.col("product_id").first())
+    merged = lines.height - grouped.height
+    user_product = pl.col("user_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
     out = grouped.sort("order_id", "_line").with_columns(
-        add_to_cart_order=pl.int_range(1, pl.len() + 1).over("order_id").cast(pl.Int16),
-        reordered=(pl.col("order_number") > pl.col("order_number").min().over("user_id", "product_id")).cast(pl.Int8),
+        add_to_cart_order=_block_position((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).cast(pl.Int16),
+        reordered=(pl.col("order_number") > pl.col("order_number").min().over(user_product)).cast(pl.Int8),
     )
     extra = [c for c in ("quantity", "unit_price") if c in out.columns]
     return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged

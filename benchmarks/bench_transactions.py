@@ -1,0 +1,83 @@
+"""Transactions-form ingest against the Instacart ingest, on the same order lines.
+
+    .venv/bin/python benchmarks/bench_transactions.py [--users 206209]
+
+Target (issue 10): ingest of a 32 M-line transactions table within 1.5x of the Instacart
+ingest on the same machine. The transactions table is written from the cached generated
+Instacart data: one row per order line with customer, invoice, timestamp (the user's first
+order on 2020-01-01 plus the cumulative gaps, at the order's hour), product, quantity and unit
+price, as a CSV (the form most exports take) and as parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import CACHE, Stages, cached_dataset, machine, write_results  # noqa: E402
+
+
+def write_transactions(folder: Path, users: int) -> dict[str, Path]:
+    """The cached Instacart files as one transactions table (csv and parquet), written once."""
+    import polars as pl
+
+    out = {"csv": CACHE / f"transactions-u{users}.csv", "parquet": CACHE / f"transactions-u{users}.parquet"}
+    if all(p.exists() for p in out.values()):
+        return out
+    orders = pl.read_csv(folder / "orders.csv", null_values=[""])
+    lines = pl.concat([pl.read_csv(folder / f"order_products__{s}.csv") for s in ("prior", "train")])
+    day = pl.col("days_since_prior_order").fill_null(0).cum_sum().over("user_id", order_by="order_number")
+    ts = (
+        pl.datetime(2020, 1, 1)
+        + pl.duration(days=day.cast(pl.Int64))
+        + pl.duration(hours=pl.col("order_hour_of_day").fill_null(12).cast(pl.Int64))
+    )
+    orders = orders.select("order_id", "user_id", ts.dt.strftime("%Y-%m-%d %H:%M:%S").alias("timestamp"))
+    table = lines.join(orders, on="order_id").select(
+        pl.col("user_id").alias("customer_id"),
+        pl.col("order_id"),
+        "timestamp",
+        "product_id",
+        (pl.col("product_id") % 3 + 1).alias("quantity"),
+        ((pl.col("product_id") % 97) / 10 + 0.5).round(2).alias("unit_price"),
+    )
+    table.write_csv(out["csv"])
+    table.write_parquet(out["parquet"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=206_209)
+    args = ap.parse_args()
+
+    from insightflow_assets.ingest.loading import pick_source_files, read_table, validate_snapshot
+    from insightflow_assets.ingest.transactions import derive_snapshot
+
+    folder = cached_dataset(args.users, 42, 0.05, 0.0)
+    files = write_transactions(folder, args.users)
+    st = Stages()
+    print(f"transactions ingest benchmark at {args.users:,} users")
+    with st.stage("instacart ingest (csv)") as row:
+        chosen = pick_source_files([p.name for p in folder.iterdir()], str(folder))
+        raw = {stem: read_table(folder / name, stem) for stem, name in chosen.items()}
+        snap = validate_snapshot(raw, chosen)
+        row.update(rows_in=sum(t.height for t in raw.values()), rows_out=snap.order_products.height)
+    del raw, snap
+    base = st.rows[-1]["seconds"]
+    for fmt in ("csv", "parquet"):
+        with st.stage(f"transactions ingest ({fmt})") as row:
+            result = derive_snapshot(files[fmt])
+            row.update(rows_in=result.lines_in, rows_out=result.snapshot.order_products.height)
+        st.rows[-1]["x_instacart"] = round(st.rows[-1]["seconds"] / base, 2)
+        del result
+    payload = {"benchmark": "transactions", "users": args.users, "machine": machine(), "stages": st.rows,
+               "targets": {"transactions ingest (csv)": "<= 1.5x instacart ingest (csv)"}}
+    write_results("transactions", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out", "x_instacart"])
+
+
+if __name__ == "__main__":
+    main()
