@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import polars as pl
 
 # Field → (low, high); None = unbounded.
@@ -11,15 +13,44 @@ DOMAINS = {
     "order_dow": (0, 6),
     "basket_size": (1, None),
 }
+GAP = "days_since_prior_order"
 
 
-def unexpected_nulls(orders_imputed: pl.DataFrame) -> dict[str, int]:
-    """Nulls left per imputed field; a first order's missing gap is structural and not counted."""
+def _expected(col: str) -> pl.Expr:
+    """Rows where the field should hold a value: a first order's gap is structurally null."""
+    return ~pl.col("is_first_order") if col == GAP else pl.lit(True)
+
+
+def unknown_fields(orders_imputed: pl.DataFrame) -> list[str]:
+    """Fields never observed, so left null by MICE: null wherever a value is expected, none imputed.
+
+    Known values are never altered, so a field that had any observed value cannot
+    be all null after imputation; the flag test guards against a field that MICE
+    should have filled but did not (that is an incomplete imputation, not unknown).
+    """
+    out = []
+    for col in DOMAINS:
+        rows = orders_imputed.filter(_expected(col))
+        flag = f"{col}_imputed"
+        imputed = flag in rows.columns and bool(rows[flag].fill_null(False).any())
+        if rows.height and rows[col].null_count() == rows.height and not imputed:
+            out.append(col)
+    return out
+
+
+def unexpected_nulls(orders_imputed: pl.DataFrame, unknown: Iterable[str] | None = None) -> dict[str, int]:
+    """Nulls left per imputed field.
+
+    Not counted: a first order's missing gap (structural) and the fields in
+    ``unknown`` (never observed, so deliberately not imputed; derived with
+    :func:`unknown_fields` when not given), which are left out of the result.
+    """
+    skip = set(unknown_fields(orders_imputed) if unknown is None else unknown)
     out = {}
     for col in DOMAINS:
-        nulls = pl.col(col).is_null()
-        if col == "days_since_prior_order":
-            nulls = nulls & ~pl.col("is_first_order")
+        if col in skip:
+            continue
+        nulls = pl.col(col).is_null() & _expected(col)
         out[col] = int(orders_imputed.select(nulls.sum()).item())
     return out
 

@@ -1,0 +1,86 @@
+"""A key field never observed in the input (e.g. a purchase log without time of day):
+MICE leaves it null, the blocking checks accept that, and a WARN check reports it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+
+from insightflow_assets.data.generate import write_instacart
+from insightflow_assets.imputation.assets import _rmse_table
+from insightflow_assets.imputation.validation import unexpected_nulls, unknown_fields
+from insightflow_assets.runner import run_graph
+from insightflow_assets_tests.conftest import local_defs
+
+HOUR = "order_hour_of_day"
+RUN = "run-20260301-101500"
+IMPUTATION = ["raw_orders", "raw_order_products", "products", "orders_imputed", "mice_checks"]
+
+
+def imputed_frame(**columns) -> pl.DataFrame:
+    """Three orders of one user after imputation, nothing left to fill unless changed."""
+    base = {
+        "order_id": [1, 2, 3],
+        "is_first_order": [True, False, False],
+        "days_since_prior_order": [None, 7.0, 8.0],
+        "order_hour_of_day": [9, 10, 9],
+        "order_dow": [1, 2, 1],
+        "basket_size": [5, 6, 5],
+    }
+    df = pl.DataFrame({**base, **columns}, schema_overrides={"order_hour_of_day": pl.Int8})
+    return df.with_columns(pl.lit(False).alias(f"{c}_imputed") for c in list(base)[2:])
+
+
+def test_unknown_fields_are_the_never_observed_ones():
+    assert unknown_fields(imputed_frame()) == []
+    no_hour = imputed_frame(order_hour_of_day=[None, None, None])
+    assert unknown_fields(no_hour) == [HOUR]
+    assert unexpected_nulls(no_hour) == {"days_since_prior_order": 0, "order_dow": 0, "basket_size": 0}
+    # a first order's gap is structural: only later orders decide whether the gap is unknown
+    no_gap = imputed_frame(days_since_prior_order=[None, None, None])
+    assert unknown_fields(no_gap) == ["days_since_prior_order"]
+    # left null although MICE flagged it as filled: an incomplete imputation, not unknown
+    broken = no_hour.with_columns(pl.Series(f"{HOUR}_imputed", [False, True, False]))
+    assert unknown_fields(broken) == [] and unexpected_nulls(broken)[HOUR] == 3
+    # partly null is a plain unexpected null
+    assert unexpected_nulls(imputed_frame(order_hour_of_day=[None, 10, 9]))[HOUR] == 1
+
+
+def test_rmse_table_shows_nan_and_none_as_dash():
+    row = {"mice": {"rmse": float("nan")}, "mean": {"rmse": None}, "median": {"rmse": 2.0}, "n_masked": 0}
+    table = _rmse_table({HOUR: row})
+    assert f"| {HOUR} | – | – | 2.000 | 0 |" in table
+
+
+def test_run_without_time_of_day(tmp_path, instance, small_tables):
+    tables = dict(small_tables)
+    tables["orders"] = small_tables["orders"].with_columns(pl.lit(None, dtype=pl.Int8).alias(HOUR))
+    write_instacart(tables, tmp_path / "clean", fmt="csv")
+    curated = tmp_path / "curated"
+    outcome = run_graph(instance, run_key=RUN, defs=local_defs(tmp_path / "clean", curated), selection=IMPUTATION)
+    assert outcome.success, outcome.errors
+
+    folder = curated / "after-MICE/run-20260301-101500"
+    imputed = pl.read_parquet(folder / "orders_imputed.parquet")
+    assert imputed.height == small_tables["orders"].height
+    assert imputed[HOUR].null_count() == imputed.height and not imputed[f"{HOUR}_imputed"].any()
+    assert imputed["order_dow_imputed"].any() and imputed["order_dow"].null_count() == 0
+
+    checks = {c["check"]: c for c in outcome.checks}
+    warn = checks["no_unknown_fields"]
+    assert warn["passed"] is False and warn["severity"] == "WARN"
+    assert warn["metadata"]["unknown_fields"] == [HOUR]
+    errors = [c for c in outcome.checks if c["severity"] == "ERROR"]
+    assert {"imputed_columns_complete", "imputed_values_in_domain", "mice_not_worse_than_median"} <= {
+        c["check"] for c in errors
+    }
+    assert all(c["passed"] for c in errors), errors
+    assert outcome.failed_error_checks == []
+
+    report = json.loads((folder / "mice_checks.json").read_text())
+    hour = report["mask_and_recover"][HOUR]
+    assert hour["n_masked"] == 0 and math.isnan(hour["mice"]["rmse"])
+    assert report["mask_and_recover"]["order_dow"]["mice"]["estimator"] == "predictive mean (sample_posterior=False)"
+    assert report["mask_and_recover_setup"]["estimators"]["mice"] == "predictive mean (sample_posterior=False)"
