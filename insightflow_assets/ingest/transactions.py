@@ -135,10 +135,9 @@ def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
 
 def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
     """Ids as trimmed strings, quantity integer, price float, timestamp datetime; bad values named."""
-    exprs = []
-    for logical in ("customer_id", "order_id", "product_id", "product_name", "category"):
-        if logical in cols:
-            exprs.append(_as_id_string(df, logical).alias(logical))
+    exprs = [_id_column(df, c).alias(c) for c in ("customer_id", "order_id", "product_id")]
+    # Names and categories are kept as written (only the reader's null markers become null).
+    exprs += [pl.col(c).cast(pl.String) for c in ("product_name", "category") if c in cols]
     df = df.with_columns(exprs)
     for col in REQUIRED:
         if df[col].null_count() == df.height:
@@ -153,13 +152,17 @@ def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
     return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name))
 
 
-def _as_id_string(df: pl.DataFrame, col: str) -> pl.Expr:
-    # Float ids (pandas writes 17850.0 for an integer column with gaps) become "17850".
+def _id_column(df: pl.DataFrame, col: str) -> pl.Expr:
+    """Integer customer ids stay numbers (cheap); other ids become trimmed strings.
+
+    Float ids (pandas writes 17850.0 for an integer column with gaps) count as integers.
+    """
     s = df[col]
-    if s.dtype.is_float():
-        integral = (s.drop_nulls() % 1 == 0).all()
-        return pl.col(col).cast(pl.Int64).cast(pl.String) if integral else pl.col(col).cast(pl.String)
-    e = pl.col(col).cast(pl.String).str.strip_chars()
+    if s.dtype.is_integer() or (s.dtype.is_float() and bool((s.drop_nulls() % 1 == 0).all())):
+        return pl.col(col).cast(pl.Int64) if col == "customer_id" else pl.col(col).cast(pl.Int64).cast(pl.String)
+    e = pl.col(col).cast(pl.String)
+    if s.dtype != pl.String or bool(s.str.contains(r"^\s|\s$").any()):
+        e = e.str.strip_chars()
     return pl.when(e.is_in(NULLS)).then(None).otherwise(e)
 
 
@@ -299,9 +302,13 @@ _SHIFT = 1 << 32
 
 def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict]:
     """Integer customer ids are kept; any other id is numbered 1.. in sorted order."""
-    as_float = customer.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
-    as_int = as_float.cast(pl.Int64, strict=False)
-    if as_float.null_count() == 0 and (as_float == as_int).all() and as_int.min() >= -(2**31) and as_int.max() < 2**31:
+    if customer.dtype.is_integer():
+        as_int = customer
+    else:
+        as_float = customer.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
+        as_int = as_float.cast(pl.Int64, strict=False)
+        as_int = as_int if as_float.null_count() == 0 and bool((as_float == as_int).all()) else None
+    if as_int is not None and as_int.min() >= -(2**31) and as_int.max() < 2**31:
         return as_int.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}
     ranks = customer.rank("dense").cast(pl.Int32)
     return ranks.alias("user_id"), {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
@@ -383,21 +390,36 @@ def _block_position(first: pl.Expr) -> pl.Expr:
 def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Order lines; a product on several lines of one order becomes one line (quantities summed)."""
     pair = pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
-    agg = [pl.col("_line").min(), pl.col("order_number").first(), pl.col("user_id").first()]
+    lines = lines.with_columns(_pair=pair)
+    repeated = lines.select(pl.col("_pair").is_duplicated()).to_series()
+    merged = 0
+    if repeated.any():  # only the few repeated pairs are grouped
+        grouped = _merge_repeated(lines.filter(repeated))
+        merged = int(repeated.sum()) - grouped.height
+        lines = pl.concat([lines.filter(~repeated).select(grouped.columns), grouped], how="vertical_relaxed")
+    # order ids follow time and each customer's order numbers, so in (order_id, file line)
+    # order a (customer, product) is a reorder exactly when it is not its first occurrence.
+    user_product = pl.col("user_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
+    out = lines.sort(pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("_line").cast(pl.Int64)).with_columns(
+        add_to_cart_order=_block_position((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).cast(pl.Int16),
+        reordered=(~user_product.is_first_distinct()).cast(pl.Int8),
+    )
+    extra = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
+    extra += [pl.col("unit_price")] if "unit_price" in out.columns else []
+    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged
+
+
+def _merge_repeated(lines: pl.DataFrame) -> pl.DataFrame:
+    keep = ["_pair", "_line", "order_id", "product_id", "user_id"]
+    agg = [pl.col("_line").min(), pl.col("order_id").first(), pl.col("product_id").first(), pl.col("user_id").first()]
     if "quantity" in lines.columns:
-        agg.append(pl.col("quantity").sum().cast(pl.Int32))
+        agg.append(pl.col("quantity").sum())
+        keep.append("quantity")
     if "unit_price" in lines.columns:
         qty = pl.col("quantity") if "quantity" in lines.columns else pl.lit(1)
         agg.append(((pl.col("unit_price") * qty).sum() / qty.sum()).alias("unit_price"))
-    grouped = lines.group_by(pair.alias("_pair")).agg(*agg, pl.col("order_id").first(), pl.col("product_id").first())
-    merged = lines.height - grouped.height
-    user_product = pl.col("user_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
-    out = grouped.sort("order_id", "_line").with_columns(
-        add_to_cart_order=_block_position((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).cast(pl.Int16),
-        reordered=(pl.col("order_number") > pl.col("order_number").min().over(user_product)).cast(pl.Int8),
-    )
-    extra = [c for c in ("quantity", "unit_price") if c in out.columns]
-    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged
+        keep.append("unit_price")
+    return lines.group_by("_pair").agg(agg).select(keep)
 
 
 def _has_time_of_day(ts: pl.Series) -> bool:
