@@ -63,7 +63,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from insightflow_assets.report import headline
+    from insightflow_assets.report import checks_summary, headline
     from insightflow_assets.runner import run_graph, written_tree
     from resources import storages
 
@@ -82,14 +82,9 @@ def cmd_run(args) -> int:
             print("  " + err)
     for line in headline(curated, outcome.run_key):
         print(line)
-    if outcome.checks:
-        passed = sum(c["passed"] for c in outcome.checks)
-        print(f"\nasset checks: {passed}/{len(outcome.checks)} passed")
-        for c in outcome.checks:
-            if not c["passed"]:
-                values = ", ".join(f"{k}={_short(v)}" for k, v in c["metadata"].items())
-                word = "warning" if c["severity"] == "WARN" else "FAILED"
-                print(f"  {word}: {c['asset']}:{c['check']} ({values})")
+    summary = checks_summary(outcome.checks, outcome.skipped_checks)
+    if summary:
+        print("\n" + "\n".join(summary))
     print("\nfiles written:")
     for line in written_tree(curated, outcome.run_key):
         print("  " + line)

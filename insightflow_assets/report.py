@@ -77,6 +77,36 @@ def headline(storage: Storage, run_key: str) -> list[str]:
 
     manifest = read_manifest(storage)
     if manifest:
-        note = "this run" if manifest["run_key"] == run_key else "not this run: it failed a blocking check or a newer run is latest"
+        note = (
+            "this run"
+            if manifest["run_key"] == run_key
+            else "not this run: a blocking check failed or was skipped, or a newer run is latest"
+        )
         lines.append(f"latest/ → {manifest['run_key']} ({note})")
     return lines
+
+
+def checks_summary(checks: list[dict], skipped: list[str]) -> list[str]:
+    """The asset-check lines of the run summary: counts, then each failure and warning.
+
+    Skipped checks are named on the count line: a check that never ran is the one a reader
+    would otherwise take for passed.
+    """
+    if not checks and not skipped:
+        return []
+    passed = sum(c["passed"] for c in checks)
+    line = f"asset checks: {passed}/{len(checks)} passed"
+    if skipped:
+        line += f", {len(skipped)} skipped: " + ", ".join(skipped)
+    lines = [line]
+    for c in checks:
+        if not c["passed"]:
+            values = ", ".join(f"{k}={_short(v)}" for k, v in c["metadata"].items())
+            word = "warning" if c["severity"] == "WARN" else "FAILED"
+            lines.append(f"  {word}: {c['asset']}:{c['check']} ({values})")
+    return lines
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

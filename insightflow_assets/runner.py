@@ -23,6 +23,10 @@ class RunOutcome:
     failed_steps: list[str]
     checks: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the root cause of each failed step
+    # "asset:check" of every check of the job's graph with no evaluation in this run: left out
+    # by the selection, or never reached. Not a failure by itself (a backfill skips most), but
+    # the promotion gate refuses a run that skipped a blocking one upstream of latest/.
+    skipped_checks: list[str] = field(default_factory=list)
 
     @property
     def failed_error_checks(self) -> list[dict[str, Any]]:
@@ -61,7 +65,7 @@ def run_graph(
     result = job.execute_in_process(
         instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
     )
-    return _outcome(key, result)
+    return _outcome(key, result, expected_checks=job.asset_layer.asset_graph.asset_check_keys)
 
 
 def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutcome:
@@ -77,10 +81,10 @@ def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutc
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         raise_on_error=False,
     )
-    return _outcome(run_key, result)
+    return _outcome(run_key, result, expected_checks=job.asset_layer.asset_graph.asset_check_keys)
 
 
-def _outcome(key: str, result) -> RunOutcome:
+def _outcome(key: str, result, expected_checks=()) -> RunOutcome:
     checks = [
         {
             "asset": ev.asset_key.to_user_string(),
@@ -91,14 +95,25 @@ def _outcome(key: str, result) -> RunOutcome:
         }
         for ev in result.get_asset_check_evaluations()
     ]
+    evaluated = {f"{c['asset']}:{c['check']}" for c in checks}
+    skipped = sorted({k.to_user_string() for k in expected_checks} - evaluated)
+    return RunOutcome(key, result.success, sorted(result.get_failed_step_keys()), checks, _step_errors(result), skipped)
+
+
+def _step_errors(result) -> list[str]:
+    """One line per failed step: a `Failure`'s own description, else the root exception."""
     errors = []
     for ev in result.get_step_failure_events():
+        user = ev.step_failure_data.user_failure_data
+        if user is not None and user.description:
+            errors.append(user.description.strip())
+            continue
         err = ev.step_failure_data.error
         while err is not None and err.cause is not None:
             err = err.cause
         if err is not None:
             errors.append(err.message.strip())
-    return RunOutcome(key, result.success, sorted(result.get_failed_step_keys()), checks, errors)
+    return errors
 
 
 def written_tree(storage: Storage, run_key: str) -> list[str]:

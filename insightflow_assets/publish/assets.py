@@ -2,9 +2,10 @@
 
 from datetime import datetime, timezone
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue
 
 from insightflow_assets.common import current_run, run_asset
+from insightflow_assets.publish.gate import check_statuses, guarding_checks, verdict
 from insightflow_assets.publish.promotion import promote
 from resources.layout import LATEST_MANIFEST
 from resources.storage import Storage
@@ -18,12 +19,14 @@ GROUP = "publish"
     deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks"],
     description=(
         "Promotes this run's user_seg, segment_popularity and eval_charts to latest/ and writes "
-        "recsys/latest/index.json last. Runs only when every upstream blocking check passed; "
+        "recsys/latest/index.json last. Promotes only when every upstream blocking check has a "
+        "passing evaluation recorded for this run (a check left out of the run fails the step); "
         "an older run never replaces a newer one."
     ),
 )
 def latest_manifest(context: AssetExecutionContext, curated: Storage) -> MaterializeResult:
     run = current_run(context)
+    gated = _require_checks_passed(context, run)
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = promote(curated, run, finished_at_utc=finished)
     if not result["promoted"]:
@@ -35,6 +38,27 @@ def latest_manifest(context: AssetExecutionContext, curated: Storage) -> Materia
             "reason": result["reason"],
             "latest_run_key": manifest["run_key"],
             "objects": len(manifest["objects"]),
+            "blocking_checks_passed": MetadataValue.json(gated),
             "manifest": MetadataValue.path(curated.uri(LATEST_MANIFEST)),
         }
     )
+
+
+def _require_checks_passed(context: AssetExecutionContext, run: str) -> list[str]:
+    """Fail the step, before anything in latest/ is touched, unless the gate is open.
+
+    Dagster's blocking only holds within one run: a check not selected into it blocks nothing.
+    The required set is derived from the graph, so checks added later are covered too.
+    """
+    graph = context.job_def.asset_layer.asset_graph
+    required = guarding_checks(graph, context.asset_key)
+    statuses = check_statuses(context.instance, graph, required, run)
+    gate = verdict([k.to_user_string() for k in required], statuses)
+    if not gate.open:
+        raise Failure(
+            description=f"latest/ not changed: {gate.describe()}",
+            metadata={"missing": gate.missing, "failed": gate.failed, "stale": gate.stale},
+            allow_retries=False,
+        )
+    context.log.info(f"promotion gate open: {len(required)} blocking checks passed on {run}")
+    return sorted(statuses)
