@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
         print("failed steps: " + ", ".join(outcome.failed_steps))
         for err in outcome.errors:
             print("  " + err)
-    for line in headline(curated, outcome.run_key):
+    for line in headline(curated, outcome.run_key, outcome.materialized):
         print(line)
     summary = checks_summary(outcome.checks, outcome.skipped_checks)
     if summary:

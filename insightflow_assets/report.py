@@ -26,8 +26,28 @@ def _json(storage: Storage, name: str, file: str, run_key: str):
     return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
 
 
-def headline(storage: Storage, run_key: str) -> list[str]:
-    lines: list[str] = []
+def input_lines(ingest_metadata: dict | None, unknown_fields: list | None = None) -> list[str]:
+    """What the ingest read, what it left out by reason (transactions form), and the fields
+    that were never observed (left null, not imputed)."""
+    meta = ingest_metadata or {}
+    unknown = [f"unknown fields (never observed, left null): {', '.join(unknown_fields)}"] if unknown_fields else []
+    if "excluded_lines" not in meta:
+        return unknown
+    excluded = meta["excluded_lines"]
+    total = sum(excluded.values())
+    out = [f"input form: transactions, {meta.get('lines_in', 0):,} lines read, {total:,} excluded"]
+    out += [f"  excluded {reason}: {n:,}" for reason, n in excluded.items() if n]
+    if not (meta.get("derivation") or {}).get("time_of_day", True):
+        out.append("  no time of day in the timestamps: order_hour_of_day is unknown")
+    return out + unknown
+
+
+def headline(storage: Storage, run_key: str, materialized: dict | None = None) -> list[str]:
+    """The summary lines; ``materialized`` is this run's metadata per asset (`RunOutcome`)."""
+    materialized = materialized or {}
+    lines: list[str] = input_lines(
+        materialized.get("raw_order_products"), (materialized.get("orders_imputed") or {}).get("unknown_fields")
+    )
     orders = _rows(storage, "raw_orders", run_key)
     lines_n = _rows(storage, "raw_order_products", run_key)
     products = _rows(storage, "products", run_key)

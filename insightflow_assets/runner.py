@@ -27,6 +27,8 @@ class RunOutcome:
     # by the selection, or never reached. Not a failure by itself (a backfill skips most), but
     # the promotion gate refuses a run that skipped a blocking one upstream of latest/.
     skipped_checks: list[str] = field(default_factory=list)
+    # Materialization metadata of this run, per asset (plain values), e.g. the ingest's exclusions.
+    materialized: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def failed_error_checks(self) -> list[dict[str, Any]]:
@@ -97,7 +99,13 @@ def _outcome(key: str, result, expected_checks=()) -> RunOutcome:
     ]
     evaluated = {f"{c['asset']}:{c['check']}" for c in checks}
     skipped = sorted({k.to_user_string() for k in expected_checks} - evaluated)
-    return RunOutcome(key, result.success, sorted(result.get_failed_step_keys()), checks, _step_errors(result), skipped)
+    materialized = {
+        ev.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in ev.materialization.metadata.items()}
+        for ev in result.get_asset_materialization_events()
+    }
+    return RunOutcome(
+        key, result.success, sorted(result.get_failed_step_keys()), checks, _step_errors(result), skipped, materialized
+    )
 
 
 def _step_errors(result) -> list[str]:
