@@ -90,6 +90,7 @@ def _emit(result: dict) -> None:
 # side 1a: pandas, the way the seed's scripts did it
 # --------------------------------------------------------------------------- #
 def side_pandas_ratings(data: Path, work: Path) -> None:
+    import numpy as np
     import pandas as pd
 
     t = {}
@@ -148,7 +149,7 @@ def side_pandas_ratings(data: Path, work: Path) -> None:
     rfm = rfm.join(recency).loc[lambda d: d["frequency"] >= 1]
     rfm["recency_days"] = rfm["recency_days"].fillna(rfm["recency_days"].median()).fillna(0.0)
     for col, z, sign in (("recency_days", "r_z", -1.0), ("frequency", "f_z", 1.0), ("monetary", "m_z", 1.0)):
-        x = rfm[col].astype("float64")
+        x = np.log1p(rfm[col].astype("float64").clip(lower=0.0))  # z of the logs, as add_z_scores
         std = x.std(ddof=0)
         rfm[z] = sign * (x - x.mean()) / std if std > 0 else 0.0
     rfm = rfm.reset_index().sort_values("user_id")

@@ -14,8 +14,11 @@ from insightflow_assets.segmentation.popularity import SEGMENT_POPULARITY_SCHEMA
 from insightflow_assets.segmentation.rfm import (
     RFM_COLUMNS,
     USER_SEG_COLUMNS,
+    add_z_scores,
     label_centroid,
     label_centroids,
+    parse_reference_date,
+    rfm_definition,
     rfm_table,
     segment_users,
     silhouette_euclidean,
@@ -79,9 +82,11 @@ def _lines() -> pl.DataFrame:
 
 
 def _z(values: list[float], sign: float = 1.0) -> list[float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return [sign * (v - mean) / std for v in values]
+    """Population z-scores of log1p(max(v, 0)) -- the transform of ``add_z_scores``."""
+    logs = [math.log1p(max(v, 0.0)) for v in values]
+    mean = sum(logs) / len(logs)
+    std = math.sqrt(sum((v - mean) ** 2 for v in logs) / len(logs))
+    return [sign * (v - mean) / std for v in logs]
 
 
 # --------------------------------------------------------------------------- #
@@ -98,9 +103,15 @@ def test_rfm_values_and_signed_z_scores():
     Fq = [EXPECTED[u][1] for u in (1, 2, 4, 5)]
     M = [EXPECTED[u][2] for u in (1, 2, 4, 5)]
     assert rfm["r_z"].to_list() == pytest.approx(_z(R, -1.0))
-    assert rfm["f_z"].to_list() == pytest.approx([1.0, -1.0, 1.0, -1.0])  # mean 2, std 1
+    # two values only (log 4, log 2): symmetric around their mean whatever the transform
+    assert rfm["f_z"].to_list() == pytest.approx([1.0, -1.0, 1.0, -1.0])
     assert rfm["m_z"].to_list() == pytest.approx(_z(M))
-    assert rfm["r_z"][0] == pytest.approx(-(10 - 7) / math.sqrt(18.5))
+    # z of the logs, not of the days: log1p R = ln 11, ln 6, ln 2, ln 13
+    logs = [math.log(11), math.log(6), math.log(2), math.log(13)]
+    mean = sum(logs) / 4
+    std = math.sqrt(sum((v - mean) ** 2 for v in logs) / 4)
+    assert rfm["r_z"][0] == pytest.approx(-(math.log(11) - mean) / std)
+    assert rfm["r_z"][0] != pytest.approx(-(10 - 7) / math.sqrt(18.5))  # the raw-days z of before
     # higher is better: the most recent buyer (R = 1 day) has the highest r_z
     assert rfm.sort("r_z", descending=True)["user_id"][0] == 4
     assert rfm.sort("r_z")["user_id"][0] == 5
@@ -133,6 +144,100 @@ def test_rfm_users_filter_price_and_row_order():
     # row order of the inputs does not matter
     shuffled = rfm_table(_orders().sample(fraction=1.0, shuffle=True, seed=3), _lines().sample(fraction=1.0, shuffle=True, seed=4))
     assert shuffled.equals(rfm_table(_orders(), _lines()))
+
+
+def test_instacart_form_keeps_its_definitions_and_ignores_quantities():
+    """Without order_ts: R/F/M relative to the target exactly as by hand (EXPECTED), even when the
+    lines carry quantity / unit_price, and a reference date has no effect."""
+    lines = _lines().with_columns(quantity=pl.lit(3, pl.Int32), unit_price=pl.lit(9.99, pl.Float64))
+    assert rfm_definition(_orders()) == "instacart"
+    rfm = rfm_table(_orders(), lines, reference_time=parse_reference_date("2030-01-01"))
+    got = {r["user_id"]: (r["recency_days"], r["frequency"], r["monetary"]) for r in rfm.iter_rows(named=True)}
+    assert got == EXPECTED
+    assert rfm.equals(rfm_table(_orders(), _lines()))
+
+
+# --------------------------------------------------------------------------- #
+# RFM, dated form (transactions input)
+# --------------------------------------------------------------------------- #
+def _dated_orders() -> pl.DataFrame:
+    from datetime import datetime as dt
+
+    rows = [
+        # customer 1: three orders, the last on Jan 10 08:00
+        (11, 1, 1, dt(2011, 1, 1, 10)), (12, 1, 2, dt(2011, 1, 5, 12)), (13, 1, 3, dt(2011, 1, 10, 8)),
+        # customer 2: one order
+        (21, 2, 1, dt(2011, 1, 3)),
+        # customer 3: two orders, the last is the latest of the data (Jan 12 06:00)
+        (31, 3, 1, dt(2011, 1, 8, 18)), (32, 3, 2, dt(2011, 1, 12, 6)),
+    ]  # fmt: skip
+    return pl.DataFrame(
+        rows,
+        schema={"order_id": pl.Int32, "user_id": pl.Int32, "order_number": pl.Int16, "order_ts": pl.Datetime("us")},
+        orient="row",
+    ).with_columns(eval_set=pl.lit("prior"), days_since_prior_order=pl.lit(None, pl.Float32))
+
+
+def _dated_lines() -> pl.DataFrame:
+    rows = [
+        (11, A, 2, 1.25), (11, B, 1, 3.10), (12, A, 3, 0.50), (13, C, 1, 10.0), (13, D, None, 4.0),
+        (21, E, 4, 2.5),
+        (31, A, 1, 1.25), (32, B, -1, 3.10), (32, C, 2, 10.0),  # a return counts negative
+    ]  # fmt: skip
+    return pl.DataFrame(
+        rows,
+        schema={"order_id": pl.Int32, "product_id": pl.Int32, "quantity": pl.Int32, "unit_price": pl.Float64},
+        orient="row",
+    )
+
+
+def test_rfm_dated_form_by_hand():
+    from datetime import datetime as dt
+
+    orders, lines = _dated_orders(), _dated_lines()
+    assert rfm_definition(orders) == "dated"
+    rfm = rfm_table(orders, lines)
+    assert rfm.columns == RFM_COLUMNS and rfm["user_id"].to_list() == [1, 2, 3]
+    # reference = the latest order_ts (Jan 12 06:00): 1 day 22 h, 9 days 6 h, 0
+    assert rfm["recency_days"].to_list() == pytest.approx([1 + 22 / 24, 9.25, 0.0])
+    # F = every order of the whole history
+    assert rfm["frequency"].to_list() == [3, 1, 2]
+    # M = sum quantity x unit_price (a null quantity counts 0)
+    assert rfm["monetary"].to_list() == pytest.approx([2 * 1.25 + 3.10 + 3 * 0.50 + 10.0, 10.0, 1.25 - 3.10 + 20.0])
+    assert rfm["r_z"].to_list() == pytest.approx(_z([1 + 22 / 24, 9.25, 0.0], -1.0))
+    assert rfm["m_z"].to_list() == pytest.approx(_z(rfm["monetary"].to_list()))
+
+    explicit = rfm_table(orders, lines, reference_time=dt(2011, 1, 15))
+    assert explicit["recency_days"].to_list() == pytest.approx([4 + 16 / 24, 12.0, 2.75])
+    assert explicit["frequency"].equals(rfm["frequency"]) and explicit["monetary"].equals(rfm["monetary"])
+    assert rfm_table(orders, lines, reference_time=parse_reference_date("2011-01-15T00:00:00")).equals(explicit)
+
+    # without quantities: item count (or catalogue price) over the whole history, not per target
+    counts = rfm_table(orders, lines.drop("quantity", "unit_price"))
+    assert counts["monetary"].to_list() == [5.0, 1.0, 3.0]
+    priced = pl.DataFrame({"product_id": [A, B, C, D, E], "price": [1.0, 2.0, 3.0, 4.0, 5.0]},
+                          schema={"product_id": pl.Int32, "price": pl.Float64})  # fmt: skip
+    assert rfm_table(orders, lines.drop("quantity"), priced)["monetary"].to_list() == pytest.approx([1 + 2 + 1 + 3 + 4, 5.0, 1 + 2 + 3])
+    # the population is the given users; their raw values do not move
+    two = rfm_table(orders, lines, users=[3, 1])
+    assert two["user_id"].to_list() == [1, 3] and two["recency_days"].to_list() == pytest.approx([1 + 22 / 24, 0.0])
+    # a reference before the latest order would make recency negative
+    with pytest.raises(ValueError, match="before the latest order_ts"):
+        rfm_table(orders, lines, reference_time=dt(2011, 1, 11))
+
+
+def test_parse_reference_date():
+    from datetime import datetime as dt
+
+    assert parse_reference_date(None) is None and parse_reference_date(" ") is None
+    assert parse_reference_date("2011-12-10") == dt(2011, 12, 10)
+    assert parse_reference_date("2011-12-10T12:30") == dt(2011, 12, 10, 12, 30)
+    for bad in ("10/12/2011", "yesterday", "2011-13-01"):
+        with pytest.raises(ValueError, match=r"^rfm\.reference_date: .* is not an ISO date") as err:
+            parse_reference_date(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="time zone"):
+        parse_reference_date("2011-12-10T00:00:00+02:00")
 
 
 # --------------------------------------------------------------------------- #
@@ -234,8 +339,147 @@ def test_segment_users_deterministic_and_order_independent(gen_rfm):
     s1, _, i1 = segment_users(gen_rfm, k=4, seed=7, sample_for_fit=150)
     s2, _, _ = segment_users(shuffled, k=4, seed=7, sample_for_fit=150)
     assert s1.equals(s2) and s1.height == 300 and i1["fit_users"] == 150
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need at least k=5 users"):
         segment_users(gen_rfm.head(3), k=5)
+    # the default chooses k; every segment keeps >= 2 % of the users
+    auto, cauto, iauto = segment_users(gen_rfm)
+    assert 3 <= iauto["k"] <= 8 and cauto["share"].min() >= 0.02 and auto.height == 300
+
+
+# --------------------------------------------------------------------------- #
+# heavy tails, k selection, minimum segment share
+# --------------------------------------------------------------------------- #
+def _heavy_tailed(n: int = 3_000, seed: int = 5) -> pl.DataFrame:
+    """Lognormal F and M (spend ~ orders x basket) plus six wholesale-like buyers with ~1,000
+    orders: the shape of real transaction data (UCI), where raw z-scores isolate a few users."""
+    rng = np.random.default_rng(seed)
+    f = np.maximum(1, np.round(rng.lognormal(np.log(8), 0.9, n))).astype(np.int32)
+    m = np.round(f * rng.lognormal(np.log(25), 0.6, n), 2)
+    f[:6] = rng.integers(900, 1500, 6)
+    m[:6] = f[:6] * 400.0
+    return pl.DataFrame(
+        {"user_id": np.arange(1, n + 1, dtype=np.int32), "recency_days": rng.integers(0, 60, n).astype(float),
+         "frequency": f, "monetary": m}
+    )  # fmt: skip
+
+
+def test_heavy_tails_give_no_micro_segment():
+    from sklearn.cluster import KMeans
+
+    raw = _heavy_tailed()
+    # the former model: KMeans k=5 on z-scores of the raw values -> a segment of 6 users (0.2 %)
+    X = raw.select("recency_days", "frequency", "monetary").to_numpy().astype(float)
+    Z = (X - X.mean(axis=0)) / X.std(axis=0)
+    old = np.bincount(KMeans(n_clusters=5, n_init=10, random_state=42).fit(Z).labels_) / raw.height
+    assert old.min() < 0.02
+
+    rfm = add_z_scores(raw)
+    # the log transform alone already avoids it at k = 5, without any merge
+    _, cents5, info5 = segment_users(rfm, k=5, seed=42)
+    assert cents5.height == 5 and cents5["share"].min() >= 0.02 and info5["k_selection"]["merged"] == []
+    # and the default (k chosen in [3, 8]) keeps every segment >= 2 %
+    user_seg, cents, info = segment_users(rfm, seed=42)
+    assert cents["share"].min() >= 0.02 and info["k_selection"]["merged"] == []
+    assert user_seg["segment"].n_unique() == info["k"] == cents.height
+    # raw units are kept: the wholesale buyers are still there with their ~1,000 orders
+    assert user_seg.filter(pl.col("user_id") <= 6)["frequency"].min() >= 900
+    assert user_seg.filter(pl.col("user_id") <= 6)["segment"].n_unique() <= 2
+
+
+def test_auto_k_selection_recorded_and_deterministic():
+    rfm = add_z_scores(_heavy_tailed())
+    user_seg, cents, info = segment_users(rfm, seed=42)
+    sel = info["k_selection"]
+    cands = sel["candidates"]
+    assert [c["k"] for c in cands] == [3, 4, 5, 6, 7, 8]
+    assert all(set(c) == {"k", "min_share", "silhouette", "admissible"} for c in cands)
+    assert all(c["admissible"] == (c["min_share"] >= 0.02) for c in cands)
+    assert not all(c["admissible"] for c in cands)  # k = 8 splits off the wholesale buyers
+    best = max((c for c in cands if c["admissible"]), key=lambda c: (c["silhouette"], -c["k"]))
+    assert sel["chosen_k"] == best["k"] == info["k"] and "silhouette" in sel["criterion"]
+    assert info["min_segment_share"] == 0.02 and info["n_init_candidates"] == 3
+    # same set of users, any row order -> the same segmentation and the same record
+    again = segment_users(rfm.sample(fraction=1.0, shuffle=True, seed=2), seed=42)
+    assert again[0].equals(user_seg) and again[1].equals(cents) and again[2]["k_selection"] == sel
+    # fitting on a sample of users is deterministic too
+    a = segment_users(rfm, seed=7, sample_for_fit=1_000)
+    b = segment_users(rfm.reverse(), seed=7, sample_for_fit=1_000)
+    assert a[0].equals(b[0]) and a[2]["fit_users"] == 1_000 and a[2]["k_selection"] == b[2]["k_selection"]
+    # a fixed k is recorded as its one candidate
+    fixed = segment_users(rfm, k=4, seed=42)[2]["k_selection"]
+    assert fixed["chosen_k"] == 4 and [c["k"] for c in fixed["candidates"]] == [4] and "fixed k=4" in fixed["criterion"]
+
+
+def test_k_selection_ties_go_to_the_smaller_k(monkeypatch):
+    from insightflow_assets.segmentation import rfm as rfm_module
+
+    # every candidate scores the same: the smallest admissible k wins
+    monkeypatch.setattr(rfm_module, "silhouettes", lambda X, labelings, **kw: [0.25] * len(labelings))
+    info = segment_users(add_z_scores(_heavy_tailed()), seed=42)[2]
+    sel = info["k_selection"]
+    assert [c["silhouette"] for c in sel["candidates"]] == [0.25] * 6
+    assert sel["chosen_k"] == min(c["k"] for c in sel["candidates"] if c["admissible"]) == 3
+
+
+def _blobs(sizes: list[int], centres: list[tuple[float, float, float]], seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    z = np.vstack([np.asarray(c) + rng.normal(0, 0.05, (s, 3)) for s, c in zip(sizes, centres)])
+    n = z.shape[0]
+    return pl.DataFrame(
+        {"user_id": np.arange(1, n + 1, dtype=np.int32), "recency_days": np.ones(n), "frequency": np.ones(n, np.int32),
+         "monetary": np.ones(n), "r_z": z[:, 0], "f_z": z[:, 1], "m_z": z[:, 2]}
+    )  # fmt: skip
+
+
+def test_small_segments_are_merged_into_the_nearest_larger_centroid():
+    # 3 clear groups: 150 at the origin, 150 at (5, 5, 5), 4 users (1.3 %) at (4, 4, 4)
+    rfm = _blobs([150, 150, 4], [(0, 0, 0), (5, 5, 5), (4, 4, 4)])
+    user_seg, cents, info = segment_users(rfm, k_min=3, k_max=3, seed=42)
+    sel = info["k_selection"]
+    (cand,) = sel["candidates"]
+    assert cand["k"] == 3 and cand["min_share"] == round(4 / 304, 6) and cand["admissible"] is False
+    assert sel["chosen_k"] == 3 and "no k in [3, 3]" in sel["criterion"]
+    assert info["k"] == 2 and cents["users"].to_list() == [154, 150] and cents["share"].min() >= 0.02
+    (merge,) = sel["merged"]
+    assert merge["users"] == 4 and merge["share"] == round(4 / 304, 6)
+    assert merge["centroid"] == pytest.approx([4, 4, 4], abs=0.1)
+    # into the (5, 5, 5) group, not the origin; labels and centroids follow the merged members
+    seg = user_seg.sort("user_id")["segment"].to_list()
+    assert merge["into_segment"] == seg[150] == seg[-1] != seg[0] == seg[149]
+    assert merge["into_label"] == cents["segment_label"][merge["into_segment"]]
+    means = user_seg.group_by("segment").agg(pl.col("r_z").mean()).sort("segment")["r_z"]
+    assert means.to_numpy() == pytest.approx(cents["r_z"].to_numpy())
+    # a fixed k is merged the same way
+    fixed = segment_users(rfm, k=3, seed=42)
+    assert fixed[2]["k"] == 2 and fixed[0].equals(user_seg) and "fixed k=3" in fixed[2]["k_selection"]["criterion"]
+    # ... down to one segment when no two segments can both reach the share
+    one = segment_users(_blobs([100, 100], [(0, 0, 0), (3, 3, 3)]), k=2, min_segment_share=0.6, seed=1)
+    assert one[2]["k"] == 1 and one[1]["users"].to_list() == [200] and one[2]["silhouette"] is None
+    assert segment_users(rfm, k=3, min_segment_share=0.0, seed=42)[2]["k"] == 3  # share 0: no merge
+    with pytest.raises(ValueError, match="k_min"):
+        segment_users(rfm, k_min=5, k_max=4)
+
+
+def test_segment_checks():
+    from insightflow_assets.segmentation.assets import no_empty_segment, no_segment_below_min_share
+    from resources.params import RfmParams
+
+    user_seg, _, _ = segment_users(_blobs([150, 150, 4], [(0, 0, 0), (5, 5, 5), (4, 4, 4)]), seed=42)
+    assert no_empty_segment(user_seg=user_seg).passed
+    assert no_segment_below_min_share(user_seg=user_seg, rfm=RfmParams()).passed
+    tiny = user_seg.with_columns(
+        segment=pl.when(pl.col("user_id") <= 3).then(pl.lit(2, pl.Int8)).otherwise("segment"),
+        segment_label=pl.when(pl.col("user_id") <= 3).then(pl.lit("tiny")).otherwise("segment_label"),
+    )
+    result = no_segment_below_min_share(user_seg=tiny, rfm=RfmParams())
+    assert not result.passed and result.metadata["smallest_share"].value == pytest.approx(3 / 304)
+    assert no_segment_below_min_share(user_seg=tiny, rfm=RfmParams(min_segment_share=0.0)).passed
+    assert no_empty_segment(user_seg=tiny).passed
+    gap = user_seg.with_columns(pl.col("segment").replace(1, 5))  # ids 0 and 5: segments 1..4 are empty
+    assert not no_empty_segment(user_seg=gap).passed
+    one = user_seg.with_columns(segment=pl.lit(0, pl.Int8), segment_label=pl.lit("all"))
+    assert no_empty_segment(user_seg=one).passed
+    assert no_segment_below_min_share(user_seg=one, rfm=RfmParams(min_segment_share=0.9)).passed
 
 
 def test_silhouette_matches_sklearn():

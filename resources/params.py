@@ -5,11 +5,13 @@ segmentation, the charts and the exports alike; override it per run in the launc
 ``resources: rfm: config:``.
 """
 
+from typing import Optional
+
 from dagster import ConfigurableResource
 
 
 class RfmParams(ConfigurableResource):
-    """``rfm_analysis_and_export.py``'s flags, plus the segmentation's k and Top-N."""
+    """``rfm_analysis_and_export.py``'s flags, plus the segmentation's k, its choice, and Top-N."""
 
     strict_parquet: bool = True  # refuse stored inputs whose columns/dtypes drift, instead of casting
     pca_sample: int = 50_000  # users drawn for the PCA scatter
@@ -17,5 +19,10 @@ class RfmParams(ConfigurableResource):
     rand_n: int = 150  # random cohort size
     topn_per_segment: int = 5  # Top-K per segment and per cohort user in the exports
     seed: int = 42
-    k: int = 5  # KMeans clusters
+    k: int = 0  # KMeans clusters; 0 = choose k in [k_min, k_max] by silhouette under min_segment_share
+    k_min: int = 3
+    k_max: int = 8
+    min_segment_share: float = 0.02  # no segment below this share of users (smaller ones are merged)
+    # dated (transactions) input only: recency is measured to this ISO date/datetime, default the last order_ts
+    reference_date: Optional[str] = None
     top_n: int = 100  # products kept per segment in segment_popularity

@@ -54,7 +54,7 @@ def exports(
     return Output(
         ArtifactFolder.of(files),
         metadata={
-            "overview": MetadataValue.md(markdown_table(files["overview.csv"], n=rfm.k)),
+            "overview": MetadataValue.md(markdown_table(files["overview.csv"], n=files["overview.csv"].height)),
             "bedrock_lines": len(lines),
             "bedrock_example": MetadataValue.json(lines[0] if lines else {}),
         },

@@ -8,7 +8,14 @@ from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataVa
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.segmentation.diagnostics import StepDiagnostics
 from insightflow_assets.segmentation.popularity import segment_popularity as build_segment_popularity
-from insightflow_assets.segmentation.rfm import centroids_from_user_seg, rfm_table, segment_users
+from insightflow_assets.segmentation.rfm import (
+    centroids_from_user_seg,
+    parse_reference_date,
+    rfm_definition,
+    rfm_reference_time,
+    rfm_table,
+    segment_users,
+)
 from resources.io_manager import markdown_table
 from resources.layout import artifact
 from resources.params import RfmParams
@@ -21,8 +28,9 @@ GROUP = "segmentation"
     group=GROUP,
     kinds={"scikit-learn", "polars", "parquet"},
     description=(
-        "Per user R (days before the target order), F (orders), M (items, or spend with prices), "
-        "their higher-is-better z-scores, and a KMeans segment ordered by the centroid's high-value score."
+        "Per user R, F, M (Instacart: days before the target order, orders, items or spend; dated "
+        "transactions: days since the last order, orders, spend), higher-is-better z-scores of their logs, "
+        "and a KMeans segment ordered by the centroid's high-value score, k chosen under a minimum segment share."
     ),
 )
 def user_seg(
@@ -40,12 +48,21 @@ def user_seg(
         diag.record_schema(orders_imputed)
         diag.log(f"orders={orders_imputed.height} lines={raw_order_products.height} ratings_users={ratings['user_id'].n_unique()}")
         t0 = time.perf_counter()
-        table = rfm_table(orders_imputed, raw_order_products, products, users=ratings.select("user_id").unique())
+        definition = rfm_definition(orders_imputed)
+        reference = rfm_reference_time(orders_imputed, parse_reference_date(rfm.reference_date))
+        if rfm.reference_date and definition != "dated":
+            diag.log(f"rfm.reference_date={rfm.reference_date!r} ignored: the Instacart form has no dates")
+        diag.metrics.update(rfm_definition=definition, reference_time=reference and reference.isoformat())
+        users = ratings.select("user_id").unique()
+        table = rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference)
         diag.metrics["seconds_rfm"] = round(time.perf_counter() - t0, 3)
-        diag.log(f"rfm rows={table.height}; KMeans k={rfm.k} seed={rfm.seed}")
-        seg, centroids, info = segment_users(table, k=rfm.k, seed=rfm.seed)
+        diag.log(f"rfm ({definition}) rows={table.height}; KMeans k={rfm.k or f'auto {rfm.k_min}-{rfm.k_max}'} seed={rfm.seed}")
+        seg, centroids, info = segment_users(
+            table, k=rfm.k, k_min=rfm.k_min, k_max=rfm.k_max, min_segment_share=rfm.min_segment_share, seed=rfm.seed
+        )
         diag.metrics.update(info)
-        diag.log(f"segments: {info['segment_users']}; inertia={info['inertia']:.1f} silhouette={info['silhouette']}")
+        diag.log(f"k={info['k']} ({info['k_selection']['criterion']}); segments: {info['segment_users']}; "
+                 f"inertia={info['inertia']:.1f} silhouette={info['silhouette']}")  # fmt: skip
     except Exception as exc:
         diag.failed(exc)
         raise
@@ -56,7 +73,12 @@ def user_seg(
         seg,
         metadata={
             "users": seg.height,
-            "segments": MetadataValue.md(markdown_table(centroids, n=rfm.k)),
+            "k": int(info["k"]),
+            "k_selection": MetadataValue.json(info["k_selection"]),
+            "min_segment_share": float(rfm.min_segment_share),
+            "rfm_definition": definition,
+            "reference_time": reference.isoformat() if reference else "none (Instacart form)",
+            "segments": MetadataValue.md(markdown_table(centroids, n=centroids.height)),
             "silhouette": float(info["silhouette"]) if info["silhouette"] is not None else float("nan"),
             "inertia": float(info["inertia"]),
         },
@@ -93,12 +115,31 @@ def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFra
 
 
 @run_check(asset=user_seg)
-def no_empty_segment(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
-    """Every one of the k segments has users."""
+def no_empty_segment(user_seg: pl.DataFrame) -> AssetCheckResult:
+    """Segments are numbered 0..S-1 with S >= 1, and every one of them has users."""
     centroids = centroids_from_user_seg(user_seg)
+    ids = centroids["segment"].to_list()
     return AssetCheckResult(
-        passed=centroids.height == rfm.k and bool((centroids["users"] > 0).all()),
-        metadata={"k": rfm.k, "users_per_segment": MetadataValue.json(dict(zip(centroids["segment_label"], centroids["users"])))},
+        passed=len(ids) >= 1 and ids == list(range(len(ids))) and bool((centroids["users"] > 0).all()),
+        metadata={
+            "segments": len(ids),
+            "users_per_segment": MetadataValue.json(dict(zip(centroids["segment_label"], centroids["users"]))),
+        },
+    )
+
+
+@run_check(asset=user_seg)
+def no_segment_below_min_share(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
+    """Every segment holds at least rfm.min_segment_share of the users (unless there is only one)."""
+    centroids = centroids_from_user_seg(user_seg)
+    smallest = float(centroids["share"].min() or 0.0)
+    return AssetCheckResult(
+        passed=centroids.height == 1 or smallest >= rfm.min_segment_share,
+        metadata={
+            "min_segment_share": float(rfm.min_segment_share),
+            "smallest_share": smallest,
+            "share_per_segment": MetadataValue.json(dict(zip(centroids["segment_label"], centroids["share"].round(6)))),
+        },
     )
 
 
@@ -113,4 +154,4 @@ def segment_popularity_bounded(segment_popularity: pl.DataFrame, rfm: RfmParams)
     )
 
 
-CHECKS = [every_rated_user_has_one_segment, no_empty_segment, segment_popularity_bounded]
+CHECKS = [every_rated_user_has_one_segment, no_empty_segment, no_segment_below_min_share, segment_popularity_bounded]
