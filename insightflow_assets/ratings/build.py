@@ -42,6 +42,7 @@ __all__ = [
     "target_orders",
     "build_holdout",
     "build_ratings",
+    "training_baskets",
 ]
 
 
@@ -85,17 +86,22 @@ def _order_days_lazy(orders_imputed: Frame) -> pl.LazyFrame:
 
 
 def _targets_lazy(
-    days: pl.LazyFrame, order_products: Frame
+    days: pl.LazyFrame, order_products: Frame, back: int = 0
 ) -> pl.LazyFrame:
-    """user_id, order_id, order_number, day of each user's target order."""
+    """user_id, order_id, order_number, day of each user's target order.
+
+    ``back=1`` moves the target one basket earlier (the validation basket: the user's
+    second-to-last order with lines); users without that many baskets have no target.
+    """
     # max of this key per user = the train order if any, else the highest
     # order_number among the orders with lines
     key = (pl.col("eval_set") == "train").cast(pl.Int32) * 1_000_000 + pl.col(
         "order_number"
     ).cast(pl.Int32)
+    chosen = key == key.max().over("user_id") if back == 0 else key.rank("ordinal", descending=True).over("user_id") == back + 1
     return (
         days.join(_lazy(order_products).select("order_id"), on="order_id", how="semi")
-        .filter(key == key.max().over("user_id"))
+        .filter(chosen)
         .select("user_id", "order_id", "order_number", "day")
         # (user_id, order_number) is unique in valid data; stay deterministic anyway
         .sort("user_id", "order_id")
@@ -118,24 +124,24 @@ def order_days(orders_imputed: Frame) -> pl.DataFrame:
     )
 
 
-def target_orders(orders_imputed: Frame, order_products: Frame) -> pl.DataFrame:
+def target_orders(orders_imputed: Frame, order_products: Frame, back: int = 0) -> pl.DataFrame:
     """Each user's target order: ``user_id, order_id, order_number, day``.
 
     Target = the user's ``eval_set == "train"`` order if it has lines, else the
     user's last order with lines. Users without any order with lines (only
     possible with truncated data) have no target. Sorted by ``user_id``.
     """
-    return _targets_lazy(_order_days_lazy(orders_imputed), order_products).collect()
+    return _targets_lazy(_order_days_lazy(orders_imputed), order_products, back).collect()
 
 
-def build_holdout(orders_imputed: Frame, order_products: Frame) -> pl.DataFrame:
+def build_holdout(orders_imputed: Frame, order_products: Frame, back: int = 0) -> pl.DataFrame:
     """Distinct products of each user's target basket.
 
     Returns ``user_id`` Int32, ``product_id`` Int32, one row per distinct
     (user, product) of the target order, sorted by ``user_id, product_id``.
     Includes users whose target is their first order (they have no ratings).
     """
-    targets = _targets_lazy(_order_days_lazy(orders_imputed), order_products)
+    targets = _targets_lazy(_order_days_lazy(orders_imputed), order_products, back)
     return (
         _lazy(order_products)
         .select("order_id", "product_id")
@@ -157,8 +163,11 @@ def build_ratings(
     half_life_days: float | None = None,
     min_user_interactions: int = 1,
     min_item_interactions: int = 1,
+    back: int = 0,
 ) -> pl.DataFrame:
     """Implicit-feedback ratings from the orders before each user's target.
+
+    ``back=1`` builds them before the validation basket instead (see `_targets_lazy`).
 
     One row per (user, product) bought in the user's training orders
     (``order_number < target order_number``):
@@ -198,7 +207,7 @@ def build_ratings(
         raise ValueError("min_user_interactions and min_item_interactions must be >= 1")
 
     days = _order_days_lazy(orders_imputed)
-    targets = _targets_lazy(days, order_products).select(
+    targets = _targets_lazy(days, order_products, back).select(
         "user_id",
         pl.col("order_number").alias("_t_number"),
         pl.col("day").alias("_t_day"),
@@ -280,5 +289,34 @@ def build_ratings(
         )
         .sort("_key")
         .drop("_key")
+        .collect()
+    )
+
+
+def training_baskets(orders_imputed: Frame, order_products: Frame, *, back: int = 0) -> pl.DataFrame:
+    """The baskets before each user's target (``back=1``: before the validation basket).
+
+    ``user_id, order_number, product_id`` (Int32, Int16, Int32), one row per distinct product of
+    each training order, sorted by ``user_id, order_number, product_id``: what a basket model
+    (e.g. TIFU-KNN) learns from, the same window as `build_ratings`.
+    """
+    days = _order_days_lazy(orders_imputed)
+    targets = _targets_lazy(days, order_products, back).select("user_id", pl.col("order_number").alias("_t"))
+    orders = (
+        days.join(targets, on="user_id", how="inner")
+        .filter(pl.col("order_number") < pl.col("_t"))
+        .select("order_id", "user_id", "order_number")
+    )
+    return (
+        _lazy(order_products)
+        .select("order_id", "product_id")
+        .join(orders, on="order_id", how="inner")
+        .select(
+            pl.col("user_id").cast(pl.Int32),
+            pl.col("order_number").cast(pl.Int16),
+            pl.col("product_id").cast(pl.Int32),
+        )
+        .unique()
+        .sort("user_id", "order_number", "product_id")
         .collect()
     )

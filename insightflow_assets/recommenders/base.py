@@ -1,0 +1,102 @@
+"""The one interface every recommender implements (pure: polars/numpy, no Dagster).
+
+A recommender is fitted on a `TrainingWindow` (everything each user did before their target
+basket) and returns, for any users, a top-``n`` list in the common ``recs`` schema plus a
+``source`` per item (why the item is there: ``repeat``, ``als``, ``neighbors``, ``popular``…).
+Every implementation registers itself with `register`; the evaluation, the model selection
+and the exports iterate over `REGISTRY`, and one shared contract test runs every entry (as
+benfred/implicit tests every model against ``RecommenderBase``). Adding a model means adding a
+module that defines and registers a subclass, and importing it in `recommenders/__init__`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+RECS_SCHEMA = {
+    "user_id": pl.Int32,
+    "rank": pl.Int32,
+    "product_id": pl.Int32,
+    "score": pl.Float32,
+    "source": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """What the users did before their target baskets.
+
+    ``ratings``: one row per (user, product) — ``user_id, product_id, purchases, rating`` — as
+    built by `ratings.build.build_ratings`; ``baskets``: ``user_id, order_number, product_id``
+    of the same orders (`ratings.build.training_baskets`), for models that need basket order.
+    """
+
+    ratings: pl.DataFrame
+    baskets: pl.DataFrame
+
+
+class Recommender(ABC):
+    """Fit on a training window, then recommend top-``n`` per user with a ``source``."""
+
+    name: ClassVar[str]  # the key in metrics.json's ``methods`` map
+    label: ClassVar[str]  # how people read it (tables, charts)
+
+    def __init__(self, **params: Any) -> None:
+        self.params = dict(params)
+
+    @abstractmethod
+    def fit(self, window: TrainingWindow) -> "Recommender":
+        """Learn from the window; returns self."""
+
+    @abstractmethod
+    def _recommend(self, users: np.ndarray, n: int) -> pl.DataFrame:
+        """user_id, rank, product_id, score, source for the users it can serve."""
+
+    def recommend(self, users: Any, n: int) -> pl.DataFrame:
+        """Top-``n`` distinct products per user, ranks 1.. in order, in `RECS_SCHEMA`.
+
+        Users the model knows nothing about may get fewer rows or none: the caller decides
+        how to fill (the exports fall back to popularity).
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        ids = np.unique(np.asarray(users.to_numpy() if isinstance(users, pl.Series) else users, dtype=np.int64))
+        out = self._recommend(ids.astype(np.int32), n)
+        return as_recs(out)
+
+
+def as_recs(frame: pl.DataFrame) -> pl.DataFrame:
+    """A recs frame in `RECS_SCHEMA`, sorted by (user_id, rank)."""
+    return frame.select([pl.col(c).cast(t) for c, t in RECS_SCHEMA.items()]).sort("user_id", "rank")
+
+
+def with_source(recs: pl.DataFrame, source: str | pl.Expr) -> pl.DataFrame:
+    expr = pl.lit(source) if isinstance(source, str) else source
+    return recs.with_columns(expr.alias("source"))
+
+
+REGISTRY: dict[str, type[Recommender]] = {}
+
+
+def register(cls: type[Recommender]) -> type[Recommender]:
+    """Class decorator: make a recommender known to the evaluation, selection and contract test."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two recommenders are named {cls.name!r}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Candidate:
+    """One configuration of one recommender, as tried by the model selection."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Recommender:
+        return REGISTRY[self.method](**self.params)
