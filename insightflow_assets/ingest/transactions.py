@@ -206,21 +206,26 @@ def _timestamps(s: pl.Series, column: str, name: str) -> pl.Series:
 
 
 def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr:
-    """The first reason each line cannot be used, or null (see `EXCLUSION_REASONS`)."""
+    """The first reason each line cannot be used, or null (see `EXCLUSION_REASONS`).
+
+    The code rules are evaluated once per distinct product / order id, not per line: a file
+    has far fewer ids than lines, and string tests on every line dominate the ingest time.
+    """
     cols = df.columns
-    codes = [c.upper() for c in spec.non_product_codes]
-    code = pl.col("product_id").str.to_uppercase()
-    non_product = code.is_in(codes)
+    codes = df["product_id"].unique().drop_nulls()
+    upper = codes.str.to_uppercase()
+    bad = upper.is_in([c.upper() for c in spec.non_product_codes])
     for prefix in spec.non_product_prefixes:
-        non_product = non_product | code.str.starts_with(prefix.upper())
-    cancelled = pl.lit(False)
+        bad = bad | upper.str.starts_with(prefix.upper())
+    orders = df["order_id"].unique().drop_nulls()
+    cancelled = pl.Series([False] * len(orders), dtype=pl.Boolean)
     for prefix in spec.cancel_prefixes:
-        cancelled = cancelled | pl.col("order_id").str.starts_with(prefix)
+        cancelled = cancelled | orders.str.starts_with(prefix)
     rules = [
         ("no_customer_id", pl.col("customer_id").is_null()),
         ("no_timestamp", pl.col("timestamp").is_null()),
-        ("cancellation", cancelled),
-        ("non_product_code", non_product),
+        ("cancellation", pl.col("order_id").is_in(orders.filter(cancelled).implode())),
+        ("non_product_code", pl.col("product_id").is_in(codes.filter(bad).implode())),
         ("non_positive_quantity", (pl.col("quantity") <= 0) if "quantity" in cols else pl.lit(False)),
         ("non_positive_price", (pl.col("unit_price") <= 0) if "unit_price" in cols else pl.lit(False)),
     ]
@@ -238,31 +243,11 @@ def usable_lines(df: pl.DataFrame, spec: TransactionsSpec, name: str) -> tuple[p
         if reason is not None:
             counts[reason] = int(n)
     kept = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
-    dup = _exact_duplicates(kept)
-    counts["duplicate_line"] = int(dup.sum())
-    kept = kept.filter(~dup)
+    # duplicate_line is counted later, on integer keys (see `_order_lines`)
     if kept.height == 0:
         detail = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
         raise InputError(f"{name}: no usable line left (excluded: {detail})")
     return kept, counts
-
-
-def _exact_duplicates(lines: pl.DataFrame) -> pl.Series:
-    """Lines equal in every mapped column to an earlier line (a double export).
-
-    A row hash finds candidates cheaply; only rows whose hash repeats are compared exactly, so
-    a hash collision can never drop a real line.
-    """
-    cols = [c for c in lines.columns if c != "_line"]
-    dup = pl.Series("dup", [False] * lines.height, dtype=pl.Boolean)
-    if lines.height == 0:
-        return dup
-    candidates = lines.select(pl.struct(cols).hash(seed=0).is_duplicated()).to_series()
-    if candidates.any():
-        sub = lines.with_row_index("_pos").filter(candidates)
-        again = sub.select("_pos", (~pl.struct(cols).is_first_distinct()).alias("_dup")).filter("_dup")
-        dup = dup.scatter(again["_pos"], True)
-    return dup
 
 
 def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_name: str | None = None) -> TransactionsResult:
@@ -281,7 +266,8 @@ def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_na
     products, pmap = _products(lines)
     orders, omap = _orders(lines, name)
     lines = lines.drop("order_id", "product_id").join(pmap, on="_pcat", how="left").join(omap, on="_okey", how="left")
-    order_products, merged = _order_lines(lines)
+    order_products, merged, duplicates = _order_lines(lines)
+    excluded["duplicate_line"] = duplicates
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
         orders = orders.with_columns(pl.lit(None, dtype=pl.Int8).alias("order_hour_of_day"))
@@ -387,15 +373,23 @@ def _block_position(first: pl.Expr) -> pl.Expr:
     return idx - pl.when(first).then(idx).forward_fill() + 1
 
 
-def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Order lines; a product on several lines of one order becomes one line (quantities summed)."""
+def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
+    """Order lines, lines merged and exact duplicates dropped.
+
+    An exact duplicate (every mapped column equal to an earlier line: a double export) repeats
+    its (order, product) pair, so only the few repeated pairs are compared; the other lines of a
+    repeated pair are merged into one (quantities summed).
+    """
     pair = pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
     lines = lines.with_columns(_pair=pair)
     repeated = lines.select(pl.col("_pair").is_duplicated()).to_series()
-    merged = 0
-    if repeated.any():  # only the few repeated pairs are grouped
-        grouped = _merge_repeated(lines.filter(repeated))
-        merged = int(repeated.sum()) - grouped.height
+    merged = duplicates = 0
+    if repeated.any():
+        rep = lines.filter(repeated).sort("_line")
+        distinct = rep.select(pl.struct(pl.exclude("_line")).is_first_distinct()).to_series()
+        duplicates = int((~distinct).sum())
+        grouped = _merge_repeated(rep.filter(distinct))
+        merged = int(distinct.sum()) - grouped.height
         lines = pl.concat([lines.filter(~repeated).select(grouped.columns), grouped], how="vertical_relaxed")
     # order ids follow time and each customer's order numbers, so in (order_id, file line)
     # order a (customer, product) is a reorder exactly when it is not its first occurrence.
@@ -406,7 +400,7 @@ def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     )
     extra = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
     extra += [pl.col("unit_price")] if "unit_price" in out.columns else []
-    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged
+    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged, duplicates
 
 
 def _merge_repeated(lines: pl.DataFrame) -> pl.DataFrame:
