@@ -13,6 +13,7 @@ from matplotlib import image as mpimg
 
 from insightflow_assets.charts import eval_trends as et
 from insightflow_assets.charts import rfm
+from insightflow_assets.evaluation.offline import method_label
 
 EVAL_FILES = {
     "map_trend.png", "ndcg_trend.png", "precision_trend.png", "recall_trend.png",
@@ -155,7 +156,9 @@ def test_trend_series_picks_values_from_the_right_places():
     runs["run-20260102-000000"]["als"]["baselines"].pop("p_topfreq")
     ordered, _ = et.order_runs(runs)
     s = et.trend_series(ordered, runs, "map", 10)
-    assert set(s) == {"ALS", "Popularity", "P-TopFreq", "ALS post-rank"}
+    # the latest run's methods in its order, then P-TopFreq which only the older run has
+    assert list(s) == ["ALS", "Popularity", "GP-TopFreq", "ALS post-rank", "P-TopFreq"]
+    assert s["GP-TopFreq"] == [pytest.approx(0.421)] * 2
     # map is metric index 2, k=10 is k index 1 → base + 0.021
     assert s["ALS"] == [pytest.approx(0.121), pytest.approx(0.121)]
     assert s["Popularity"] == [pytest.approx(0.221)] * 2
@@ -210,7 +213,10 @@ def test_publish_eval_charts_files_and_index():
     assert set(files) == EVAL_FILES and set(index["files"]) == EVAL_FILES
     for png in files.values():
         decode(png)
-    assert set(index) == {"run_key", "k", "runs", "files", "skipped", "generated_at_utc"}
+    assert set(index) == {"run_key", "k", "runs", "methods", "exported_method", "files", "skipped",
+                          "generated_at_utc"}
+    assert index["methods"] == ["als", "baseline", "p_topfreq", "gp_topfreq", "als_postrank"]
+    assert index["exported_method"] is None  # old-format runs chose no export
     assert index["run_key"] == current and index["k"] == 10
     assert len(index["runs"]) == 12
     assert len(index["skipped"]) == 1 and "run-20261101-230000" in index["skipped"][0]
@@ -231,6 +237,108 @@ def test_publish_eval_charts_current_run_unreadable_or_absent():
         et.publish_eval_charts(runs, "run-20261105-000000")
     with pytest.raises(ValueError, match="run-20261106-000000"):
         et.publish_eval_charts(runs, "run-20261106-000000")
+
+
+# --- the methods map (new reports) and the exported method ------------------------------------
+
+NEW_ORDER = ["als", "tifu_knn", "baseline", "p_topfreq", "gp_topfreq", "als_postrank"]
+
+
+def new_run(finished=None, *, exported="tifu_knn", tifu=0.6) -> dict:
+    """A run in the current format: als_eval's and als_postrank's reports carry ``methods``
+    (the post-rank one also ``exported`` and ``exported_method``), the seed's keys beside."""
+    old = run(finished)
+    als_methods = {"als": flat(0.1), "tifu_knn": flat(tifu), "baseline": flat(0.2),
+                   "p_topfreq": flat(0.3), "gp_topfreq": flat(0.4)}
+    old["als"].update(methods=als_methods, method="als")
+    old["postrank"] = {
+        "als": flat(0.5), "baseline": flat(0.2), "baselines": {"p_topfreq": flat(0.3), "gp_topfreq": flat(0.4)},
+        "method": "als_postrank",
+        "methods": {**als_methods, "als_postrank": flat(0.5), "exported": flat(0.7)},
+        "exported_method": {"method": exported, "label": exported, "why": "best map@10 on validation"},
+    }
+    return old
+
+
+def test_methods_map_charts_every_method_and_marks_the_exported_one():
+    runs = {"run-20260101-000000": run(None), "run-20260102-000000": new_run(None)}
+    ordered, warnings = et.order_runs(runs)
+    assert not warnings
+    assert et.run_methods(runs["run-20260102-000000"]).keys() == set(NEW_ORDER)  # no "exported" line
+    assert et.method_order(ordered, runs) == NEW_ORDER
+
+    lines = et.trend_lines(ordered, runs, "map", 10, exported="tifu_knn")
+    assert [line["method"] for line in lines] == NEW_ORDER
+    by = {line["method"]: line for line in lines}
+    tifu = by["tifu_knn"]
+    assert tifu["values"] == [None, pytest.approx(0.621)]  # the old run has no TIFU-KNN
+    assert tifu["exported"] and tifu["label"] == f"{method_label('tifu_knn')} {et.EXPORTED_MARK}"
+    assert [m for m, line in by.items() if line["exported"]] == ["tifu_knn"]
+    assert by["als"]["label"] == "ALS" and by["gp_topfreq"]["label"] == "GP-TopFreq"
+    assert by["als_postrank"]["values"] == [pytest.approx(0.521)] * 2  # old and new post-rank files
+    assert len({line["color"] for line in lines}) == len(lines)
+    assert by["als"]["color"] == et.METHOD_COLORS["als"]
+    assert set(et.trend_series(ordered, runs, "map", 10)) == {method_label(m) for m in NEW_ORDER}
+
+    # the exported method of the published run is what gets marked; old runs mark none
+    assert et.marked_method(ordered, runs) == "tifu_knn"
+    assert et.marked_method(ordered, runs, highlight="run-20260101-000000") is None
+
+    groups = et.bar_groups(runs["run-20260102-000000"], k=10)
+    assert [g["method"] for g in groups] == NEW_ORDER
+    assert [g["method"] for g in groups if g["exported"]] == ["tifu_knn"]
+    assert groups[1]["values"]["map"] == pytest.approx(0.621)
+
+    files, index = et.publish_eval_charts(runs, "run-20260102-000000")
+    assert set(files) == EVAL_FILES
+    for png in files.values():
+        decode(png)
+    assert index["methods"] == NEW_ORDER
+    assert index["exported_method"]["method"] == "tifu_knn"
+    json.dumps(index)
+
+
+def test_exported_als_marks_als_and_method_only_in_old_runs_follows():
+    runs = {"run-20260101-000000": new_run(None, exported="als"), "run-20260102-000000": run(None)}
+    runs["run-20260102-000000"]["postrank"] = None
+    ordered, _ = et.order_runs(runs)
+    # latest run first (no tifu_knn, no post-rank), then what only the older run has
+    assert et.method_order(ordered, runs) == ["als", "baseline", "p_topfreq", "gp_topfreq", "tifu_knn", "als_postrank"]
+    lines = et.trend_lines(ordered, runs, "recall", 10, exported=et.marked_method(ordered, runs, "run-20260101-000000"))
+    assert [line["method"] for line in lines if line["exported"]] == ["als"]
+    decode(et.trend_chart(ordered, runs, "recall", 10, highlight="run-20260101-000000"))
+
+
+def test_old_format_run_charts_as_before():
+    runs = {"run-20261122-020646": run(None)}
+    ordered, _ = et.order_runs(runs)
+    lines = et.trend_lines(ordered, runs, "ndcg", 10, exported=et.marked_method(ordered, runs))
+    assert [(line["label"], line["exported"]) for line in lines] == [
+        ("ALS", False), ("Popularity", False), ("P-TopFreq", False), ("GP-TopFreq", False), ("ALS post-rank", False),
+    ]
+    assert lines[-1]["values"] == [pytest.approx(0.531)]  # post-rank from the post-rank file's "als"
+    assert et.METHOD_COLORS["als_postrank"] == lines[-1]["color"]
+    groups = et.bar_groups(runs["run-20261122-020646"])
+    assert [g["label"] for g in groups] == [line["label"] for line in lines]
+    files, index = et.publish_eval_charts(runs, "run-20261122-020646")
+    assert set(files) == EVAL_FILES and index["exported_method"] is None
+    decode(files["metrics_bar.png"])
+
+
+def test_partial_old_report_still_charts_what_it_has():
+    runs = {"run-20260101-000000": run(None, postrank=False)}
+    del runs["run-20260101-000000"]["als"]["baseline"]  # methods_of needs it: read what is there
+    runs["run-20260101-000000"]["als"]["baselines"]["gp_topfreq"] = "garbage"
+    ordered, warnings = et.order_runs(runs)
+    assert not warnings
+    assert et.method_order(ordered, runs) == ["als", "p_topfreq"]
+    decode(et.metrics_bar("run-20260101-000000", runs["run-20260101-000000"]))
+
+
+def test_method_colors_are_fixed_per_key():
+    assert et.method_color("some_new_model") == et.method_color("some_new_model")
+    assert et.method_color("some_new_model") in et.EXTRA_COLORS
+    assert et.method_color("tifu_knn") == et.METHOD_COLORS["tifu_knn"]
 
 
 # --- RFM -------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class EvalChartsConfig(Config):
     ins={"als_eval_runs": AssetIn("als_eval", **_ALL_RUNS), "als_postrank_runs": AssetIn("als_postrank", **_ALL_RUNS)},
     description=(
         "Trend charts of MAP/NDCG/precision/recall/coverage over every run up to this one "
-        "(ALS, popularity, P-TopFreq, post-rank), this run's metrics bar, and index.json."
+        "(every method of the runs' `methods` maps, the exported one marked), this run's metrics bar, and index.json."
     ),
 )
 def eval_charts(
@@ -44,7 +44,12 @@ def eval_charts(
         context.log.warning(warning)
     return Output(
         ArtifactFolder.of({**files, "index.json": index}),
-        metadata={"runs_included": len(index["runs"]), "runs_skipped": MetadataValue.json(index["skipped"])},
+        metadata={
+            "runs_included": len(index["runs"]),
+            "runs_skipped": MetadataValue.json(index["skipped"]),
+            "methods_charted": MetadataValue.json(index["methods"]),
+            "exported_method": MetadataValue.json(index["exported_method"]),
+        },
     )
 
 

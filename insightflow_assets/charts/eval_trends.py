@@ -10,6 +10,11 @@ where any value may be ``None`` (file missing) or an ``Exception`` instance (fil
 A run is charted only if its ALS ``metrics.json`` is a readable object with an ``"als"``
 section; every other run becomes a warning string, never an exception.
 
+Methods are not hard-coded: each run's are its reports' ``methods`` map (``methods_of`` of
+evaluation/offline.py, which also reads older reports without one; see ``run_methods``),
+labelled by ``method_label``. The post-rank file's ``exported_method`` is marked on the charts
+rather than its ``exported`` entry drawn as a method of its own.
+
 Runs are ordered by ``finished_at_utc`` (ISO 8601; naive stamps are read as UTC), falling back
 to the timestamp in the run key (``run-YYYYMMDD-HHMMSS``, UTC) when it is missing or
 unparsable, ties broken by run key: the seed's "sort by finished_at_utc with fallback".
@@ -23,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -31,12 +37,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from insightflow_assets.evaluation.offline import method_label, methods_of
+
 __all__ = [
     "TREND_METRICS",
     "TREND_FILES",
     "BAR_FILE",
     "order_runs",
+    "run_methods",
+    "exported_of",
+    "method_order",
+    "method_color",
     "trend_series",
+    "trend_lines",
+    "bar_groups",
+    "marked_method",
     "trend_chart",
     "metrics_bar",
     "publish_eval_charts",
@@ -71,14 +86,25 @@ METRIC_TITLES = {
     "coverage_user": "User coverage (users with a full list)",
 }
 
-# method label → colour; the same colour for a method on every chart
+# method key → colour, fixed so a method keeps its colour on every chart and in every run
 METHOD_COLORS = {
-    "ALS": "#1f77b4",
-    "Popularity": "#7f7f7f",
-    "P-TopFreq": "#2ca02c",
-    "GP-TopFreq": "#9467bd",
-    "ALS post-rank": "#ff7f0e",
+    "als": "#1f77b4",
+    "baseline": "#7f7f7f",
+    "p_topfreq": "#2ca02c",
+    "gp_topfreq": "#9467bd",
+    "als_postrank": "#ff7f0e",
+    "tifu_knn": "#d62728",
 }
+# methods added later draw from here by a hash of their key, not by position, so adding or
+# dropping a method never recolours the others
+EXTRA_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
+
+# the ``methods`` entry scoring the exported lists: the exported method is marked instead,
+# since a second line of (nearly) the same numbers would only clutter the chart
+EXPORTED_ENTRY = "exported"
+EXPORTED_MARK = "★ exported"
+# coverage.json files exist only for ALS (als_eval) and the post-rank (als_postrank)
+COVERAGE_SOURCES = {"als": "als_coverage", "als_postrank": "postrank_coverage"}
 
 _RUN_KEY_TS = re.compile(r"^run-(\d{8}-\d{6})(?:-|$)")
 
@@ -247,18 +273,61 @@ def order_runs(runs: Mapping[str, Any]) -> tuple[list[dict], list[str]]:
 # --- series ------------------------------------------------------------------------------
 
 
-def _method_metrics(run: Mapping[str, Any]) -> dict[str, dict | None]:
-    """Method label → that method's flat metrics dict (or None) for one run."""
-    als = _as_dict(run.get("als")) or {}
-    baselines = _as_dict(als.get("baselines")) or {}
+def _report_methods(report: Any) -> dict[str, dict]:
+    """``methods_of(report)`` keeping only usable entries; {} when the report has none.
+
+    Old or damaged reports may lack a seed key that ``methods_of`` indexes directly (e.g. no
+    ``baseline``): the methods that are there are still charted, rather than the whole run.
+    """
+    report = _as_dict(report)
+    if not report:
+        return {}
+    try:
+        found = methods_of(report)
+    except (KeyError, TypeError, AttributeError):
+        baselines = _as_dict(report.get("baselines")) or {}
+        found = {report.get("method", "als"): report.get("als"), "baseline": report.get("baseline"), **baselines}
+    return {str(m): d for m, d in found.items() if isinstance(d, dict)}
+
+
+def run_methods(run: Mapping[str, Any]) -> dict[str, dict]:
+    """Method key → flat metrics of one run, in the order of the run's ``methods`` map.
+
+    The post-rank file's map (a superset of als_eval's) wins where both have a method; an old
+    post-rank file (no ``methods``) contributes its ``"als"`` section as ``als_postrank``. The
+    ``exported`` entry is left out (see ``EXPORTED_ENTRY``).
+    """
+    out = _report_methods(run.get("als"))
     postrank = _as_dict(run.get("postrank")) or {}
-    return {
-        "ALS": _as_dict(als.get("als")),
-        "Popularity": _as_dict(als.get("baseline")),
-        "P-TopFreq": _as_dict(baselines.get("p_topfreq")),
-        "GP-TopFreq": _as_dict(baselines.get("gp_topfreq")),
-        "ALS post-rank": _as_dict(postrank.get("als")),
-    }
+    if isinstance(postrank.get("methods"), dict):
+        out.update(_report_methods(postrank))
+    elif isinstance(postrank.get("als"), dict):
+        out["als_postrank"] = postrank["als"]
+    out.pop(EXPORTED_ENTRY, None)
+    return out
+
+
+def exported_of(run: Any) -> dict | None:
+    """The post-rank file's ``exported_method`` (``{"method", "label", "why", …}``) or None."""
+    postrank = _as_dict(run.get("postrank")) if isinstance(run, Mapping) else None
+    exported = _as_dict((postrank or {}).get("exported_method"))
+    return exported if exported and isinstance(exported.get("method"), str) else None
+
+
+def method_order(ordered: Sequence[Mapping[str, Any]], runs: Mapping[str, Any]) -> list[str]:
+    """Every method key of the ordered runs: the latest run's map order, then the methods only
+    older runs have (newest run first), so the legend follows what the pipeline runs now."""
+    keys: dict[str, None] = {}
+    for entry in reversed(ordered):
+        keys.update(dict.fromkeys(run_methods(runs[entry["run_key"]])))
+    return list(keys)
+
+
+def method_color(method: str) -> str:
+    """A method key's fixed colour (a stable hash for keys without one of their own)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return EXTRA_COLORS[zlib.crc32(method.encode()) % len(EXTRA_COLORS)]
 
 
 def _coverage_value(cov: Any, metric: str, k: int) -> float | None:
@@ -271,37 +340,117 @@ def _coverage_value(cov: Any, metric: str, k: int) -> float | None:
     return _num(cov.get(COVERAGE_KEYS[metric]))
 
 
+def _series_by_key(
+    ordered: Sequence[Mapping[str, Any]], runs: Mapping[str, Any], metric: str, k: int
+) -> dict[str, list[float | None]]:
+    """Method key → values aligned with ``ordered`` (None where a run lacks the value)."""
+    keys = [e["run_key"] for e in ordered]
+    if metric in COVERAGE_KEYS:
+        return {
+            method: [_coverage_value(runs[r].get(part), metric, k) for r in keys]
+            for method, part in COVERAGE_SOURCES.items()
+        }
+    key = _metric_key(metric, k)
+    per_run = [run_methods(runs[r]) for r in keys]
+    return {
+        method: [_num(m[method].get(key)) if method in m else None for m in per_run]
+        for method in method_order(ordered, runs)
+    }
+
+
 def trend_series(
     ordered: Sequence[Mapping[str, Any]],
     runs: Mapping[str, Any],
     metric: str,
     k: int,
 ) -> dict[str, list[float | None]]:
-    """One list per method, aligned with ``ordered``; None where a run lacks the value.
+    """One list per method label, aligned with ``ordered``; None where a run lacks the value.
 
     Ranking metrics (``map``, ``ndcg``, ``precision``, ``recall``, ``hit_rate`` or an explicit
-    ``"map@10"``) give ALS, Popularity (``baseline``), P-TopFreq (``baselines.p_topfreq``) and
-    ALS post-rank (the post-rank file's ``"als"``). Coverage metrics (``coverage_item``,
-    ``coverage_user`` → ``coverage_user_eval``) give ALS and ALS post-rank only, read from the
-    coverage files, and only when the file's ``k`` equals ``k``.
+    ``"map@10"``) give every method of the runs' ``methods`` maps (see ``run_methods``;
+    ``method_order`` for the order). Coverage metrics (``coverage_item``, ``coverage_user`` →
+    ``coverage_user_eval``) give ALS and ALS post-rank only, read from the coverage files, and
+    only when the file's ``k`` equals ``k``.
     """
-    keys = [e["run_key"] for e in ordered]
-    if metric in COVERAGE_KEYS:
-        return {
-            "ALS": [_coverage_value(runs[r].get("als_coverage"), metric, k) for r in keys],
-            "ALS post-rank": [_coverage_value(runs[r].get("postrank_coverage"), metric, k) for r in keys],
+    return {method_label(m): v for m, v in _series_by_key(ordered, runs, metric, k).items()}
+
+
+def _legend_label(method: str, exported: str | None) -> str:
+    return f"{method_label(method)} {EXPORTED_MARK}" if method == exported else method_label(method)
+
+
+def trend_lines(
+    ordered: Sequence[Mapping[str, Any]],
+    runs: Mapping[str, Any],
+    metric: str,
+    k: int,
+    *,
+    exported: str | None = None,
+) -> list[dict]:
+    """What a trend chart draws, one dict per method (a pure function, so tests can check it)::
+
+        {"method": key, "label": legend label, "values": [...], "color": str, "exported": bool}
+
+    ``exported`` (a method key) gets ``EXPORTED_MARK`` in its label and is drawn thicker.
+    """
+    return [
+        {
+            "method": m,
+            "label": _legend_label(m, exported),
+            "values": values,
+            "color": method_color(m),
+            "exported": m == exported,
         }
-    key = _metric_key(metric, k)
-    out: dict[str, list[float | None]] = {m: [] for m in ("ALS", "Popularity", "P-TopFreq", "ALS post-rank")}
-    for r in keys:
-        by_method = _method_metrics(runs[r])
-        for method in out:
-            m = by_method[method]
-            out[method].append(_num(m.get(key)) if m else None)
-    return out
+        for m, values in _series_by_key(ordered, runs, metric, k).items()
+    ]
+
+
+def bar_groups(run: Mapping[str, Any], k: int = 10) -> list[dict]:
+    """What ``metrics_bar`` draws for one run, one dict per method present, in its map order::
+
+        {"method", "label", "values": {metric: value|None for BAR_METRICS}, "color", "exported"}
+    """
+    exported = (exported_of(run) or {}).get("method")
+    return [
+        {
+            "method": m,
+            "label": _legend_label(m, exported),
+            "values": {metric: _num(d.get(f"{metric}@{k}")) for metric in BAR_METRICS},
+            "color": method_color(m),
+            "exported": m == exported,
+        }
+        for m, d in run_methods(run).items()
+    ]
 
 
 # --- charts ------------------------------------------------------------------------------
+
+
+def marked_method(ordered: Sequence[Mapping[str, Any]], runs: Mapping[str, Any], highlight: str | None = None) -> str | None:
+    """The method key marked as exported on a trend chart: the exported method of ``highlight``
+    (the run being published, so re-publishing an old run marks what that run exported),
+    else of the latest run; None for runs from before the exports were chosen."""
+    keys = [e["run_key"] for e in ordered]
+    run_key = highlight if highlight in keys else (keys[-1] if keys else None)
+    exported = exported_of(runs[run_key]) if run_key is not None else None
+    return exported["method"] if exported else None
+
+
+def _plot_lines(ax, lines: Sequence[Mapping[str, Any]], n: int) -> int:
+    """Draw the trend lines; returns how many had at least one point."""
+    x = np.arange(n)
+    drawn = 0
+    for line in lines:
+        y = np.array([np.nan if v is None else v for v in line["values"]], dtype=float)
+        if not np.isfinite(y).any():
+            continue
+        ax.plot(
+            x, y, marker="o", markersize=7 if line["exported"] else 5, linewidth=3.2 if line["exported"] else 1.8,
+            label=line["label"], color=line["color"], zorder=3 if line["exported"] else 2,
+            linestyle="--" if line["method"] == "als_postrank" else "-",
+        )
+        drawn += 1
+    return drawn
 
 
 def trend_chart(
@@ -312,46 +461,35 @@ def trend_chart(
     *,
     highlight: str | None = None,
 ) -> bytes:
-    """PNG line chart of ``metric@k`` per method across the ordered runs.
+    """PNG line chart of ``metric@k`` per method across the ordered runs (see ``trend_lines``).
 
     x = run keys in order (rotated labels; thinned past 40 runs), markers on every point so a
     single run still shows, gaps where a value is missing. ``highlight`` (a run key) gets a
-    shaded band, e.g. the run being published.
+    shaded band, e.g. the run being published; its exported method (``marked_method``) is
+    drawn thicker with ``EXPORTED_MARK`` in the legend.
     """
-    series = trend_series(ordered, runs, metric, k)
+    lines = trend_lines(ordered, runs, metric, k, exported=marked_method(ordered, runs, highlight))
     keys = [e["run_key"] for e in ordered]
     n = len(keys)
     title_metric = METRIC_TITLES.get(metric.split("@")[0], metric)
-    ylabel = f"{metric.split('@')[0]}@{k}"
 
     fig = new_figure(min(18.0, max(8.0, 3.5 + 0.38 * n)), 5.2)
     try:
         ax = fig.add_subplot(1, 1, 1)
-        x = np.arange(n)
-        drawn = 0
-        for method, values in series.items():
-            y = np.array([np.nan if v is None else v for v in values], dtype=float)
-            if not np.isfinite(y).any():
-                continue
-            ax.plot(
-                x, y, marker="o", markersize=5, linewidth=1.8, label=method,
-                color=METHOD_COLORS.get(method), linestyle="--" if method == "ALS post-rank" else "-",
-            )
-            drawn += 1
+        drawn = _plot_lines(ax, lines, n)
         if highlight in keys:
             i = keys.index(highlight)
             ax.axvspan(i - 0.3, i + 0.3, color="#ffd54f", alpha=0.25, zorder=0, label="this run")
         if not drawn:
             ax.text(0.5, 0.5, "no data for this metric", ha="center", va="center", transform=ax.transAxes,
                     fontsize=12, color="#666666")
-        step = max(1, math.ceil(n / 40))
-        ticks = x[::step]
+        ticks = np.arange(n)[:: max(1, math.ceil(n / 40))]
         ax.set_xticks(ticks, [keys[i] for i in ticks], rotation=45, ha="right", fontsize=8)
         pad = 1.5 if n <= 1 else 0.6
         ax.set_xlim(-pad, max(n - 1, 0) + pad)
         ax.set_ylim(bottom=0)
         ax.set_xlabel("run (ordered by finished_at_utc, fallback run key time)")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(f"{metric.split('@')[0]}@{k}")
         ax.set_title(f"{title_metric} @ {k} across {n} run{'s' if n != 1 else ''}")
         ax.grid(True, alpha=0.3)
         ax.set_axisbelow(True)
@@ -363,28 +501,37 @@ def trend_chart(
         fig.clear()
 
 
+def _bar_title(run_key: str, run: Mapping[str, Any], groups: Sequence[Mapping[str, Any]], k: int) -> str:
+    n_users = _num((run_methods(run).get("als") or {}).get("n_users"))
+    users = f", {int(n_users):,} users" if n_users is not None else ""
+    exported = exported_of(run)
+    tail = f"\nexported: {method_label(exported['method'])}" if exported else ""
+    return f"{run_key}: {len(groups)} methods @ {k}{users}{tail}"
+
+
 def metrics_bar(run_key: str, run: Mapping[str, Any], k: int = 10) -> bytes:
     """PNG grouped bars of one run: precision/recall/map/ndcg/hit_rate at ``k`` per method.
 
-    Methods: ALS, Popularity, P-TopFreq, GP-TopFreq, ALS post-rank (those present in the run),
-    side by side in each metric group, the value on every bar. Raises ``ValueError`` when the
-    run's ALS metrics are not usable.
+    Methods: every method of the run (see ``bar_groups``), side by side in each metric group,
+    the value on every bar; the exported method's bars are hatched and the title names it.
+    Raises ``ValueError`` when the run's ALS metrics are not usable.
     """
     reason = _metrics_problem(run)
     if reason:
         raise ValueError(f"{run_key}: {reason}")
-    methods = {m: d for m, d in _method_metrics(run).items() if d}
+    groups = bar_groups(run, k)
     fig = new_figure(11.0, 5.4)
     try:
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(BAR_METRICS))
-        width = 0.8 / max(len(methods), 1)
+        width = 0.8 / max(len(groups), 1)
         top = 0.0
-        for i, (method, m) in enumerate(methods.items()):
-            vals = [_num(m.get(f"{metric}@{k}")) for metric in BAR_METRICS]
+        for i, group in enumerate(groups):
+            vals = [group["values"][metric] for metric in BAR_METRICS]
             heights = [np.nan if v is None else v for v in vals]
-            bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, heights, width * 0.95,
-                          label=method, color=METHOD_COLORS.get(method))
+            bars = ax.bar(x + (i - (len(groups) - 1) / 2) * width, heights, width * 0.95, label=group["label"],
+                          color=group["color"], hatch="//" if group["exported"] else None,
+                          edgecolor="black" if group["exported"] else None, linewidth=0.8 if group["exported"] else 0)
             ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.3f}" for v in vals],
                          padding=2, fontsize=7, rotation=90)
             top = max([top] + [v for v in vals if v is not None])
@@ -392,12 +539,10 @@ def metrics_bar(run_key: str, run: Mapping[str, Any], k: int = 10) -> bytes:
         ax.set_ylim(0, max(top * 1.25, 0.05))
         ax.set_ylabel(f"metric value at K={k}")
         ax.set_xlabel("metric")
-        n_users = _num((methods.get("ALS") or {}).get("n_users"))
-        users = f", {int(n_users):,} users" if n_users is not None else ""
-        ax.set_title(f"{run_key}: ALS vs baselines @ {k}{users}")
+        ax.set_title(_bar_title(run_key, run, groups, k))
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        ax.legend(loc="upper left", frameon=False, fontsize=9, ncols=min(len(methods), 5))
+        ax.legend(loc="upper left", frameon=False, fontsize=9, ncols=min(max(len(groups), 1), 4))
         fig.tight_layout()
         return render_png(fig)
     finally:
@@ -409,7 +554,8 @@ def publish_eval_charts(runs: Mapping[str, Any], current_run: str, k: int = 10) 
 
     Returns ``(files, index)``: files are the six trend charts (every readable run passed in,
     in time order, ``current_run`` shaded) and ``metrics_bar.png`` (``current_run`` only).
-    ``index = {"run_key", "k", "runs": [ordered entries], "files", "skipped": [warnings],
+    ``index = {"run_key", "k", "runs": [ordered entries], "methods": [method keys charted],
+    "exported_method": current run's (or None), "files", "skipped": [warnings],
     "generated_at_utc"}``. Raises ``ValueError`` when ``current_run`` is absent or unreadable.
     """
     if current_run not in runs:
@@ -428,6 +574,8 @@ def publish_eval_charts(runs: Mapping[str, Any], current_run: str, k: int = 10) 
         "run_key": current_run,
         "k": k,
         "runs": ordered,
+        "methods": method_order(ordered, runs),
+        "exported_method": exported_of(runs[current_run]),
         "files": list(files),
         "skipped": warnings,
         "generated_at_utc": _utc_now_iso(),

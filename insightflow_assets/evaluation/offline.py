@@ -16,13 +16,31 @@ from insightflow_assets.evaluation.baselines import global_popularity, gp_topfre
 from insightflow_assets.evaluation.metrics import coverage, evaluate, intra_list_diversity, novelty
 
 HEADLINE_K = 10
-METHOD_LABELS = {
-    "als": "ALS",
-    "baseline": "Popularity",
-    "p_topfreq": "P-TopFreq",
-    "gp_topfreq": "GP-TopFreq",
-    "als_postrank": "ALS post-rank",
-}
+# Methods that are not recommenders of their own (a post-processing of one).
+_EXTRA_LABELS = {"als_postrank": "ALS post-rank"}
+
+
+def method_label(name: str) -> str:
+    """How people read a method key of the ``methods`` map (tables, charts, summaries)."""
+    from insightflow_assets.recommenders import REGISTRY
+
+    cls = REGISTRY.get(name)
+    return cls.label if cls is not None else _EXTRA_LABELS.get(name, name)
+
+
+def repetition_ratio(recs: pl.DataFrame, history: pl.DataFrame, k: int, users: np.ndarray) -> float:
+    """Share of the top-k items that the user bought before, averaged over users with a list
+    (the Reality Check's repetition ratio)."""
+    top = recs.filter((pl.col("rank") <= k) & pl.col("user_id").is_in(pl.Series(users).implode()))
+    if top.height == 0:
+        return 0.0
+    seen = history.select(pl.col("user_id").cast(pl.Int32), pl.col("product_id").cast(pl.Int32), _seen=pl.lit(True))
+    flagged = top.select(pl.col("user_id").cast(pl.Int32), pl.col("product_id").cast(pl.Int32)).join(
+        seen, on=["user_id", "product_id"], how="left"
+    )
+    # group_by order varies between runs; sorting keeps the float sum reproducible
+    per_user = flagged.group_by("user_id").agg(r=pl.col("_seen").fill_null(False).mean()).sort("user_id")
+    return float(np.mean(per_user["r"].to_numpy()))
 
 
 def eval_users(holdout: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
@@ -53,11 +71,19 @@ def baseline_recs(ratings: pl.DataFrame, users: np.ndarray, n: int) -> dict[str,
     }
 
 
+def score_method(recs: pl.DataFrame, holdout: pl.DataFrame, ks, history: pl.DataFrame, users: np.ndarray) -> dict:
+    """One method's entry of the ``methods`` map: metrics@K, repeat/explore and repetition."""
+    out = evaluate(recs, holdout, ks, history=history, users=users)
+    k = HEADLINE_K if HEADLINE_K in ks else max(ks)
+    out[f"repetition@{k}"] = repetition_ratio(recs, history, k, users)
+    return out
+
+
 def baseline_scores(ratings: pl.DataFrame, holdout: pl.DataFrame, users: np.ndarray, ks: tuple[int, ...]) -> dict:
     """The three baselines scored on ``users``: ``{"baseline", "p_topfreq", "gp_topfreq"}``."""
     history = ratings.select("user_id", "product_id")
     return {
-        name: evaluate(recs, holdout, ks, history=history, users=users)
+        name: score_method(recs, holdout, ks, history, users)
         for name, recs in baseline_recs(ratings, users, max(ks)).items()
     }
 
@@ -65,6 +91,13 @@ def baseline_scores(ratings: pl.DataFrame, holdout: pl.DataFrame, users: np.ndar
 def baselines_of(report: dict) -> dict:
     """The baseline scores inside a stored report (to reuse them for another method)."""
     return {"baseline": report["baseline"], **report["baselines"]}
+
+
+def methods_of(report: dict) -> dict[str, dict]:
+    """The ``methods`` map of a stored report; older reports are read from the seed's keys."""
+    if isinstance(report.get("methods"), dict):
+        return report["methods"]
+    return {report.get("method", "als"): report["als"], "baseline": report["baseline"], **report.get("baselines", {})}
 
 
 def evaluation_report(
@@ -77,16 +110,22 @@ def evaluation_report(
     ks: tuple[int, ...],
     method: str = "als",
     baselines: dict | None = None,
+    extra_recs: dict[str, pl.DataFrame] | None = None,
 ) -> tuple[dict, dict]:
     """``(metrics, coverage)`` of one method next to the baselines, in the seed's schema.
 
     ``history`` for the repeat/explore split is the ratings' (user, product) pairs, i.e. what
     each user bought before the target basket. ``baselines`` (from `baseline_scores`, or a
-    stored report on the same users) saves scoring them again.
+    stored report on the same users) saves scoring them again; ``extra_recs`` are further
+    methods scored on the same users. Every method is in ``methods`` (this module owns that
+    map: ``{method: {metric@K…, repeat: {…}, explore: {…}, repetition@K}}``); the seed's keys
+    ``als``, ``baseline``, ``lift``, ``finished_at_utc`` stay as they were.
     """
     kmax = max(ks)
     history = ratings.select("user_id", "product_id")
-    scored = {method: evaluate(method_recs, holdout, ks, history=history, users=users)}
+    scored = {method: score_method(method_recs, holdout, ks, history, users)}
+    for name, recs in (extra_recs or {}).items():
+        scored[name] = score_method(recs, holdout, ks, history, users)
     scored.update(baselines if baselines is not None else baseline_scores(ratings, holdout, users, ks))
 
     key = f"map@{HEADLINE_K}" if HEADLINE_K in ks else f"map@{kmax}"
@@ -96,6 +135,7 @@ def evaluation_report(
         "baseline": scored["baseline"],
         "lift": lift(scored[method], scored["baseline"]),
         "baselines": {"p_topfreq": scored["p_topfreq"], "gp_topfreq": scored["gp_topfreq"]},
+        "methods": scored,
         "method": method,
         "ks": list(ks),
         "n_users_evaluated": int(len(users)),
@@ -119,12 +159,38 @@ def list_diversity(recs: pl.DataFrame, item_ids: np.ndarray, item_factors: np.nd
 
 def metrics_table(metrics: dict, k: int = HEADLINE_K, extra: dict[str, dict] | None = None) -> list[dict]:
     """Rows (method, precision, recall, map, ndcg, hit_rate at K) for summaries and the UI."""
-    methods = {metrics.get("method", "als"): metrics["als"], "baseline": metrics["baseline"], **metrics["baselines"]}
+    methods = dict(methods_of(metrics))
     methods.update(extra or {})
     rows = []
     for name, m in methods.items():
-        row = {"method": METHOD_LABELS.get(name, name)}
+        row = {"method": method_label(name)}
         for metric in ("precision", "recall", "map", "ndcg", "hit_rate"):
             row[f"{metric}@{k}"] = m.get(f"{metric}@{k}")
         rows.append(row)
     return rows
+
+
+HEADLINE_METRICS = ("map", "recall", "ndcg")
+
+
+def headline_metadata(methods: dict[str, dict], k: int = HEADLINE_K) -> dict[str, float]:
+    """``{"<method> map@10": value, …}`` as plain floats, so Dagster plots them across runs."""
+    out = {}
+    for name, m in methods.items():
+        for metric in HEADLINE_METRICS:
+            value = m.get(f"{metric}@{k}")
+            if value is not None:
+                out[f"{name} {metric}@{k}"] = float(value)
+    return out
+
+
+def exported_method(selection: dict) -> dict:
+    """What the exports carry and why: the validation winner, with the near-ties flagged."""
+    win = selection["winner"]
+    return {
+        "method": win["method"],
+        "label": win["label"],
+        "params": win["params"],
+        "why": f"best {selection['metric']} on the validation basket ({win[selection['metric']]:.4f})",
+        "ties_within_1pct": selection.get("ties", []),
+    }
