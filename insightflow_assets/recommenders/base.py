@@ -45,9 +45,26 @@ class Recommender(ABC):
 
     name: ClassVar[str]  # the key in metrics.json's ``methods`` map
     label: ClassVar[str]  # how people read it (tables, charts)
+    # Recommenders of one family whose `fit_params` are equal share one fit (e.g. ALS and the
+    # post-rank of the same ALS): the model selection fits once and `adopt`s it.
+    fit_family: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)
+
+    def fit_params(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def adopt(self, fitted: "Recommender", window: TrainingWindow) -> "Recommender":
+        """Take over the fitted state of an equal-fit recommender of the same family."""
+        raise NotImplementedError(f"{type(self).__name__} shares no fit")
+
+    @classmethod
+    def for_export(cls, params: dict[str, Any], window: TrainingWindow, stored: dict[str, Any]) -> "Recommender":
+        """The fitted recommender for the run's exports. ``stored`` holds the run's model
+        artifacts by asset name (e.g. ``als_model``); a model that has one reuses it instead of
+        fitting again. Default: fit on the window."""
+        return cls(**params).fit(window)
 
     @abstractmethod
     def fit(self, window: TrainingWindow) -> "Recommender":

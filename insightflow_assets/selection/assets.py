@@ -1,0 +1,55 @@
+"""Model selection: every method and its hyperparameters scored on the validation basket."""
+
+from typing import Any, Optional
+
+import polars as pl
+from dagster import AssetExecutionContext, Config, MetadataValue, Output
+from pydantic import Field
+
+from insightflow_assets.common import current_run, run_asset
+from insightflow_assets.model.als import DEFAULT_PARAMS
+from insightflow_assets.selection.select import default_candidates, select, validation_split, validation_users
+
+GROUP = "evaluation"
+
+
+class SelectionConfig(Config):
+    """Which candidates are tried, on how many validation users."""
+
+    sample_users: Optional[int] = Field(20_000, description="validation users scored (seeded sample); None = all")
+    seed: int = 42
+    als: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS), description="ALS parameters of the ALS-based candidates")
+    grid: Optional[dict[str, list[dict[str, Any]]]] = Field(
+        None, description="method -> list of parameter sets; None = the default grid (selection.select.DEFAULT_GRID)"
+    )
+
+
+@run_asset(
+    group=GROUP,
+    kinds={"polars", "json"},
+    description=(
+        "Every recommender (baselines included) and its grid fitted on the baskets before each user's "
+        "second-to-last basket and scored on it; the winner is what user_recos exports. The holdout is not read."
+    ),
+)
+def model_selection(
+    context: AssetExecutionContext, config: SelectionConfig, orders_imputed: pl.DataFrame, raw_order_products: pl.DataFrame
+) -> Output[dict]:
+    current_run(context)
+    window, truth = validation_split(orders_imputed, raw_order_products)
+    users = validation_users(truth, window, config.sample_users, config.seed)
+    if users.size == 0:
+        raise ValueError("model_selection: no user has two baskets, so nothing can be validated")
+    report = select(default_candidates(config.als, config.grid), window, truth, users)
+    win = report["winner"]
+    context.log.info(f"validation winner: {win['label']} map@10={win['map@10']:.4f}")
+    best = report["best_per_method"]
+    return Output(
+        report,
+        metadata={
+            "winner": win["label"],
+            "validation_users": report["users"],
+            **{f"validation_{m}_map@10": float(v["map@10"]) for m, v in best.items()},
+            "candidates": MetadataValue.json(report["candidates"]),
+        },
+    )

@@ -1,0 +1,88 @@
+"""Model selection without leakage, and the exported lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from insightflow_assets.imputation.mice import order_features
+from insightflow_assets.ingest.loading import validate_snapshot
+from insightflow_assets.postrank.export import complete_lists
+from insightflow_assets.ratings.build import target_orders
+from insightflow_assets.recommenders.base import Candidate
+from insightflow_assets.selection.select import select, validation_split, validation_users
+
+CANDIDATES = [
+    Candidate("baseline"),
+    Candidate("p_topfreq"),
+    Candidate("gp_topfreq"),
+    Candidate("als", {"factors": 8, "iterations": 3}),
+    Candidate("als_postrank", {"factors": 8, "iterations": 3, "postrank_alpha": 0.3, "popularity_kind": "user"}),
+]
+
+
+@pytest.fixture(scope="module")
+def data(small_tables):
+    snap = validate_snapshot(dict(small_tables), {k: k for k in small_tables})
+    return order_features(snap.orders, snap.order_products), snap.order_products
+
+
+def _run(orders, lines):
+    window, truth = validation_split(orders, lines)
+    users = validation_users(truth, window, None, 42)
+    report = select(CANDIDATES, window, truth, users)
+    for row in report["candidates"]:
+        row.pop("seconds")
+    return report
+
+
+def test_validation_basket_is_the_second_to_last(data):
+    orders, lines = data
+    window, truth = validation_split(orders, lines)
+    last = target_orders(orders, lines)
+    second = target_orders(orders, lines, back=1)
+    assert (second.join(last, on="user_id")["order_number_right"] > second.join(last, on="user_id")["order_number"]).all()
+    # the window holds only baskets before the validation basket
+    cut = window.baskets.join(second.select("user_id", "order_number"), on="user_id", suffix="_val")
+    assert (cut["order_number"] < cut["order_number_val"]).all()
+    expected = lines.join(second.select("order_id", "user_id"), on="order_id").select("user_id", "product_id").unique()
+    assert truth.sort("user_id", "product_id").equals(expected.sort("user_id", "product_id").select(truth.columns))
+
+
+def test_selection_never_reads_the_holdout(data):
+    orders, lines = data
+    before = _run(orders, lines)
+    # Replace every target basket's products: the selection must not move.
+    targets = target_orders(orders, lines)["order_id"]
+    changed = lines.with_columns(
+        pl.when(pl.col("order_id").is_in(targets.implode()))
+        .then((pl.col("product_id") * 7 + 13) % 5000 + 1)
+        .otherwise(pl.col("product_id"))
+        .alias("product_id")
+    ).unique(subset=["order_id", "product_id"])
+    after = _run(orders, changed)
+    assert before == after
+    assert before["winner"]["method"] in {c.method for c in CANDIDATES}
+    assert len(before["candidates"]) == len(CANDIDATES)
+
+
+def test_winner_is_the_best_on_validation(data):
+    report = _run(*data)
+    best = max(report["candidates"], key=lambda r: (r["map@10"], r["recall@10"]))
+    assert report["winner"]["map@10"] == best["map@10"]
+    assert set(report["best_per_method"]) == {c.method for c in CANDIDATES}
+
+
+def test_complete_lists_fill_and_fallback():
+    recs = pl.DataFrame({
+        "user_id": [1, 1, 2], "rank": [1, 2, 1], "product_id": [10, 11, 12],
+        "score": [3.0, 2.0, 1.0], "source": ["repeat", "neighbors", "repeat"],
+    })
+    popular = pl.DataFrame({"product_id": [11, 20, 21, 22, 12]})
+    out = complete_lists(recs, pl.Series([1, 2, 3]), 3, popular)
+    rows = {u: out.filter(pl.col("user_id") == u).select("product_id", "source").rows() for u in (1, 2, 3)}
+    assert rows[1] == [(10, "repeat"), (11, "neighbors"), (20, "popular")]
+    assert rows[2] == [(12, "repeat"), (11, "popular"), (20, "popular")]
+    assert rows[3] == [(11, "fallback"), (20, "fallback"), (21, "fallback")]
+    assert out.group_by("user_id").agg(pl.col("rank").sort())["rank"].to_list() == [[1, 2, 3]] * 3
