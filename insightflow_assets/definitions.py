@@ -12,10 +12,12 @@ from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
 from insightflow_assets.jobs import insightflow_checks, insightflow_run
 from insightflow_assets.model import assets as model
+from insightflow_assets.nbr import assets as nbr
 from insightflow_assets.postrank import assets as postrank
 from insightflow_assets.publish import assets as publish
 from insightflow_assets.ratings import assets as ratings
 from insightflow_assets.segmentation import assets as segmentation
+from insightflow_assets.selection import assets as selection
 from resources import build_resources
 
 ASSETS = [
@@ -25,6 +27,8 @@ ASSETS = [
     ratings.ratings,
     ratings.holdout,
     model.als_model,
+    selection.model_selection,
+    nbr.nbr_model,
     evaluation.als_eval,
     postrank.user_recos,
     postrank.als_postrank,

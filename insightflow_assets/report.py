@@ -69,19 +69,11 @@ def headline(storage: Storage, run_key: str, materialized: dict | None = None) -
     als = _json(storage, "als_eval", "metrics.json", run_key)
     if als:
         post = _json(storage, "als_postrank", "metrics.json", run_key)
-        extra = {"als_postrank": post["als"]} if post else None
-        k = HEADLINE_K
-        lines.append(f"\noffline evaluation at K={k} on {als['n_users_evaluated']:,} users (held-out target baskets):")
-        cols = ["precision", "recall", "map", "ndcg", "hit_rate"]
-        lines.append(f"  {'method':<16}" + "".join(f"{c + '@' + str(k):>14}" for c in cols))
-        for row in metrics_table(als, k, extra=extra):
-            lines.append(f"  {row['method']:<16}" + "".join(f"{row[c + '@' + str(k)]:>14.4f}" for c in cols))
-        ranking = {r["method"]: r[f"map@{k}"] for r in metrics_table(als, k, extra=extra)}
-        best = max(ranking, key=ranking.get)
-        lines.append(
-            f"  best at map@{k}: {best} ({ranking[best]:.4f}); ALS {ranking['ALS']:.4f}"
-            + (f", post-rank {ranking['ALS post-rank']:.4f}" if "ALS post-rank" in ranking else "")
-        )
+        report = post if post and "methods" in post else als
+        lines += evaluation_lines(report)
+        selection = _json(storage, "model_selection", "selection.json", run_key)
+        if post and selection:
+            lines += exported_lines(post, selection)
 
     seg_key = artifact("user_seg").keys(run_key)["user_seg.parquet"]
     if storage.exists(seg_key):
@@ -130,3 +122,39 @@ def checks_summary(checks: list[dict], skipped: list[str]) -> list[str]:
 def _short(value) -> str:
     text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def evaluation_lines(report: dict, k: int = HEADLINE_K) -> list[str]:
+    """The holdout table at K, one row per method of the report's ``methods`` map."""
+    cols = ["precision", "recall", "map", "ndcg", "hit_rate"]
+    out = [f"\noffline evaluation at K={k} on {report['n_users_evaluated']:,} users (held-out target baskets):"]
+    out.append(f"  {'method':<20}" + "".join(f"{c + '@' + str(k):>14}" for c in cols))
+    rows = metrics_table(report, k)
+    for row in rows:
+        out.append(f"  {row['method']:<20}" + "".join(_num(row[c + '@' + str(k)], 14) for c in cols))
+    ranking = {r["method"]: r[f"map@{k}"] for r in rows if r["method"] != "exported" and r[f"map@{k}"] is not None}
+    best = max(ranking, key=ranking.get)
+    out.append(f"  best on the holdout at map@{k}: {best} ({ranking[best]:.4f})")
+    return out
+
+
+def exported_lines(post: dict, selection: dict, k: int = HEADLINE_K) -> list[str]:
+    """Which method the exports carry, why, and its lead over GP-TopFreq on the holdout."""
+    exp = post.get("exported_method") or {}
+    methods = post["methods"]
+    mine, gp = methods.get("exported", {}), methods.get("gp_topfreq", {})
+    out = [f"exported: {exp.get('label', '?')} — {exp.get('why', '')}"]
+    for metric in ("map", "recall"):
+        a, b = mine.get(f"{metric}@{k}"), gp.get(f"{metric}@{k}")
+        if a is not None and b:
+            out.append(f"  holdout {metric}@{k}: {a:.4f} vs GP-TopFreq {b:.4f} ({(a - b) / b:+.1%})")
+    if exp.get("ties_within_1pct"):
+        out.append(f"  within 1 % of it on validation: {', '.join(exp['ties_within_1pct'])}")
+    cold = post.get("users_without_history")
+    if cold is not None:
+        out.append(f"  users with no history before the target: {cold:.1%} (they get popular items)")
+    return out
+
+
+def _num(v, width: int) -> str:
+    return f"{v:>{width}.4f}" if isinstance(v, (int, float)) else f"{'–':>{width}}"

@@ -168,10 +168,10 @@ def test_evaluation_read_back(local_run):
     base = metrics["baseline"]["map@10"]
     assert metrics["lift"]["map@10"] == pytest.approx((metrics["als"]["map@10"] - base) / base)
     ranking = metrics["winner"]["ranking"]
-    assert metrics["winner"]["value"] == max(
-        [metrics["als"]["map@10"], base, *(v["map@10"] for v in metrics["baselines"].values())]
-    )
-    assert set(ranking) == {"als", "baseline", "p_topfreq", "gp_topfreq"}
+    assert set(metrics["methods"]) == {"als", "tifu_knn", "baseline", "p_topfreq", "gp_topfreq"}
+    assert metrics["methods"]["als"] == metrics["als"]
+    assert metrics["winner"]["value"] == max(v["map@10"] for v in metrics["methods"].values())
+    assert set(ranking) == set(metrics["methods"])
     cov = json.loads((curated / "recsys/eval/als-20260301-101500/coverage.json").read_text())
     assert 0 < cov["coverage_item"] <= 1 and cov["coverage_user_eval"] == 1.0
 
@@ -237,16 +237,26 @@ def test_postranked_recommendations_read_back(local_run, small_tables):
     assert set(recos["user_id"].unique().to_list()) == set(users.to_list())
     per_user = recos.group_by("user_id").agg(n=pl.len(), distinct=pl.col("product_id").n_unique())
     assert (per_user["n"] == 20).all() and (per_user["distinct"] == 20).all()
-    assert set(recos["source"].unique().to_list()) <= {"als", "popular", "fallback"}
+    assert set(recos["source"].unique().to_list()) <= {"als", "repeat", "neighbors", "popular", "fallback"}
     # users without any training order (their only order with lines is the target) fall back to popularity
     ratings = pl.read_parquet(curated / "recsys/ratings/run-20260301-101500/ratings.parquet")
     cold = set(users.to_list()) - set(ratings["user_id"].unique().to_list())
     cold_rows = recos.filter(pl.col("user_id").is_in(list(cold)))
     assert (cold_rows["source"] == "fallback").all()
-    assert recos.filter(~pl.col("user_id").is_in(list(cold)))["source"].eq("als").mean() > 0.9
+    # "repeat" means bought before, always
+    bought = ratings.select("user_id", "product_id", _b=pl.lit(True))
+    repeats = recos.filter(pl.col("source") == "repeat").join(bought, on=["user_id", "product_id"], how="left")
+    assert repeats["_b"].fill_null(False).all()
 
     metrics = json.loads((curated / "recsys/eval/als-postrank-20260301-101500/metrics.json").read_text())
     als = json.loads((curated / "recsys/eval/als-20260301-101500/metrics.json").read_text())
+    selection = json.loads((curated / "recsys/eval/selection-20260301-101500/selection.json").read_text())
+    # the exports come from the validation winner, and the report says which
+    assert metrics["exported_method"]["method"] == selection["winner"]["method"]
+    winner = selection["winner"]["method"]
+    exported, own = metrics["methods"]["exported"], metrics["methods"][winner]
+    if winner in ("tifu_knn", "gp_topfreq"):  # complete lists: the same numbers
+        assert exported["map@10"] == pytest.approx(own["map@10"], abs=1e-9)
     assert metrics["method"] == "als_postrank"
     # the same users and the same baseline as als_eval
     assert metrics["n_users_evaluated"] == als["n_users_evaluated"]

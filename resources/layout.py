@@ -108,6 +108,8 @@ ARTIFACTS: dict[str, Artifact] = {
     "als_model": Artifact("recsys/models/als-{ts}", ("factors.npz", "params.json")),
     "als_eval": Artifact("recsys/eval/als-{ts}", ("metrics.json", "coverage.json")),
     "als_postrank": Artifact("recsys/eval/als-postrank-{ts}", ("metrics.json", "coverage.json")),
+    "model_selection": Artifact("recsys/eval/selection-{ts}", ("selection.json",)),
+    "nbr_model": Artifact("recsys/models/nbr-{ts}", ("recs.parquet", "params.json")),
     "user_recos": Artifact("recsys/recos/run-{ts}", ("user_recos.parquet",)),
     # publishing
     "eval_charts": Artifact(

@@ -13,7 +13,14 @@ from dagster import (
 )
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.evaluation.offline import HEADLINE_K, eval_users, evaluation_report, list_diversity, metrics_table
+from insightflow_assets.evaluation.offline import (
+    HEADLINE_K,
+    eval_users,
+    evaluation_report,
+    headline_metadata,
+    list_diversity,
+    metrics_table,
+)
 from insightflow_assets.model.als import AlsModel, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
 
@@ -42,8 +49,8 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
             elif "@" in k or k.startswith("coverage"):
                 values[prefix + k] = v
 
-    for section in ("als", "baseline", "baselines"):
-        walk(f"{section}.", metrics[section])
+    for section in ("als", "baseline", "baselines", "methods"):
+        walk(f"{section}.", metrics.get(section, {}))
     walk("", folder.json("coverage.json"))
     bad = {k: v for k, v in values.items() if v is None or not (0.0 <= v <= 1.0)}
     return AssetCheckResult(passed=not bad, metadata={"checked": len(values), "out_of_range": MetadataValue.json(bad)})
@@ -52,12 +59,16 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
 @run_asset(
     group=GROUP,
     kinds={"polars", "json"},
-    description="precision/recall/MAP/NDCG/hit-rate@K of ALS vs global popularity, P-TopFreq and GP-TopFreq.",
+    description=(
+        "precision/recall/MAP/NDCG/hit-rate@K on the held-out baskets of every method: ALS, the next-basket "
+        "model (TIFU-KNN), global popularity, P-TopFreq and GP-TopFreq (the `methods` map)."
+    ),
 )
 def als_eval(
     context: AssetExecutionContext,
     config: EvalConfig,
     als_model: ArtifactFolder,
+    nbr_model: ArtifactFolder,
     ratings: pl.DataFrame,
     holdout: pl.DataFrame,
     products: pl.DataFrame,
@@ -67,7 +78,10 @@ def als_eval(
     users = eval_users(holdout, config.sample_users, config.seed)
     # Already-bought products stay allowed: repurchase is the main event in groceries.
     recs = recommend(model, ratings, users, max(config.ks), filter_already_bought=False)
-    metrics, cov = evaluation_report(recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks))
+    metrics, cov = evaluation_report(
+        recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks),
+        extra_recs={"tifu_knn": nbr_model.frame("recs.parquet")},
+    )
     metrics["diversity"] = {"k": HEADLINE_K, "als": list_diversity(recs, model.item_ids, model.item_factors, ratings, HEADLINE_K)}
     metrics["eval_config"] = config.model_dump()
     winner = metrics["winner"]
@@ -78,6 +92,7 @@ def als_eval(
             f"metrics@{HEADLINE_K}": metrics_markdown(metrics),
             "winner": f"{winner['method']} on {winner['metric']}",
             "users_evaluated": int(len(users)),
+            **headline_metadata(metrics["methods"]),
             **{k: float(v) for k, v in cov.items() if k.startswith("coverage")},
         },
     )

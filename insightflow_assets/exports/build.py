@@ -311,7 +311,8 @@ def reason_for(source: str, purchases_before: int = 0, segment_label: str | None
     A product the user already bought is a repurchase whatever the source:
     ``"bought N times before"`` (``"bought once before"`` for 1). Otherwise by
     source: ``segment_top`` -> ``"popular in your segment '<label>'"``,
-    ``als`` -> ``"people with similar baskets buy it"``, ``popular`` /
+    ``als`` -> ``"people with similar baskets buy it"``, ``neighbors`` (the next-basket
+    model's nearest customers) -> ``"customers whose baskets are like yours buy it"``, ``popular`` /
     ``fallback`` (and anything else) -> ``"popular overall"``.
     """
     n = int(purchases_before or 0)
@@ -321,6 +322,8 @@ def reason_for(source: str, purchases_before: int = 0, segment_label: str | None
         return f"popular in your segment '{segment_label}'" if segment_label else "popular in your segment"
     if source == "als":
         return "people with similar baskets buy it"
+    if source == "neighbors":
+        return "customers whose baskets are like yours buy it"
     return "popular overall"
 
 

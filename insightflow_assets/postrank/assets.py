@@ -2,68 +2,91 @@
 
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output
 
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.assets import EvalConfig, metrics_in_unit_interval, metrics_markdown
 from insightflow_assets.evaluation.baselines import item_popularity
-from insightflow_assets.evaluation.offline import HEADLINE_K, baselines_of, eval_users, evaluation_report, list_diversity
-from insightflow_assets.model.als import AlsModel, recommend
-from insightflow_assets.postrank.rerank import postrank
+from insightflow_assets.evaluation.offline import (
+    HEADLINE_K,
+    baselines_of,
+    eval_users,
+    evaluation_report,
+    exported_method,
+    headline_metadata,
+    list_diversity,
+    methods_of,
+)
+from insightflow_assets.model.als import AlsModel
+from insightflow_assets.postrank.export import complete_lists
+from insightflow_assets.ratings.build import training_baskets
+from insightflow_assets.recommenders import REGISTRY, TrainingWindow
+from insightflow_assets.recommenders.als import AlsPostrank
 from resources.io_manager import ArtifactFolder
 
 GROUP = "postrank"
 
 
-class PostrankConfig(Config):
+class ExportConfig(Config):
+    """The exported method is always model_selection's winner; narrow its grid to choose."""
+
     k: int = 20  # list length; ≥ the largest evaluation K so every K is comparable
+
+
+class PostrankConfig(EvalConfig):
+    """The seed's post-rank, evaluated as before whichever method is exported."""
+
+    k: int = 20
     candidates: int = 100  # top-N ALS candidates re-ranked per user
     alpha: float = 0.7  # weight of ALS vs popularity in the hybrid
     mmr_lambda: float = 0.8  # 1 = pure relevance, lower = more diverse
-    similarity: Literal["factors", "aisle", "department"] = "factors"
     popularity_kind: Literal["global", "user"] = "global"
+
+    def recommender(self, model) -> AlsPostrank:
+        return AlsPostrank.from_model(
+            model, postrank_alpha=self.alpha, mmr_lambda=self.mmr_lambda,
+            popularity_kind=self.popularity_kind, candidates=self.candidates,
+        )
 
 
 @run_asset(
     group=GROUP,
     kinds={"numpy", "polars", "parquet"},
     description=(
-        "Post-ranked recommendations for every user: ALS candidates re-scored with popularity, "
-        "diversified by MMR, cold users filled from popularity (source ∈ als/popular/fallback)."
+        "Recommendations for every user from the method that won on validation (model_selection), "
+        "baselines included: exactly K items, topped up from popularity, cold users from popularity "
+        "(source ∈ repeat/als/neighbors/popular/fallback)."
     ),
 )
 def user_recos(
     context: AssetExecutionContext,
-    config: PostrankConfig,
+    config: ExportConfig,
+    model_selection: dict,
     als_model: ArtifactFolder,
+    nbr_model: ArtifactFolder,
     ratings: pl.DataFrame,
-    products: pl.DataFrame,
     orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
-    model = AlsModel.from_files(als_model.files)
+    method, params = model_selection["winner"]["method"], model_selection["winner"]["params"]
+    if method not in REGISTRY:
+        raise ValueError(f"user_recos: unknown method {method!r} (known: {', '.join(REGISTRY)})")
+    window = TrainingWindow(ratings=ratings, baskets=training_baskets(orders_imputed, raw_order_products))
+    rec = REGISTRY[method].for_export(params, window, {"als_model": als_model, "nbr_model": nbr_model})
     users = orders_imputed["user_id"].unique().sort()
-    candidates = recommend(model, ratings, users, config.candidates)
-    recos = postrank(
-        candidates,
-        k=config.k,
-        users=users,
-        popularity=item_popularity(ratings),
-        alpha=config.alpha,
-        mmr_lambda=config.mmr_lambda,
-        similarity=config.similarity,
-        item_factors=model.item_factors,
-        item_ids=model.item_ids,
-        products=products,
-        popularity_kind=config.popularity_kind,
-        user_popularity=ratings if config.popularity_kind == "user" else None,
-    )
+    recos = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
     sources = recos.group_by("source").agg(pl.len()).sort("source")
+    context.log.info(f"exported {REGISTRY[method].label} for {users.len():,} users")
     return Output(
         recos,
         metadata={
             "users": users.len(),
+            "exported_method": REGISTRY[method].label,
+            "why": f"won on validation ({model_selection['metric']})",
+            "params": MetadataValue.json(params),
             "sources": MetadataValue.json(dict(zip(sources["source"].to_list(), sources["len"].to_list()))),
         },
     )
@@ -72,12 +95,16 @@ def user_recos(
 @run_asset(
     group=GROUP,
     kinds={"polars", "json"},
-    description="The post-ranked lists scored like als_eval (same users, same baselines) plus diversity and novelty.",
+    description=(
+        "The seed's post-rank (ALS + popularity hybrid + MMR) scored like als_eval (same users, same "
+        "baselines), plus diversity and novelty, and the exported lists (user_recos) beside it."
+    ),
 )
 def als_postrank(
     context: AssetExecutionContext,
-    config: EvalConfig,
+    config: PostrankConfig,
     user_recos: pl.DataFrame,
+    model_selection: dict,
     als_eval: ArtifactFolder,
     als_model: ArtifactFolder,
     ratings: pl.DataFrame,
@@ -88,25 +115,26 @@ def als_postrank(
     model = AlsModel.from_files(als_model.files)
     users = eval_users(holdout, config.sample_users, config.seed)
     reference = als_eval.json("metrics.json")
-    # The baselines were scored by als_eval on the same users: reuse them, unless this
-    # evaluation was configured differently.
-    same = reference.get("eval_config") == config.model_dump() and reference["n_users_evaluated"] == len(users)
+    eval_keys = set(EvalConfig.model_fields)
+    same = {k: v for k, v in reference.get("eval_config", {}).items() if k in eval_keys} == {
+        k: v for k, v in config.model_dump().items() if k in eval_keys
+    } and reference["n_users_evaluated"] == len(users)
+    rec = config.recommender(model).with_window(TrainingWindow(ratings=ratings, baskets=pl.DataFrame()))
+    lists = complete_lists(rec.recommend(users, config.k), pl.Series(users), config.k, item_popularity(ratings))
     metrics, cov = evaluation_report(
-        user_recos,
-        ratings,
-        holdout,
-        users,
-        n_items=products.height,
-        ks=tuple(config.ks),
-        method="als_postrank",
+        lists, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks), method="als_postrank",
         baselines=baselines_of(reference) if same else None,
+        extra_recs={"exported": user_recos},
     )
-    # Diversity and novelty of the post-ranked lists next to plain ALS top-K, to show MMR's effect.
+    metrics["methods"] = {**methods_of(reference), **metrics["methods"]}
+    metrics["exported_method"] = exported_method(model_selection)
+    metrics["selection"] = model_selection  # the grid, every validation score and the choice
+    # Users with no basket before the target get popular items whatever the method.
+    metrics["users_without_history"] = float(1.0 - np.isin(users, ratings["user_id"].unique().to_numpy()).mean())
     k = HEADLINE_K
-    evaluated = user_recos.filter(pl.col("user_id").is_in(pl.Series(users).implode()))
     metrics["diversity"] = {
         "k": k,
-        "als_postrank": list_diversity(evaluated, model.item_ids, model.item_factors, ratings, k),
+        "als_postrank": list_diversity(lists, model.item_ids, model.item_factors, ratings, k),
         "als": reference["diversity"]["als"],
     }
     metrics["eval_config"] = config.model_dump()
@@ -116,6 +144,7 @@ def als_postrank(
             f"metrics@{k}": metrics_markdown(metrics),
             "diversity": MetadataValue.json(metrics["diversity"]),
             "baselines_reused_from_als_eval": same,
+            **headline_metadata(metrics["methods"]),
             **{key: float(v) for key, v in cov.items() if key.startswith("coverage")},
         },
     )
