@@ -22,7 +22,10 @@ run: install
 	fi
 	$(BIN)/insightflow run
 
+# `insightflow init` sets up a fresh DAGSTER_HOME under its lock first: `dagster dev` opens the
+# instance in several processes without one, and may race a `make run` started alongside.
 ui: install
+	$(BIN)/insightflow init
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Debian's chromium for the UI test (no browser download); installed when we are root.

@@ -7,6 +7,7 @@ from dagster import Definitions, in_process_executor
 from insightflow_assets.automation.sensors import daily_retrain, new_source_data
 from insightflow_assets.charts import assets as charts
 from insightflow_assets.evaluation import assets as evaluation
+from insightflow_assets.executor import run_key_guarded
 from insightflow_assets.exports import assets as exports
 from insightflow_assets.imputation import assets as imputation
 from insightflow_assets.ingest import assets as ingest
@@ -62,8 +63,9 @@ def make_definitions(resources: dict | None = None) -> Definitions:
         schedules=[daily_retrain],
         resources=resources if resources is not None else build_resources(),
         # One process per run: the stages are numpy/polars-parallel already, and a 2-core
-        # machine gains nothing from a process per step but their memory.
-        executor=in_process_executor,
+        # machine gains nothing from a process per step but their memory. Guarded: a run of a
+        # malformed run key (added in the UI, say) fails before any step starts.
+        executor=run_key_guarded(in_process_executor),
     )
 
 

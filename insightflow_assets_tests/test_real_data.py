@@ -78,7 +78,7 @@ def test_uci_exclusions_by_reason(uci_run, usable):
 @pytest.mark.parametrize("customer", [12347, 12348, 12352])
 def test_uci_rfm_of_hand_checked_customers(uci_run, usable, customer):
     _, curated = uci_run
-    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000/user_seg.parquet")
+    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000-uci/user_seg.parquet")
     row = seg.filter(pl.col("user_id") == customer).row(0, named=True)
     mine = usable.filter(pl.col("customer") == customer)
     reference = usable["ts"].max()
@@ -92,7 +92,7 @@ def test_uci_rfm_of_hand_checked_customers(uci_run, usable, customer):
 def test_uci_customer_12347_by_hand(uci_run):
     # 12347: 7 invoices from 2010-12-07 to 2011-12-07 15:52, £4,310.00 in all (no returns).
     _, curated = uci_run
-    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000/user_seg.parquet")
+    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000-uci/user_seg.parquet")
     row = seg.filter(pl.col("user_id") == 12347).row(0, named=True)
     assert row["frequency"] == 7
     assert row["monetary"] == pytest.approx(4310.00, abs=0.01)
@@ -102,7 +102,7 @@ def test_uci_customer_12347_by_hand(uci_run):
 
 def test_uci_no_segment_under_the_minimum_share(uci_run):
     _, curated = uci_run
-    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000/user_seg.parquet")
+    seg = pl.read_parquet(curated / "recsys/user_seg/run-20260301-120000-uci/user_seg.parquet")
     shares = seg.group_by("segment").len().with_columns(share=pl.col("len") / seg.height)
     assert shares.height >= 2
     assert shares["share"].min() >= 0.02, shares
@@ -138,7 +138,7 @@ def _p_topfreq_by_hand(usable: pl.DataFrame, k: int = 10) -> dict[str, float]:
 
 def test_uci_p_topfreq_recomputed_independently(uci_run, usable):
     _, curated = uci_run
-    metrics = json.loads((curated / "recsys/eval/als-20260301-120000/metrics.json").read_text())
+    metrics = json.loads((curated / "recsys/eval/als-20260301-120000-uci/metrics.json").read_text())
     stored = metrics["baselines"]["p_topfreq"]
     mine = _p_topfreq_by_hand(usable)
     assert stored["n_users"] == mine["n_users"]
@@ -157,7 +157,7 @@ def test_purchase_log_without_time_of_day_runs_through(tmp_path):
         outcome = run_graph(instance, run_key=RUN, defs=local_defs(clean, curated))
     assert outcome.ok, (outcome.errors, outcome.failed_error_checks)
     assert json.loads((curated / "recsys/latest/index.json").read_text())["run_key"] == RUN
-    orders = pl.read_parquet(curated / "after-MICE/run-20260301-120000/orders_imputed.parquet")
+    orders = pl.read_parquet(curated / "after-MICE/run-20260301-120000-uci/orders_imputed.parquet")
     assert orders["order_hour_of_day"].null_count() == orders.height
     assert orders["order_dow"].null_count() == 0
     warn = [c for c in outcome.checks if c["check"] == "no_unknown_fields"]

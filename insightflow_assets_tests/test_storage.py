@@ -21,7 +21,8 @@ def test_run_keys():
 
 
 def test_layout_is_the_seed_tree():
-    run = "run-20261122-013000-tagged"
+    # an untagged key: the seed's folder names exactly (a tagged one: see test_run_keys.py)
+    run = "run-20261122-013000"
     keys = {name: sorted(spec.keys(run).values()) for name, spec in ARTIFACTS.items()}
     assert keys["orders_imputed"] == ["after-MICE/run-20261122-013000/orders_imputed.parquet"]
     assert keys["mice_checks"] == [

@@ -4,8 +4,10 @@ Every key is relative to a root that is either ``s3://<bucket>[/<prefix>]`` or a
 directory; the relative keys are identical in both. This is the seed's tree, plus the
 per-run input snapshot and holdout that make a run reproducible.
 
-Run keys (``run-YYYYMMDD-HHMMSS[-tag]``) are parsed here too, because their timestamp is the
-``TS`` of every ``run-TS`` / ``als-TS`` folder below.
+Run keys (``run-YYYYMMDD-HHMMSS[-tag]``) are parsed here too, because the key names the run's
+folders: the ``TS`` of every ``run-TS`` / ``als-TS`` folder below is the key without ``run-``
+(``YYYYMMDD-HHMMSS[-tag]``), so two partitions never share a folder and an untagged key keeps
+the seed's folder names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from datetime import datetime
 
 # --- run keys --------------------------------------------------------------------------
 
-RUN_KEY_RE = re.compile(r"^run-(?P<ts>\d{8}-\d{6})(?:-(?P<tag>[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?))?$")
+# \Z, not $: `$` also matches before a final newline, and a key is a folder name.
+RUN_KEY_RE = re.compile(r"^run-(?P<ts>\d{8}-\d{6})(?:-(?P<tag>[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?))?\Z")
 
 
 class RunKeyError(ValueError):
@@ -25,7 +28,7 @@ class RunKeyError(ValueError):
 
 def parse_run_key(key: str) -> tuple[str, str | None]:
     """Return ``(ts, tag)`` of a valid run key, or raise `RunKeyError` with a one-line reason."""
-    m = RUN_KEY_RE.match(key or "")
+    m = RUN_KEY_RE.fullmatch(key or "") if isinstance(key, str) else None
     if not m:
         raise RunKeyError(
             f"invalid run key {key!r}: expected run-YYYYMMDD-HHMMSS (UTC) with an optional "
@@ -40,8 +43,18 @@ def parse_run_key(key: str) -> tuple[str, str | None]:
 
 
 def run_ts(key: str) -> str:
-    """The layout's ``TS`` for a run key (validated first)."""
+    """The timestamp of a run key (validated first): what orders runs in time."""
     return parse_run_key(key)[0]
+
+
+def run_stamp(key: str) -> str:
+    """The layout's ``TS`` for a run key (validated first): the key without ``run-``.
+
+    The whole key, not only its timestamp, so that keys sharing a second get folders of
+    their own; an untagged key gives exactly the timestamp, as before.
+    """
+    parse_run_key(key)
+    return key.removeprefix("run-")
 
 
 # --- the source ("clean") location ---------------------------------------------------
@@ -73,12 +86,12 @@ class Artifact:
     json ↔ dict); a several-file artifact travels as an `ArtifactFolder`.
     """
 
-    folder: str  # template with {ts}
+    folder: str  # template with {ts}: the run key without "run-" (see run_stamp)
     files: tuple[str, ...]
     latest: str | None = None  # the stable ``latest/`` folder, for artifacts that have one
 
     def run_folder(self, run_key: str) -> str:
-        return self.folder.format(ts=run_ts(run_key))
+        return self.folder.format(ts=run_stamp(run_key))
 
     def keys(self, run_key: str) -> dict[str, str]:
         folder = self.run_folder(run_key)
@@ -152,6 +165,10 @@ ARTIFACTS: dict[str, Artifact] = {
 
 # The manifest of the run currently promoted to latest/ (written last, read first).
 LATEST_MANIFEST = "recsys/latest/index.json"
+# Beside it, outside every artifact's keys: the lock that serializes promotions, and the
+# journal of the promotion in progress (present only until its manifest is written).
+PROMOTION_LOCK = "recsys/latest/promotion.lock"
+PROMOTION_JOURNAL = "recsys/latest/promotion-journal.json"
 
 
 def artifact(name: str) -> Artifact:
@@ -159,3 +176,28 @@ def artifact(name: str) -> Artifact:
         return ARTIFACTS[name]
     except KeyError:
         raise KeyError(f"no storage layout entry for asset {name!r}") from None
+
+
+def tagged_run_moves(keys: list[str]) -> list[tuple[str, str]]:
+    """Renames that bring stored runs of tagged keys to today's layout: ``(old, new)`` top run
+    folders, relative to the curated root.
+
+    Before a run's folders carried its whole key they carried its timestamp only, so a tagged
+    run sits in its untagged folders. Untagged keys need no rename and malformed keys are
+    skipped. A key whose second another registered key shares is left out: its old folders
+    may hold either run's files (re-run it instead).
+    """
+    valid = {}
+    for key in keys:
+        try:
+            valid[key] = parse_run_key(key)
+        except RunKeyError:
+            continue
+    seconds = [ts for ts, _ in valid.values()]
+    tops = {spec.folder[: spec.folder.index("{ts}") + len("{ts}")] for spec in ARTIFACTS.values()}
+    return sorted(
+        (top.format(ts=ts), top.format(ts=run_stamp(key)))
+        for key, (ts, tag) in valid.items()
+        if tag is not None and seconds.count(ts) == 1
+        for top in tops
+    )

@@ -1,0 +1,80 @@
+"""The run key guard: a run of a malformed partition key fails before any step starts.
+
+Keys reach runs through doors that never call our code: the UI's "Add partition", GraphQL,
+a backfill, a sensor's partition request. Dagster takes any string as a dynamic partition key;
+a run of a bad one used to fail at its first step and then report every other step as "not
+executed". Every run launched from this code location (the UI's asset job as well as
+``insightflow_run``) goes through the executor of `Definitions` before its first step, so the
+guard is there: the run fails with the key's one-line error and nothing else.
+
+``execute_in_process`` swaps in an executor of its own; `runner.run_graph` checks the key
+itself for that path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from dagster import DagsterInstance, Executor, ExecutorDefinition
+
+from insightflow_assets.partitions import registered_runs
+from resources.layout import parse_run_key
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def run_partition_keys(tags: Mapping[str, str], instance: DagsterInstance) -> list[str]:
+    """The run partition keys a run targets, from its tags (one key, or a range of them)."""
+    if PARTITION_TAG in tags:
+        return [tags[PARTITION_TAG]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start is None or end is None:
+        return []
+    keys = registered_runs(instance)
+    if start in keys and end in keys:
+        return keys[keys.index(start) : keys.index(end) + 1]
+    return [start, end]
+
+
+def check_run_partitions(tags: Mapping[str, str], instance: DagsterInstance) -> None:
+    """Raise `RunKeyError` (one line) for the first malformed key the run targets."""
+    for key in run_partition_keys(tags, instance):
+        parse_run_key(key)
+
+
+class RunKeyGuard(Executor):
+    """Another executor, behind the run key check."""
+
+    def __init__(self, inner: Executor):
+        self._inner = inner
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
+    def execute(self, plan_context, execution_plan) -> Iterator:
+        # Raising here, before the first event, fails the run as a whole: no step starts, so
+        # no step fails and none is reported as skipped.
+        check_run_partitions(plan_context.dagster_run.tags, plan_context.instance)
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+def run_key_guarded(inner: ExecutorDefinition) -> ExecutorDefinition:
+    """``inner`` with the run key guard: same name, config and requirements."""
+
+    def create(init_context) -> Executor:
+        return RunKeyGuard(inner.executor_creation_fn(init_context))
+
+    return ExecutorDefinition(
+        name=inner.name,
+        config_schema=inner.config_schema,
+        requirements=inner.get_requirements,
+        executor_creation_fn=create,
+        description=f"{inner.description or inner.name}, refusing malformed run keys before any step",
+    )
