@@ -17,6 +17,7 @@ from dagster import DagsterInstance
 from insightflow_assets.model.als import AlsModel
 from insightflow_assets.runner import run_graph
 from insightflow_assets_tests.conftest import local_defs, s3_defs
+from resources.layout import PROMOTION_LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_A = "run-20260301-101500"
@@ -24,8 +25,8 @@ RUN_B = "run-20260301-101501-second"
 
 
 def relative_tree(keys, run_key: str) -> set[str]:
-    ts = run_key.split("-", 1)[1][:15]
-    return {k.replace(ts, "TS") for k in keys}
+    stamp = run_key.removeprefix("run-")  # a run's folders carry its whole key (tag included)
+    return {k.replace(stamp, "TS") for k in keys}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,12 @@ def local_run(tmp_path_factory, small_clean_dir):
 
 
 def _files(curated: Path, run_key: str) -> set[str]:
-    ts = run_key.split("-", 1)[1][:15]
-    return {str(p.relative_to(curated)) for p in curated.rglob("*") if p.is_file() and ts in str(p)}
+    stamp = run_key.removeprefix("run-")
+    return {
+        str(p.relative_to(curated))
+        for p in curated.rglob("*")
+        if p.is_file() and any(part.endswith("-" + stamp) for part in p.relative_to(curated).parts)
+    }
 
 
 def test_whole_graph_succeeds_with_every_blocking_check(local_run):
@@ -195,7 +200,9 @@ def test_same_run_on_s3_writes_the_same_relative_keys(local_run, s3_buckets, sma
     assert run_tree == _files(local_run["curated"], RUN_A)
     # everything else is the promoted latest/ entry, exactly as on the local store
     local_latest = {str(p.relative_to(local_run["curated"])) for p in local_run["curated"].rglob("*") if p.is_file() and "latest" in p.parts}
-    assert s3_tree - run_tree == local_latest
+    # the promotion lock: an flock file that stays on disk by design, an object released on S3
+    assert PROMOTION_LOCK in local_latest and PROMOTION_LOCK not in s3_tree
+    assert s3_tree - run_tree == local_latest - {PROMOTION_LOCK}
     assert "recsys/latest/index.json" in local_latest and "recsys/user_seg/latest/user_seg.parquet" in local_latest
     # the values are the same as the local run's (same data, same seeds)
     body = client.get_object(Bucket=curated_bucket, Key="insightflow/after-MICE/run-20260301-101500/orders_imputed.parquet")["Body"].read()
@@ -269,7 +276,7 @@ def test_postranked_recommendations_read_back(local_run, small_tables):
 def test_segmentation_read_back_and_stable_across_runs(local_run):
     curated = local_run["curated"]
     a = pl.read_parquet(curated / "recsys/user_seg/run-20260301-101500/user_seg.parquet")
-    b = pl.read_parquet(curated / "recsys/user_seg/run-20260301-101501/user_seg.parquet")
+    b = pl.read_parquet(curated / f"recsys/user_seg/{RUN_B}/user_seg.parquet")
     ratings = pl.read_parquet(curated / "recsys/ratings/run-20260301-101500/ratings.parquet")
     assert set(a["user_id"].to_list()) == set(ratings["user_id"].unique().to_list())
     assert a.equals(b)  # same data, same seed: same segments, same ids, same labels

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.publish.gate import check_statuses, guarding_checks, verdict
-from insightflow_assets.publish.promotion import promote
+from insightflow_assets.publish.promotion import PromotionError, promote
 from resources.layout import LATEST_MANIFEST
 from resources.storage import Storage
 
@@ -28,7 +28,14 @@ def latest_manifest(context: AssetExecutionContext, curated: Storage) -> Materia
     run = current_run(context)
     gated = _require_checks_passed(context, run)
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result = promote(curated, run, finished_at_utc=finished)
+    try:
+        result = promote(curated, run, finished_at_utc=finished)
+    except PromotionError as exc:
+        # A Failure's description is what the run summary shows: the promotion's own line,
+        # with its guidance, rather than the innermost storage exception.
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    if result.get("recovered"):
+        context.log.warning(f"before promoting: {result['recovered']}")
     if not result["promoted"]:
         context.log.warning(f"latest/ not changed: {result['reason']}")
     manifest = result["manifest"]
