@@ -1,6 +1,7 @@
 """``insightflow``: what the Dagster CLI does not do for this project.
 
     insightflow generate --users N [--seed S] [--missing-rate R] --out DIR
+    insightflow init                          set up DAGSTER_HOME's storage (once, under a lock)
     insightflow new-run [--tag TAG]          register a run partition, print its key
     insightflow run [--run KEY | --tag TAG] [--config FILE] [--select ASSET ...]
                                               materialize the graph for a run, print a summary
@@ -9,7 +10,8 @@
                                               re-materialize assets for existing runs
     insightflow check RUN_KEY                 re-run every asset check of a stored run
     insightflow promote RUN_KEY               point latest/ at a run (rollback included)
-    insightflow latest                        print what latest/ holds
+    insightflow latest [--repair]             print what latest/ holds (and fix it: an interrupted
+                                              promotion, objects not matching the manifest)
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from pathlib import Path
 
 
 def _instance():
-    import os
+    # Under a lock in DAGSTER_HOME: two commands on a fresh home must not both set it up.
+    from insightflow_assets.instance import get_instance
 
-    from dagster import DagsterInstance
+    return get_instance()
 
-    if not os.getenv("DAGSTER_HOME"):
-        sys.exit("insightflow: DAGSTER_HOME is not set (make run/ui use ./.dagster_home)")
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    return DagsterInstance.get()
+
+def cmd_init(args) -> int:
+    from insightflow_assets.instance import dagster_home
+
+    _instance().dispose()
+    print(f"DAGSTER_HOME ready: {dagster_home()}")
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -63,8 +69,8 @@ def cmd_runs(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from insightflow_assets.report import checks_summary, headline
-    from insightflow_assets.runner import run_graph, written_tree
+    from insightflow_assets.report import failure_lines, run_summary
+    from insightflow_assets.runner import run_graph
     from resources import storages
 
     run_config = json.loads(Path(args.config).read_text()) if args.config else None
@@ -75,25 +81,24 @@ def cmd_run(args) -> int:
     elapsed = time.perf_counter() - t0
     _, curated = storages(resolve=True)
 
-    print(f"\nrun key: {outcome.run_key}   ({'succeeded' if outcome.success else 'FAILED'} in {elapsed:.1f}s)")
+    print(f"\nrun key: {outcome.run_key}   ({'succeeded' if outcome.ok else 'FAILED'} in {elapsed:.1f}s)")
     if outcome.failed_steps:
         print("failed steps: " + ", ".join(outcome.failed_steps))
-        for err in outcome.errors:
-            print("  " + err)
-    for line in headline(curated, outcome.run_key, outcome.materialized):
+    # The summary shows what the run got to write; it never raises, even on a partial run.
+    for line in run_summary(curated, outcome):
         print(line)
-    summary = checks_summary(outcome.checks, outcome.skipped_checks)
-    if summary:
-        print("\n" + "\n".join(summary))
-    print("\nfiles written:")
-    for line in written_tree(curated, outcome.run_key):
-        print("  " + line)
+    # Last, on stderr: one line per failure (its root cause) and where the full log is.
+    sys.stdout.flush()
+    for line in failure_lines(outcome):
+        print(line, file=sys.stderr)
     return 0 if outcome.ok else 1
 
 
 def cmd_backfill(args) -> int:
     from insightflow_assets.partitions import registered_runs
+    from insightflow_assets.report import one_line
     from insightflow_assets.runner import run_graph
+    from resources.layout import RunKeyError
 
     instance = _instance()
     known = registered_runs(instance)
@@ -103,14 +108,20 @@ def cmd_backfill(args) -> int:
         raise ValueError(f"not registered: {', '.join(unknown)} (see `insightflow runs`)")
     failed = 0
     for run in runs:
-        outcome = run_graph(instance, run_key=run, selection=args.select, log_level=args.log_level)
-        status = "ok" if outcome.ok else "FAILED " + "; ".join(outcome.errors or [c["check"] for c in outcome.failed_error_checks])
+        try:
+            outcome = run_graph(instance, run_key=run, selection=args.select, log_level=args.log_level)
+        except RunKeyError as exc:  # a malformed key added behind our back (e.g. in the UI)
+            print(f"{run}: FAILED {exc}")
+            failed += 1
+            continue
+        status = "ok" if outcome.ok else "FAILED " + "; ".join(map(one_line, outcome.errors or [c["check"] for c in outcome.failed_error_checks]))
         print(f"{run}: {status}")
         failed += not outcome.ok
     return 1 if failed else 0
 
 
 def cmd_check(args) -> int:
+    from insightflow_assets.report import one_line
     from insightflow_assets.runner import run_checks
 
     outcome = run_checks(_instance(), args.run_key)
@@ -120,7 +131,7 @@ def cmd_check(args) -> int:
         details = ", ".join(f"{k}={_short(v)}" for k, v in c["metadata"].items())
         print(f"  {'PASS' if c['passed'] else 'FAIL':<6} {c['severity']:<8} {c['asset']:<20} {c['check']:<36} {details}")
     for err in outcome.errors:
-        print("  ERROR " + err)
+        print("  ERROR " + one_line(err))
     failed = outcome.failed_error_checks
     print(f"{len(outcome.checks) - len(failed)}/{len(outcome.checks)} without an ERROR-severity failure")
     return 0 if outcome.ok else 1
@@ -139,28 +150,43 @@ def cmd_promote(args) -> int:
     parse_run_key(args.run_key)
     _, curated = storages(resolve=True)
     result = promote(curated, args.run_key, force=True)
+    if result.get("recovered"):
+        print(f"first {result['recovered']}")
     m = result["manifest"]
     print(f"latest/ → {m['run_key']} ({len(m['objects'])} objects; previous: {m['previous_run_key']})")
     return 0
 
 
 def cmd_latest(args) -> int:
-    from insightflow_assets.publish.promotion import read_manifest, verify_manifest
+    from insightflow_assets.publish.promotion import describe_journal, read_journal, read_manifest, repair, verify_manifest
     from resources import storages
+    from resources.storage import RootNotFound
 
     _, curated = storages(resolve=True)
+    try:
+        curated.require_root()  # else a missing bucket would read as "nothing promoted yet"
+    except RootNotFound as exc:
+        raise RootNotFound(f"curated {exc}") from None
+    if args.repair:
+        for line in repair(curated) or ["nothing to repair"]:
+            print(f"repair: {line}")
     manifest = read_manifest(curated)
+    journal = read_journal(curated)
     if manifest is None:
         print("latest/ is empty: no run has been promoted yet")
+        if journal:
+            print("  PROBLEM " + describe_journal(journal))
         return 1
     print(f"run key:        {manifest['run_key']}")
     print(f"finished (UTC): {manifest['finished_at_utc']}")
     print(f"promoted (UTC): {manifest['promoted_at_utc']}  (previous: {manifest['previous_run_key']})")
     for obj in manifest["objects"]:
         print(f"  {obj['key']:<58} {obj['size']:>12,} B  sha256 {obj['sha256'][:12]}…")
-    problems = verify_manifest(curated, manifest)
+    problems = ([describe_journal(journal)] if journal else []) + verify_manifest(curated, manifest)
     for p in problems:
         print("  PROBLEM " + p)
+    if problems and not journal:
+        print("  `insightflow latest --repair` re-copies them from the run copies the manifest names")
     return 1 if problems else 0
 
 
@@ -176,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=["csv", "csv.gz", "parquet"], default="csv")
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)
+
+    it = sub.add_parser("init", help="set up DAGSTER_HOME's storage once, under a lock (make ui runs it)")
+    it.set_defaults(func=cmd_init)
 
     n = sub.add_parser("new-run", help="register a new run partition and print its key")
     n.add_argument("--tag", default=None, help="optional suffix of [a-z0-9-]")
@@ -209,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_promote)
 
     la = sub.add_parser("latest", help="print the run latest/ holds and verify its objects")
+    la.add_argument(
+        "--repair",
+        action="store_true",
+        help="first complete or roll back an interrupted promotion, re-copy objects that differ "
+        "from the manifest and remove stale temp files",
+    )
     la.set_defaults(func=cmd_latest)
     return p
 
@@ -217,9 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as exc:  # our one-line input / run-key / promotion errors
-        print(f"insightflow: {exc}", file=sys.stderr)
+    except Exception as exc:
+        lines = _expected_failure(exc)
+        if lines is None:
+            raise  # a bug: its traceback is what is needed
+        for line in lines:
+            print(f"insightflow: {line}", file=sys.stderr)
         return 2
+
+
+def _expected_failure(exc: Exception) -> list[str] | None:
+    """One line per problem for the failures a user can cause or meet (bad input, run key or
+    run config, a store that cannot be reached), or None for anything else."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from dagster import DagsterInvalidConfigError
+
+    from insightflow_assets.report import one_line
+
+    if isinstance(exc, DagsterInvalidConfigError):  # --config: one line per wrong entry
+        return [f"run config: {one_line(err.message)}" for err in exc.errors] or [one_line(exc)]
+    if isinstance(exc, (ValueError, RuntimeError, OSError, BotoCoreError, ClientError)):
+        return [one_line(exc)]
+    return None
 
 
 if __name__ == "__main__":

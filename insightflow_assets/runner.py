@@ -12,7 +12,7 @@ from typing import Any
 from dagster import AssetCheckSeverity, DagsterInstance
 
 from insightflow_assets.partitions import register_run
-from resources.layout import ARTIFACTS
+from resources.layout import ARTIFACTS, parse_run_key
 from resources.storage import Storage
 
 
@@ -29,6 +29,7 @@ class RunOutcome:
     skipped_checks: list[str] = field(default_factory=list)
     # Materialization metadata of this run, per asset (plain values), e.g. the ingest's exclusions.
     materialized: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_id: str = ""  # the Dagster run: where its full log is (UI → Runs)
 
     @property
     def failed_error_checks(self) -> list[dict[str, Any]]:
@@ -49,12 +50,15 @@ def run_graph(
     defs=None,
     log_level: str | None = None,
 ) -> RunOutcome:
-    """Register a run partition (unless given) and materialize the graph for it in process."""
+    """Register a run partition (unless given) and materialize the graph for it in process.
+
+    A malformed ``run_key`` raises `RunKeyError` before any step runs, even when it was
+    registered behind our back (e.g. in the UI): ``execute_in_process`` brings its own executor,
+    so the executor's guard (insightflow_assets.executor) does not apply here.
+    """
     if defs is None:
         from insightflow_assets.definitions import defs
-    key = run_key or register_run(instance, tag=tag)
-    if run_key and run_key not in instance.get_dynamic_partitions("runs"):
-        register_run(instance, key=run_key)
+    key = register_run(instance, tag=tag) if run_key is None else register_run(instance, key=run_key, exist_ok=True)
     job = defs.resolve_job_def("insightflow_run")
     kwargs: dict[str, Any] = {}
     if selection:
@@ -74,6 +78,7 @@ def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutc
     """Re-run every asset check against what is stored for an existing run (`make check`)."""
     if defs is None:
         from insightflow_assets.definitions import defs
+    parse_run_key(run_key)
     if run_key not in instance.get_dynamic_partitions("runs"):
         raise ValueError(f"run {run_key!r} is not registered (see `insightflow runs`)")
     job = defs.resolve_job_def("insightflow_checks")
@@ -104,7 +109,8 @@ def _outcome(key: str, result, expected_checks=()) -> RunOutcome:
         for ev in result.get_asset_materialization_events()
     }
     return RunOutcome(
-        key, result.success, sorted(result.get_failed_step_keys()), checks, _step_errors(result), skipped, materialized
+        key, result.success, sorted(result.get_failed_step_keys()), checks, _step_errors(result), skipped, materialized,
+        run_id=result.run_id,
     )
 
 

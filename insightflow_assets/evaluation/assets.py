@@ -20,6 +20,7 @@ from insightflow_assets.evaluation.offline import (
     headline_metadata,
     list_diversity,
     metrics_table,
+    undefined_metrics,
 )
 from insightflow_assets.model.als import AlsModel, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
@@ -38,22 +39,42 @@ def metrics_markdown(metrics: dict, extra: dict | None = None) -> MetadataValue:
 
 
 def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
-    """Shared by both evaluations: every reported metric lies in [0, 1]."""
+    """Shared by both evaluations: every reported metric lies in [0, 1].
+
+    A metric reported as undefined (null, with the reason under ``"undefined"`` beside it: e.g.
+    repeat recall when no target basket holds a repeat item) is listed, not failed; a null or
+    NaN anywhere else still fails.
+    """
     metrics = folder.json("metrics.json")
     values: dict[str, float] = {}
+    undefined: dict[str, str] = {}
 
     def walk(prefix: str, d: dict) -> None:
+        if d.get("undefined"):
+            undefined[prefix.rstrip(".")] = d["undefined"]
         for k, v in d.items():
             if isinstance(v, dict):
                 walk(f"{prefix}{k}.", v)
-            elif "@" in k or k.startswith("coverage"):
+            elif ("@" in k or k.startswith("coverage")) and not (v is None and d.get("undefined")):
                 values[prefix + k] = v
 
     for section in ("als", "baseline", "baselines", "methods"):
         walk(f"{section}.", metrics.get(section, {}))
     walk("", folder.json("coverage.json"))
-    bad = {k: v for k, v in values.items() if v is None or not (0.0 <= v <= 1.0)}
-    return AssetCheckResult(passed=not bad, metadata={"checked": len(values), "out_of_range": MetadataValue.json(bad)})
+    bad = {k: v for k, v in values.items() if not _in_unit_interval(v)}
+    return AssetCheckResult(
+        passed=not bad,
+        metadata={
+            "checked": len(values),
+            "out_of_range": MetadataValue.json(bad),
+            "undefined": MetadataValue.json(undefined),
+        },
+    )
+
+
+def _in_unit_interval(v) -> bool:
+    # NaN compares false both ways, so it is out of range too.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
 
 
 @run_asset(
@@ -92,6 +113,7 @@ def als_eval(
             f"metrics@{HEADLINE_K}": metrics_markdown(metrics),
             "winner": f"{winner['method']} on {winner['metric']}",
             "users_evaluated": int(len(users)),
+            "undefined_metrics": MetadataValue.json(undefined_metrics(metrics["methods"])),
             **headline_metadata(metrics["methods"]),
             **{k: float(v) for k, v in cov.items() if k.startswith("coverage")},
         },
@@ -111,7 +133,7 @@ def als_beats_popularity(als_eval: ArtifactFolder) -> AssetCheckResult:
     key = f"map@{HEADLINE_K}"
     als, pop = metrics["als"][key], metrics["baseline"][key]
     return AssetCheckResult(
-        passed=als >= pop,
+        passed=als is not None and pop is not None and als >= pop,
         severity=AssetCheckSeverity.WARN,
         metadata={f"als_{key}": als, f"popularity_{key}": pop},
     )

@@ -183,12 +183,25 @@ def per_user_metrics(
     return pl.DataFrame(cols)
 
 
-def _summarise(pu: pl.DataFrame, ks: Sequence[int]) -> dict:
+# Why a mean has no value: no evaluated user has a relevant item of that kind (e.g. a dataset
+# where every product is bought once by its user has no repeat item in any target basket).
+UNDEFINED = {
+    "all": "no evaluated user has a target basket",
+    "repeat": "no evaluated user's target basket holds a product they bought before",
+    "explore": "no evaluated user's target basket holds a product new to them",
+}
+
+
+def _summarise(pu: pl.DataFrame, ks: Sequence[int], split: str = "all") -> dict:
+    """Means over the users of ``pu``; over no user they are undefined: ``None`` with the
+    reason under ``"undefined"`` (NaN would be invalid JSON and fail every range check)."""
     out: dict = {"n_users": pu.height}
     for k in sorted({int(k) for k in ks}):
         for name in _METRICS:
             col = f"{name}@{k}"
-            out[col] = float(pu.get_column(col).mean()) if pu.height else float("nan")
+            out[col] = float(pu.get_column(col).mean()) if pu.height else None
+    if not pu.height:
+        out["undefined"] = UNDEFINED[split]
     return out
 
 
@@ -219,8 +232,10 @@ def evaluate(
     ``explore``: ``B_u \\ H_u`` (target products new to the user), where
     ``H_u`` = the user's ``history`` pairs. Users whose relevant set is empty
     for a split are excluded from that split's averages; its ``n_users`` is
-    the number of users kept. Because lists are unchanged, a repeat hit counts
-    as a miss in the ``explore`` precision (and vice versa): precision@K of the
+    the number of users kept. A split with no user at all is undefined: its
+    metrics are ``None`` and ``"undefined"`` gives the reason. Because lists
+    are unchanged, a repeat hit counts as a miss in the ``explore`` precision
+    (and vice versa): precision@K of the
     two splits measures how much of the list is spent on each kind of hit.
     """
     out = _summarise(per_user_metrics(recs, holdout, ks, users=users), ks)
@@ -236,7 +251,7 @@ def evaluate(
                     (pl.col("_key") - pl.col("user_id") * _SHIFT).alias("product_id"),
                 )
             )
-            out[name] = _summarise(per_user_metrics(recs, part, ks, users=users), ks)
+            out[name] = _summarise(per_user_metrics(recs, part, ks, users=users), ks, name)
     return out
 
 

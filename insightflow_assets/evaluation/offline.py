@@ -59,7 +59,21 @@ def lift(method: dict, baseline: dict) -> dict:
         if "@" not in key:
             continue
         base = baseline.get(key)
-        out[key] = (value - base) / base if base else None
+        out[key] = (value - base) / base if base and value is not None else None  # undefined stays undefined
+    return out
+
+
+def undefined_metrics(methods: dict[str, dict]) -> dict[str, str]:
+    """``{"<method>[.<split>]": reason}`` for every part of the ``methods`` map reported as
+    undefined (null metrics, see `metrics.evaluate`), for the asset metadata and the summary."""
+    out = {}
+    for name, m in methods.items():
+        if m.get("undefined"):
+            out[name] = m["undefined"]
+        for split in ("repeat", "explore"):
+            reason = (m.get(split) or {}).get("undefined")
+            if reason:
+                out[f"{name}.{split}"] = reason
     return out
 
 
@@ -129,7 +143,8 @@ def evaluation_report(
     scored.update(baselines if baselines is not None else baseline_scores(ratings, holdout, users, ks))
 
     key = f"map@{HEADLINE_K}" if HEADLINE_K in ks else f"map@{kmax}"
-    ranking = sorted(scored, key=lambda m: scored[m][key], reverse=True)
+    # An undefined score (no evaluated user) ranks last.
+    ranking = sorted(scored, key=lambda m: -1.0 if scored[m][key] is None else scored[m][key], reverse=True)
     metrics = {
         "als": scored[method],
         "baseline": scored["baseline"],

@@ -10,7 +10,15 @@ from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Outp
 from pydantic import Field
 
 from insightflow_assets.common import CODE_VERSION, OWNERS, current_run
-from insightflow_assets.ingest.loading import Snapshot, pick_source_files, read_table, validate_snapshot
+from insightflow_assets.ingest.loading import (
+    InputError,
+    Snapshot,
+    is_utf8,
+    pick_source_files,
+    read_table,
+    utf8_copy,
+    validate_snapshot,
+)
 from insightflow_assets.ingest.transactions import (
     DEFAULT_NON_PRODUCT_CODES,
     DEFAULT_NON_PRODUCT_PREFIXES,
@@ -38,6 +46,14 @@ class IngestConfig(Config):
     cancel_prefixes: list[str] = Field(default_factory=lambda: ["C"], description="Order ids starting with these are cancellations.")
     non_product_codes: list[str] = Field(default_factory=lambda: list(DEFAULT_NON_PRODUCT_CODES))
     non_product_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_NON_PRODUCT_PREFIXES))
+    encoding: str = Field(
+        default="utf-8",
+        description=(
+            "Text encoding of the CSV files (e.g. latin-1, cp1252). Not guessed: the same bytes are "
+            "different letters in Latin-1 and Windows-1250, so a file that is not valid in this "
+            "encoding is refused with its line and column."
+        ),
+    )
 
     def spec(self) -> TransactionsSpec:
         return TransactionsSpec(
@@ -63,12 +79,13 @@ class IngestConfig(Config):
 )
 def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage):
     current_run(context)
+    _check_encoding(config.encoding)
     listing = {o.key: o for o in source.list("")}
     chosen = pick_source_files(list(listing), source.uri())
     if TRANSACTIONS_TABLE in chosen:
-        snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec())
+        snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec(), config.encoding)
     else:
-        snap, details = _instacart(context, source, chosen), {"form": "instacart"}
+        snap, details = _instacart(context, source, chosen, config.encoding), {"form": "instacart"}
 
     provenance = {
         key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version}
@@ -85,18 +102,25 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
     yield Output(snap.products, "products", metadata={**meta, "products": snap.products.height})
 
 
-def _instacart(context, source: Storage, chosen: dict[str, str]) -> Snapshot:
+def _check_encoding(encoding: str) -> None:
+    try:
+        is_utf8(encoding)
+    except LookupError:
+        raise InputError(f"instacart_snapshot config: encoding {encoding!r} is not a known text encoding") from None
+
+
+def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str) -> Snapshot:
     tables = {}
     for stem, key in chosen.items():
         with source.local_path(key) as path:
-            tables[stem] = read_table(path, stem, display_name=key)
+            tables[stem] = read_table(path, stem, display_name=key, encoding=encoding)
         context.log.info(f"read {source.uri(key)}: {tables[stem].height:,} rows")
     return validate_snapshot(tables, names=chosen)
 
 
-def _transactions(context, source: Storage, key: str, spec: TransactionsSpec) -> tuple[Snapshot, dict]:
+def _transactions(context, source: Storage, key: str, spec: TransactionsSpec, encoding: str) -> tuple[Snapshot, dict]:
     with source.local_path(key) as path:
-        result = derive_snapshot(path, spec, display_name=key)
+        result = _derive(path, key, spec, encoding)
     excluded = dict(result.excluded)
     context.log.info(
         f"read {source.uri(key)}: {result.lines_in:,} lines, {sum(excluded.values()):,} excluded "
@@ -105,3 +129,23 @@ def _transactions(context, source: Storage, key: str, spec: TransactionsSpec) ->
     if not result.info["time_of_day"]:
         context.log.warning(f"{key}: timestamps carry no time of day; order_hour_of_day is unknown")
     return result.snapshot, {"form": "transactions", "excluded": excluded, "lines_in": result.lines_in, "info": result.info}
+
+
+def _derive(path, key: str, spec: TransactionsSpec, encoding: str):
+    """`derive_snapshot`, with the CSV checks of the Instacart form.
+
+    The transactions reader names the file but not the line when polars cannot parse it; the
+    checked copy (`utf8_copy`) names the line and column of the defect, or, when there is none
+    (a bare `"` inside a field), is a re-quoted file it can read. Another encoding than UTF-8
+    is always read through the copy.
+    """
+    if key.endswith(".parquet"):
+        return derive_snapshot(path, spec, display_name=key)
+    if is_utf8(encoding):
+        try:
+            return derive_snapshot(path, spec, display_name=key)
+        except InputError as exc:
+            if ": cannot be read (" not in str(exc):  # a validation error: the file itself parsed
+                raise
+    with utf8_copy(path, key, encoding) as copy:
+        return derive_snapshot(copy, spec, display_name=key)

@@ -3,17 +3,31 @@
 Real exports differ in details the loader accepts: quoted or bare headers and strings,
 ``order_hour_of_day`` as ``8`` or ``"08"``, ``days_since_prior_order`` empty, ``NA`` or
 ``15.0``; ``.csv``, ``.csv.gz`` or ``.parquet``. Anything else wrong stops the run with
-`InputError`, a one-line message naming the file and the column, before anything is written.
+`InputError`, a one-line message naming the file and the column (and the line, for a file
+that cannot be parsed), before anything is written.
+
+String values are kept as written: only the CSV quoting is undone, and only an empty field
+is missing (a product may be called ``NA``). The null markers of `NULLS` apply to numbers.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
+# Markers of a missing number; the string columns of Instacart's files keep these as written.
 NULLS = ["", "NA", "NaN", "nan", "null", "NULL", "None"]
+# What the readers raise on a file they cannot parse: polars' own errors, OSError (a truncated
+# .gz) and, on some damaged parquet pages, a Rust panic that derives from BaseException only.
+READER_ERRORS = (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException)
 
 # Target dtypes per table; ids fit Int32, small codes Int8/Int16.
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
@@ -61,41 +75,21 @@ def schema_for(table: str) -> dict[str, pl.DataType]:
     return SCHEMAS["order_products" if table.startswith("order_products") else table]
 
 
-def read_table(path: Path, table: str, display_name: str | None = None) -> pl.DataFrame:
-    """Read one source file into the table's schema, or raise `InputError`."""
+def read_table(path: Path, table: str, display_name: str | None = None, encoding: str = "utf-8") -> pl.DataFrame:
+    """Read one source file into the table's schema, or raise `InputError`.
+
+    ``encoding`` is the text encoding of a CSV file (ignored for parquet).
+    """
     name = display_name or Path(path).name
-    schema = schema_for(table)
-    optional = OPTIONAL_COLUMNS.get(table, {})
-    is_parquet = str(path).endswith(".parquet")
-
-    columns = _header(path, is_parquet, name)
-    missing = [c for c in schema if c not in columns]
-    if missing:
-        raise InputError(f"{name}: missing column {missing[0]} (found: {', '.join(columns)})")
-    wanted = {**schema, **{c: t for c, t in optional.items() if c in columns}}
-
-    if is_parquet:
-        raw = pl.read_parquet(path, columns=list(wanted))
-        df = _cast_columns(raw, wanted, name)
+    if str(path).endswith(".parquet"):
+        df = _read_parquet(path, table, name)
     else:
-        try:
-            # Fast path: let the CSV reader parse the target types directly.
-            df = pl.read_csv(
-                path,
-                columns=list(wanted),
-                schema_overrides=_csv_read_types(wanted),
-                null_values=NULLS,
-                quote_char='"',
-            )
-            df = _cast_columns(df, wanted, name)
-        except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-            # Slow path only to find and name the offending column and value.
-            raw = pl.read_csv(path, columns=list(wanted), infer_schema=False, null_values=NULLS)
-            df = _cast_columns(raw, wanted, name)
+        df = _read_csv(path, table, name, encoding)
 
     if df.height == 0:
         raise InputError(f"{name}: the table is empty")
-    for col in wanted:
+    optional = OPTIONAL_COLUMNS.get(table, {})
+    for col in df.columns:
         if col in NULLABLE or col in optional:
             continue
         n_null = df[col].null_count()
@@ -104,13 +98,182 @@ def read_table(path: Path, table: str, display_name: str | None = None) -> pl.Da
     return df
 
 
-def _header(path: Path, is_parquet: bool, name: str) -> list[str]:
+def _wanted(columns: list[str], table: str, name: str) -> dict[str, pl.DataType]:
+    """The columns to read and their target types; a missing required column is an error."""
+    schema = schema_for(table)
+    missing = [c for c in schema if c not in columns]
+    if missing:
+        raise InputError(f"{name}: missing column {missing[0]} (found: {', '.join(columns)})")
+    optional = OPTIONAL_COLUMNS.get(table, {})
+    return {**schema, **{c: t for c, t in optional.items() if c in columns}}
+
+
+def _read_parquet(path: Path, table: str, name: str) -> pl.DataFrame:
     try:
-        if is_parquet:
-            return list(pl.read_parquet_schema(path))
-        return pl.read_csv(path, n_rows=0, infer_schema=False).columns
-    except Exception as exc:  # unreadable, not a CSV/parquet at all
-        raise InputError(f"{name}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        columns = list(pl.read_parquet_schema(path))
+    except READER_ERRORS as exc:  # not a parquet file at all, or a damaged footer
+        raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
+    wanted = _wanted(columns, table, name)
+    try:
+        raw = pl.read_parquet(path, columns=list(wanted))
+    except READER_ERRORS as exc:
+        raise InputError(_damaged_parquet(path, list(wanted), name, exc)) from None
+    return _cast_columns(raw, wanted, name)
+
+
+def _damaged_parquet(path: Path, columns: list[str], name: str, exc: BaseException) -> str:
+    # Pages are compressed per column: reading them one at a time finds the damaged column.
+    for col in columns:
+        try:
+            pl.read_parquet(path, columns=[col])
+        except READER_ERRORS as col_exc:
+            return f"{name}: column {col}: the data is damaged ({first_line(col_exc)})"
+    return f"{name}: cannot be read ({first_line(exc)})"
+
+
+def _read_csv(path: Path, table: str, name: str, encoding: str) -> pl.DataFrame:
+    if is_utf8(encoding):
+        try:
+            return _read_csv_file(path, table, name)
+        except READER_ERRORS:
+            pass  # looked into below, outside the handler so the one-line error has no chained cause
+    # The reader cannot parse the file (or it is in another encoding): the checked copy names
+    # the line of a real defect (damaged gzip, bytes not valid in the encoding, a row with too
+    # many fields), or, when there is none (e.g. a bare `"` inside a field, which polars
+    # refuses), is a re-quoted UTF-8 file the reader can parse.
+    with utf8_copy(path, name, encoding) as copy:
+        try:
+            return _read_csv_file(copy, table, name)
+        except READER_ERRORS as exc:
+            raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
+
+
+def _read_csv_file(path: Path, table: str, name: str) -> pl.DataFrame:
+    wanted = _wanted(pl.read_csv(path, n_rows=0, infer_schema=False).columns, table, name)
+    try:
+        # Fast path: let the CSV reader parse the target types directly.
+        df = pl.read_csv(
+            path,
+            columns=list(wanted),
+            schema_overrides=_csv_read_types(wanted),
+            null_values=NULLS,
+            quote_char='"',
+        )
+        df = _cast_columns(df, wanted, name)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        # Slow path, all text: finds and names the value the fast path could not type. No null
+        # markers here: `_cast_columns` applies them to the number columns only.
+        raw = pl.read_csv(path, columns=list(wanted), infer_schema=False, quote_char='"')
+        return _cast_columns(raw, wanted, name)
+    return _strings_as_written(path, df, wanted)
+
+
+def _strings_as_written(path: Path, df: pl.DataFrame, wanted: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The fast path's null markers also hit the string columns (a product named ``NA``); the
+    few string columns that got a null are read again as written."""
+    cols = [c for c, t in wanted.items() if t == pl.String and df[c].null_count()]
+    if not cols:
+        return df
+    text = pl.read_csv(path, columns=cols, infer_schema=False, quote_char='"')
+    return df.with_columns(_as_written(text[c]) for c in cols)
+
+
+def _as_written(s: pl.Series) -> pl.Series:
+    # Only a truly empty field is missing: no stripping, no null markers.
+    return s.replace("", None)
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line (polars adds hints on further lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+class _BadBytes(Exception):
+    def __init__(self, line_no: int, raw: bytes, error: UnicodeDecodeError):
+        self.line_no, self.raw, self.error = line_no, raw, error
+
+
+@contextlib.contextmanager
+def utf8_copy(path: Path, name: str, encoding: str = "utf-8") -> Iterator[Path]:
+    """A checked, re-quoted UTF-8 copy of a CSV file (plain, even when the source is gzipped).
+
+    Reads the file line by line and raises `InputError` naming the line (and column) of its
+    first defect: damaged gzip data, bytes not valid in ``encoding``, a row with more fields
+    than the header. A bare ``"`` inside an unquoted field is kept as a character.
+    """
+    with tempfile.TemporaryDirectory(prefix="insightflow-csv-") as tmp:
+        copy = Path(tmp) / "copy.csv"
+        with _open_bytes(path) as raw, copy.open("w", encoding="utf-8", newline="") as out:
+            _recode(raw, out, name, encoding)
+        yield copy
+
+
+def _open_bytes(path: Path):
+    import gzip
+
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _recode(raw, out, name: str, encoding: str) -> None:
+    reader = csv.reader(_decoded_lines(raw, name, encoding))  # strict=False: bare quotes kept
+    writer = csv.writer(out, lineterminator="\n")
+    header: list[str] = []
+    try:
+        for record in reader:
+            if not header:
+                header = record
+            elif len(record) > len(header):
+                raise InputError(f"{name}: line {reader.line_num}: {len(record)} fields, the header has {len(header)}")
+            writer.writerow(record)
+    except _BadBytes as bad:
+        raise InputError(_bad_bytes_message(bad, header, name, encoding)) from None
+    except csv.Error as exc:
+        raise InputError(f"{name}: line {reader.line_num}: {exc}") from None
+
+
+def _decoded_lines(raw, name: str, encoding: str) -> Iterator[str]:
+    # A UTF-8 byte-order mark (Excel writes one) is not part of the first column name.
+    first = "utf-8-sig" if is_utf8(encoding) else encoding
+    n = 0
+    lines = iter(raw)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as exc:  # a truncated or damaged .gz
+            raise InputError(f"{name}: the file is truncated or damaged after line {n:,} ({first_line(exc)})") from None
+        n += 1
+        try:
+            yield line.decode(first if n == 1 else encoding)
+        except UnicodeDecodeError as exc:
+            raise _BadBytes(n, line, exc) from None
+
+
+def _bad_bytes_message(bad: _BadBytes, header: list[str], name: str, encoding: str) -> str:
+    # latin-1 maps every byte to one character, so the line splits into fields whatever it holds.
+    fields = next(csv.reader([bad.raw.decode("latin-1")]), [])
+    where, shown = "", bad.raw.decode(encoding, errors="backslashreplace").strip()
+    for i, field in enumerate(fields):
+        try:
+            field.encode("latin-1").decode(encoding)
+        except UnicodeDecodeError:
+            column = header[i] if i < len(header) else f"field {i + 1}"
+            where, shown = f" column {column}:", field.encode("latin-1").decode(encoding, errors="backslashreplace")
+            break
+    hint = (
+        "save the file as UTF-8, or set the ingest config encoding (e.g. latin-1) to the one it was written in"
+        if is_utf8(encoding)
+        else "check the ingest config encoding"
+    )
+    return f"{name}: line {bad.line_no}:{where} bytes that are not valid {codecs.lookup(encoding).name} ('{shown}'); {hint}"
 
 
 def _csv_read_types(wanted: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -123,7 +286,10 @@ def _cast_columns(raw: pl.DataFrame, wanted: dict[str, pl.DataType], name: str) 
     out = []
     for col, dtype in wanted.items():
         s = raw[col]
-        if s.dtype == pl.String:
+        if s.dtype == pl.String and dtype == pl.String:
+            s = _as_written(s)
+        elif s.dtype == pl.String:
+            # A number may come padded or quoted twice ("08", ' 7'); its null markers are `NULLS`.
             s = s.str.strip_chars().str.strip_chars('"')
             s = s.set(s.is_in(NULLS), None) if s.null_count() < len(s) else s
         target = dtype
@@ -238,11 +404,20 @@ def validate_snapshot(tables: dict[str, pl.DataFrame], names: dict[str, str]) ->
     key = order_products["order_id"].cast(pl.Int64) * (1 << 32) + order_products["product_id"].cast(pl.Int64)
     if key.n_unique() < key.len():
         first = order_products.filter(key.is_duplicated()).row(0, named=True)
-        raise InputError(
-            f"{names['order_products__prior']}: column product_id: product {first['product_id']} "
-            f"appears twice in order {first['order_id']}"
-        )
+        raise InputError(_twice_in_order(first["order_id"], first["product_id"], tables, names))
     return Snapshot(orders=orders.sort(["user_id", "order_number"]), order_products=order_products, products=products)
+
+
+def _twice_in_order(order_id: int, product_id: int, tables: dict[str, pl.DataFrame], names: dict[str, str]) -> str:
+    """The message for a product twice in one order, naming the file(s) that hold the lines:
+    the train file, the prior file, or both when each holds one of them."""
+    files = [
+        names[stem]
+        for stem in ("order_products__prior", "order_products__train")
+        if stem in tables
+        and tables[stem].filter((pl.col("order_id") == order_id) & (pl.col("product_id") == product_id)).height
+    ]
+    return f"{' and '.join(files)}: column product_id: product {product_id} appears twice in order {order_id}"
 
 
 def pick_source_files(keys: list[str], where: str) -> dict[str, str]:

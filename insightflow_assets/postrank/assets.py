@@ -18,6 +18,7 @@ from insightflow_assets.evaluation.offline import (
     headline_metadata,
     list_diversity,
     methods_of,
+    undefined_metrics,
 )
 from insightflow_assets.model.als import AlsModel
 from insightflow_assets.postrank.export import complete_lists
@@ -144,6 +145,7 @@ def als_postrank(
             f"metrics@{k}": metrics_markdown(metrics),
             "diversity": MetadataValue.json(metrics["diversity"]),
             "baselines_reused_from_als_eval": same,
+            "undefined_metrics": MetadataValue.json(undefined_metrics(metrics["methods"])),
             **headline_metadata(metrics["methods"]),
             **{key: float(v) for key, v in cov.items() if key.startswith("coverage")},
         },
