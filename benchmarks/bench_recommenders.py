@@ -41,8 +41,9 @@ def run_on(clean: Path, root: Path) -> dict:
         outcome = run_graph(instance, run_key=RUN, defs=defs, log_level="WARNING")
     if not outcome.ok:
         raise SystemExit(f"run failed: {outcome.errors} {outcome.failed_error_checks}")
-    ts = RUN.split("-", 1)[1].rsplit("-", 1)[0]
-    post = json.loads((root / f"curated/recsys/eval/als-postrank-{ts}/metrics.json").read_text())
+    from resources.layout import artifact
+
+    post = json.loads((root / "curated" / artifact("als_postrank").keys(RUN)["metrics.json"]).read_text())
     return post
 
 
@@ -80,23 +81,33 @@ def main() -> None:
     args = ap.parse_args()
     from insightflow_assets.data.generate import generate_instacart, write_instacart
 
-    rows: list[dict] = []
+    # rows are kept per data set, so a 206k run adds its rows instead of replacing the others
+    saved = RESULTS / "recommenders.json"
+    by_data: dict[str, list[dict]] = json.loads(saved.read_text()).get("by_data", {}) if saved.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         gen = Path(tmp) / "gen"
         write_instacart(generate_instacart(args.users, seed=42, missing_rate=0.05, test_share=0.05), gen / "clean", fmt="csv")
-        rows += rows_for(f"generated, {args.users:,} users", run_on(gen / "clean", gen))
+        name = f"generated, {args.users:,} users"
+        by_data[name] = rows_for(name, run_on(gen / "clean", gen))
         if not args.skip_uci and UCI.exists():
             uci = Path(tmp) / "uci"
             (uci / "clean").mkdir(parents=True)
             (uci / "clean" / "transactions.parquet").symlink_to(UCI)
-            rows += rows_for("UCI Online Retail", run_on(uci / "clean", uci))
+            by_data["UCI Online Retail"] = rows_for("UCI Online Retail", run_on(uci / "clean", uci))
+    rows = [row for name in sorted(by_data, key=_data_order) for row in by_data[name]]
     cols = ["data", "method", "validation map@10 (best config)", "map@10", "recall@10", "ndcg@10"]
     table = markdown(rows, cols)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recommenders.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2))
+    saved.write_text(json.dumps({"by_data": by_data, "machine": machine()}, indent=2))
     (RESULTS / "recommenders.md").write_text(table + "\n")
     print(table)
     update_readme("recommenders", table)
+
+
+def _data_order(name: str) -> tuple:
+    """Generated sizes ascending, then real data."""
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (0, int(digits)) if name.startswith("generated") and digits else (1, 0)
 
 
 if __name__ == "__main__":
