@@ -21,6 +21,7 @@ silently; anything else wrong raises `InputError` naming the file and the column
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ DEFAULT_NON_PRODUCT_CODES = ("POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHAR
 DEFAULT_NON_PRODUCT_PREFIXES = ("gift_",)
 _TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%m/%d/%Y")
 GAP_CAP = 30
+_SAMPLE = 10_000  # first lines judged before the whole file is read one way or another
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,12 @@ def resolve_columns(found: list[str], spec: TransactionsSpec, name: str) -> dict
 
 
 def read_transactions(path: Path, spec: TransactionsSpec, display_name: str | None = None) -> pl.DataFrame:
-    """Read the mapped columns under their logical names, typed; raise `InputError` when unreadable."""
+    """Read the mapped columns under their logical names, typed; raise `InputError` when unreadable.
+
+    Ids come back as Int64 or Categorical (see `_id_column`), which compare like the ids as text.
+    Most files are read and typed in one pass (`_read_simple`); the others, and any file with a
+    defect, take the careful path (`_typed`), which names the defect.
+    """
     name = display_name or Path(path).name
     is_parquet = str(path).endswith(".parquet")
     try:
@@ -109,6 +116,9 @@ def read_transactions(path: Path, spec: TransactionsSpec, display_name: str | No
     except Exception as exc:
         raise InputError(f"{name}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     cols = resolve_columns(found, spec, name)
+    simple = _read_simple(path, cols, is_parquet)
+    if simple is not None:
+        return simple
     try:
         if is_parquet:
             raw = pl.read_parquet(path, columns=list(cols.values()))
@@ -119,26 +129,128 @@ def read_transactions(path: Path, spec: TransactionsSpec, display_name: str | No
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
-    return _typed(out, cols, name)
+    del raw
+    # Readers return many chunks; sorts, gathers and grouping run far faster on one.
+    return _typed(out, cols, name).rechunk()
+
+
+def _csv_types(cols: dict[str, str]) -> dict[str, pl.DataType]:
+    numeric = {cols[c]: t for c, t in (("quantity", pl.Int64), ("unit_price", pl.Float64)) if c in cols}
+    return {**{c: pl.String for c in cols.values() if c not in numeric}, **numeric}
 
 
 def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
     # Fast path: numbers parsed by the reader; a bad value falls back to strings, where
     # `_number` finds it and names it.
-    numeric = {cols[c]: t for c, t in (("quantity", pl.Int64), ("unit_price", pl.Float64)) if c in cols}
-    text = {c: pl.String for c in cols.values() if c not in numeric}
     try:
-        return pl.read_csv(path, columns=list(cols.values()), schema_overrides={**text, **numeric}, null_values=NULLS)
+        return pl.read_csv(path, columns=list(cols.values()), schema_overrides=_csv_types(cols), null_values=NULLS)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
         return pl.read_csv(path, columns=list(cols.values()), infer_schema=False, null_values=NULLS)
 
 
+def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataFrame | None:
+    """The typed table in one pass, when the first lines show a simple layout (`_simple_plan`);
+    None when they do not, or when the whole file turns out otherwise: the careful path then
+    reads the file again. The text of the ids and timestamps is never held in full."""
+    lf = pl.scan_parquet(path) if is_parquet else pl.scan_csv(path, schema_overrides=_csv_types(cols), null_values=NULLS)
+    lf = lf.select(pl.col(c).alias(logical) for logical, c in cols.items())
+    try:
+        plan = _simple_plan(lf.head(_SAMPLE).collect())
+        if plan is None:
+            return None
+        exprs, bad, text_ints = plan
+        df = lf.with_columns(*exprs, pl.any_horizontal(pl.lit(False), *bad).alias("_bad")).collect(engine="streaming")
+    except (Exception, pl.exceptions.PanicException):
+        return None
+    if df.height == 0 or df["_bad"].any() or any(df[c].null_count() for c in ("order_id", "product_id")):
+        return None
+    if any(df[c].null_count() == df.height for c in ("customer_id", "timestamp")):
+        return None
+    return _tidy_ids(df.drop("_bad"), text_ints).rechunk()
+
+
+def _simple_plan(sample: pl.DataFrame) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
+    """How to type each column in the one-pass read, judged on the first lines: the typing,
+    expressions true on a line the careful path would type differently, and the ids read
+    from text as integers. None when a column needs the careful path."""
+    exprs, bad, text_ints = [], [], set()
+    for c in ("customer_id", "order_id", "product_id"):
+        plan = _simple_id(sample[c], c)
+        if plan is None:
+            return None
+        exprs.append(plan[0].alias(c))
+        bad += plan[1]
+        if plan[1] and sample[c].dtype == pl.String:
+            text_ints.add(c)
+    ts = _simple_timestamp(sample["timestamp"])
+    if ts is None:
+        return None
+    exprs.append(ts[0].alias("timestamp"))
+    bad += ts[1]
+    if "quantity" in sample.columns and sample["quantity"].dtype not in _EXACT_INTS:
+        return None
+    if "unit_price" in sample.columns and not sample["unit_price"].dtype.is_numeric():
+        return None
+    exprs += [pl.col("quantity").cast(pl.Int64)] if "quantity" in sample.columns else []
+    exprs += [pl.col("unit_price").cast(pl.Float64)] if "unit_price" in sample.columns else []
+    exprs += [pl.col(c).cast(pl.String) for c in ("product_name", "category") if c in sample.columns]
+    return exprs, bad, text_ints
+
+
+# Integer types whose values `_number` keeps exactly (it reads them through Float64).
+_EXACT_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+
+
+def _simple_id(s: pl.Series, col: str) -> tuple[pl.Expr, list[pl.Expr]] | None:
+    """Typing of one id column for the one-pass read (the same as `_id_column`'s)."""
+    c = pl.col(col)
+    if s.dtype.is_integer():
+        return c.cast(pl.Int64), []
+    if s.dtype.is_float():
+        as_int = c.cast(pl.Int64, strict=False)
+        return as_int, [c.is_not_null() & (~(c % 1 == 0) | as_int.is_null())]
+    if s.dtype != pl.String:
+        return None
+    if _plain_integers(s, (-(2**31), 2**31 - 1) if col == "customer_id" else None) is not None:
+        as_int = c.cast(pl.Int64, strict=False)
+        return as_int, [(as_int.is_null() & c.is_not_null()) | _not_plain(c)]
+    return c.cast(pl.Categorical), []
+
+
+def _simple_timestamp(s: pl.Series) -> tuple[pl.Expr, list[pl.Expr]] | None:
+    """Typing of the timestamp for the one-pass read (the same as `_timestamps`')."""
+    ts = pl.col("timestamp")
+    if s.dtype == pl.Date:
+        return ts.cast(pl.Datetime("us")), []
+    if isinstance(s.dtype, pl.Datetime):
+        return ts.dt.replace_time_zone(None).cast(pl.Datetime("us")), []
+    fmt = _sample_format(s) if s.dtype == pl.String else None
+    if fmt is None:
+        return None
+    # see `_timestamps_quick`: untrimmed text reads the same or not at all
+    parsed = ts.str.to_datetime(fmt, strict=False, time_unit="us")
+    return parsed, [parsed.is_null() & ts.is_not_null()]
+
+
+def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
+    """What the one-pass read leaves to check: text ids that need trimming or hold null
+    markers, and customer ids read as integers that do not fit Int32 (ranked as text)."""
+    for c in ("customer_id", "order_id", "product_id"):
+        s = df[c]
+        if s.dtype == pl.Categorical and _needs_cleaning(s.unique().cast(pl.String)):
+            df = df.with_columns(_id_column(s.cast(pl.String), c))
+        elif c == "customer_id" and c in text_ints and not (-(2**31) <= s.min() and s.max() < 2**31):
+            df = df.with_columns(s.cast(pl.String).cast(pl.Categorical))
+    return df
+
+
 def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
-    """Ids as trimmed strings, quantity integer, price float, timestamp datetime; bad values named."""
-    exprs = [_id_column(df, c).alias(c) for c in ("customer_id", "order_id", "product_id")]
+    """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values named."""
+    # One column at a time, so that each column's text is freed once it is typed.
+    for c in ("customer_id", "order_id", "product_id"):
+        df = df.with_columns(_id_column(df[c], c))
     # Names and categories are kept as written (only the reader's null markers become null).
-    exprs += [pl.col(c).cast(pl.String) for c in ("product_name", "category") if c in cols]
-    df = df.with_columns(exprs)
+    df = df.with_columns(pl.col(c).cast(pl.String) for c in ("product_name", "category") if c in cols)
     for col in REQUIRED:
         if df[col].null_count() == df.height:
             raise InputError(f"{name}: column {cols[col]}: no value at all (the {col} is required)")
@@ -152,18 +264,52 @@ def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
     return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name))
 
 
-def _id_column(df: pl.DataFrame, col: str) -> pl.Expr:
-    """Integer customer ids stay numbers (cheap); other ids become trimmed strings.
+def _id_column(s: pl.Series, col: str) -> pl.Series:
+    """Integer ids stay numbers (cheap); other ids become trimmed strings, held as Categorical.
 
-    Float ids (pandas writes 17850.0 for an integer column with gaps) count as integers.
+    Float ids (pandas writes 17850.0 for an integer column with gaps) count as integers, and so
+    does text that is plainly an integer (`_plain_integers`): it prints back as the same text.
+    Customer ids as text stay text unless they fit Int32 (`_user_ids` ranks larger ones as text).
     """
-    s = df[col]
     if s.dtype.is_integer() or (s.dtype.is_float() and bool((s.drop_nulls() % 1 == 0).all())):
-        return pl.col(col).cast(pl.Int64) if col == "customer_id" else pl.col(col).cast(pl.Int64).cast(pl.String)
+        return s.cast(pl.Int64).alias(col)
+    if s.dtype == pl.String:
+        as_int = _plain_integers(s, (-(2**31), 2**31 - 1) if col == "customer_id" else None)
+        if as_int is not None:
+            return as_int.alias(col)
+        # Trimming and null markers are checked on the distinct ids, not on every line.
+        cat = s.cast(pl.Categorical)
+        if not _needs_cleaning(cat.unique().cast(pl.String)):
+            return cat.alias(col)
     e = pl.col(col).cast(pl.String)
     if s.dtype != pl.String or bool(s.str.contains(r"^\s|\s$").any()):
         e = e.str.strip_chars()
-    return pl.when(e.is_in(NULLS)).then(None).otherwise(e)
+    return s.to_frame(col).select(pl.when(e.is_in(NULLS)).then(None).otherwise(e).cast(pl.Categorical).alias(col)).to_series()
+
+
+def _plain_integers(s: pl.Series, bounds: tuple[int, int] | None) -> pl.Series | None:
+    """The text as Int64 when every value is an integer written plainly (no sign, space or
+    leading zero, so it prints back the same) within ``bounds``, else None.
+
+    A sample is tried first: ids that are not numbers usually show in the first lines.
+    """
+    for part in (s.head(_SAMPLE), s):
+        as_int = part.cast(pl.Int64, strict=False)
+        if as_int.null_count() != part.null_count() or bool(part.to_frame("s").select(_not_plain(pl.col("s")).any()).item()):
+            return None
+    lo, hi = as_int.min(), as_int.max()
+    if bounds is not None and lo is not None and not (bounds[0] <= lo and hi <= bounds[1]):
+        return None
+    return as_int
+
+
+def _not_plain(text: pl.Expr) -> pl.Expr:
+    """A sign or leading zero: the integer would not print back as the same text."""
+    return text.str.starts_with("+") | text.str.starts_with("-0") | (text.str.starts_with("0") & (text.str.len_bytes() > 1))
+
+
+def _needs_cleaning(ids: pl.Series) -> bool:
+    return bool(ids.str.contains(r"^\s|\s$").any() or ids.is_in(NULLS).any())
 
 
 def _number(df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str) -> pl.Series:
@@ -191,6 +337,9 @@ def _timestamps(s: pl.Series, column: str, name: str) -> pl.Series:
         return s.cast(pl.Datetime("us")).alias("timestamp")
     if isinstance(s.dtype, pl.Datetime):
         return s.dt.replace_time_zone(None).cast(pl.Datetime("us")).alias("timestamp")
+    quick = _timestamps_quick(s)
+    if quick is not None:
+        return quick
     text = s.cast(pl.String).str.strip_chars()
     present = text.is_not_null()
     best, best_bad = None, None
@@ -205,45 +354,89 @@ def _timestamps(s: pl.Series, column: str, name: str) -> pl.Series:
     raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp ({best_bad} row(s))")
 
 
-def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr:
-    """The first reason each line cannot be used, or null (see `EXCLUSION_REASONS`).
+def _timestamps_quick(s: pl.Series) -> pl.Series | None:
+    """The parse `_timestamps` would pick, in one pass over the column, or None when unsure.
+
+    A format that fails on a sample fails on the column, so the first format that reads the
+    sample is the only candidate. The text is not trimmed: a value reads the same with or
+    without surrounding spaces, or not at all (then the full search decides).
+    """
+    fmt = _sample_format(s) if s.dtype == pl.String else None
+    if fmt is None:
+        return None
+    parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
+    return parsed.alias("timestamp") if parsed.null_count() == s.null_count() else None
+
+
+def _sample_format(s: pl.Series) -> str | None:
+    """The first format that reads every value among the first lines."""
+    sample = s.head(_SAMPLE).drop_nulls().str.strip_chars()
+    return next((f for f in _TS_FORMATS if sample.str.to_datetime(f, strict=False, time_unit="us").null_count() == 0), None)
+
+
+def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr | None:
+    """The first reason each line cannot be used, as its index in `_REASONS`, or null; None
+    when no line is excluded.
 
     The code rules are evaluated once per distinct product / order id, not per line: a file
     has far fewer ids than lines, and string tests on every line dominate the ingest time.
     """
-    cols = df.columns
-    codes = df["product_id"].unique().drop_nulls()
-    upper = codes.str.to_uppercase()
-    bad = upper.is_in([c.upper() for c in spec.non_product_codes])
-    for prefix in spec.non_product_prefixes:
-        bad = bad | upper.str.starts_with(prefix.upper())
-    orders = df["order_id"].unique().drop_nulls()
-    cancelled = pl.Series([False] * len(orders), dtype=pl.Boolean)
-    for prefix in spec.cancel_prefixes:
-        cancelled = cancelled | orders.str.starts_with(prefix)
+    bad_orders = _ids_matching(df, "order_id", spec.cancel_prefixes, (), upper=False)
+    bad_products = _ids_matching(df, "product_id", spec.non_product_prefixes, spec.non_product_codes, upper=True)
     rules = [
-        ("no_customer_id", pl.col("customer_id").is_null()),
-        ("no_timestamp", pl.col("timestamp").is_null()),
-        ("cancellation", pl.col("order_id").is_in(orders.filter(cancelled).implode())),
-        ("non_product_code", pl.col("product_id").is_in(codes.filter(bad).implode())),
-        ("non_positive_quantity", (pl.col("quantity") <= 0) if "quantity" in cols else pl.lit(False)),
-        ("non_positive_price", (pl.col("unit_price") <= 0) if "unit_price" in cols else pl.lit(False)),
+        pl.col("customer_id").is_null() if df["customer_id"].null_count() else None,
+        pl.col("timestamp").is_null() if df["timestamp"].null_count() else None,
+        pl.col("order_id").is_in(bad_orders.implode()) if len(bad_orders) else None,
+        pl.col("product_id").is_in(bad_products.implode()) if len(bad_products) else None,
+        _if_any(df, "quantity", pl.col("quantity") <= 0),
+        _if_any(df, "unit_price", pl.col("unit_price") <= 0),
     ]
-    expr = pl.lit(None, dtype=pl.String)
-    for reason, cond in reversed(rules):
-        expr = pl.when(cond.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
+    if all(rule is None for rule in rules):
+        return None
+    expr = pl.lit(None, dtype=pl.UInt8)
+    for i, cond in reversed(list(enumerate(rules))):
+        if cond is not None:
+            expr = pl.when(cond.fill_null(False)).then(pl.lit(i, dtype=pl.UInt8)).otherwise(expr)
     return expr
 
 
+def _ids_matching(df: pl.DataFrame, col: str, prefixes: tuple[str, ...], codes: tuple[str, ...], upper: bool) -> pl.Series:
+    """The distinct ids of ``col`` that start with one of ``prefixes`` or equal one of ``codes``.
+
+    Integer ids print as digits: unless a rule is digits too, none can match, and the ids
+    are not even listed.
+    """
+    ids = df[col]
+    if ids.dtype.is_integer() and not any(re.fullmatch(r"-?\d*", r) for r in (*prefixes, *codes)):
+        return ids.head(0)
+    ids = df.lazy().select(pl.col(col).unique()).collect().to_series()
+    text = ids.cast(pl.String).str.to_uppercase() if upper else ids.cast(pl.String)
+    hit = text.is_in([c.upper() if upper else c for c in codes])
+    for prefix in prefixes:
+        hit = hit | text.str.starts_with(prefix.upper() if upper else prefix)
+    return ids.filter(hit)
+
+
+_REASONS = ("no_customer_id", "no_timestamp", *EXCLUSION_REASONS[1:-1])
+
+
+def _if_any(df: pl.DataFrame, col: str, cond: pl.Expr) -> pl.Expr | None:
+    return cond if col in df.columns and bool(df.select(cond.any()).item()) else None
+
+
 def usable_lines(df: pl.DataFrame, spec: TransactionsSpec, name: str) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The lines kept (file order preserved, ``_line`` = position in the file) and counts by reason."""
-    tagged = df.with_row_index("_line").with_columns(exclusion_reason(df, spec).alias("_reason"))
-    counts = {r: 0 for r in ("no_customer_id", "no_timestamp", *EXCLUSION_REASONS[1:])}
-    for reason, n in tagged.group_by("_reason").len().iter_rows():
-        if reason is not None:
-            counts[reason] = int(n)
-    kept = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
-    # duplicate_line is counted later, on integer keys (see `_order_lines`)
+    """The lines kept (file order preserved) and counts by reason."""
+    counts = {r: 0 for r in (*_REASONS, "duplicate_line")}
+    reason = exclusion_reason(df, spec)
+    if reason is None:
+        kept = df
+    else:
+        tagged = df.with_columns(reason.alias("_reason"))
+        for code, n in tagged.group_by("_reason").len().iter_rows():
+            if code is not None:
+                counts[_REASONS[code]] = int(n)
+        kept = tagged.filter(pl.col("_reason").is_null()).drop("_reason")
+    # duplicate_line is counted later (see `_order_lines`)
     if kept.height == 0:
         detail = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
         raise InputError(f"{name}: no usable line left (excluded: {detail})")
@@ -255,18 +448,14 @@ def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_na
     spec = spec or TransactionsSpec()
     name = display_name or Path(path).name
     df = read_transactions(path, spec, name)
+    lines_in = df.height
     lines, excluded = usable_lines(df, spec, name)
+    del df
     users, user_info = _user_ids(lines["customer_id"])
-    # Integer keys early: grouping and joining 32 M lines on strings is what would be slow.
-    lines = lines.with_columns(
-        user_id=users,
-        _okey=pl.col("order_id").cast(pl.Categorical).to_physical().cast(pl.Int64) + users.cast(pl.Int64) * _SHIFT,
-        _pcat=pl.col("product_id").cast(pl.Categorical).to_physical(),
-    )
-    products, pmap = _products(lines)
-    orders, omap = _orders(lines, name)
-    lines = lines.drop("order_id", "product_id").join(pmap, on="_pcat", how="left").join(omap, on="_okey", how="left")
-    order_products, merged, duplicates = _order_lines(lines)
+    lines = lines.with_columns(users)
+    products, line_products = _products(lines)
+    orders, line_orders = _orders(lines, name)
+    order_products, merged, duplicates = _order_lines(lines, line_orders, line_products)
     excluded["duplicate_line"] = duplicates
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
@@ -280,38 +469,72 @@ def derive_snapshot(path: Path, spec: TransactionsSpec | None = None, display_na
         "first_ts": str(orders["order_ts"].min()),
         "last_ts": str(orders["order_ts"].max()),
     }
-    return TransactionsResult(snap, excluded, df.height, info)
+    return TransactionsResult(snap, excluded, lines_in, info)
 
 
 _SHIFT = 1 << 32
 
 
 def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict]:
-    """Integer customer ids are kept; any other id is numbered 1.. in sorted order."""
+    """Integer customer ids are kept; any other id is numbered 1.. in sorted order.
+
+    Text ids are judged and numbered once per distinct id, then mapped to the lines.
+    """
     if customer.dtype.is_integer():
-        as_int = customer
-    else:
-        as_float = customer.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
-        as_int = as_float.cast(pl.Int64, strict=False)
-        as_int = as_int if as_float.null_count() == 0 and bool((as_float == as_int).all()) else None
-    if as_int is not None and as_int.min() >= -(2**31) and as_int.max() < 2**31:
-        return as_int.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}
-    ranks = customer.rank("dense").cast(pl.Int32)
-    return ranks.alias("user_id"), {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
+        lo, hi = customer.min(), customer.max()
+        if lo >= -(2**31) and hi < 2**31:
+            return customer.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}
+        return customer.rank("dense").cast(pl.Int32).alias("user_id"), _NUMBERED
+    distinct = customer.unique()
+    text = distinct.cast(pl.String)
+    as_float = text.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
+    as_int = as_float.cast(pl.Int64, strict=False)
+    if as_float.null_count() == 0 and bool((as_float == as_int).all()) and as_int.min() >= -(2**31) and as_int.max() < 2**31:
+        return _lookup(customer, distinct, as_int.cast(pl.Int32)).alias("user_id"), {"customer_ids": "as given"}
+    return _lookup(customer, distinct, text.rank("dense").cast(pl.Int32)).alias("user_id"), _NUMBERED
 
 
-def _products(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+_NUMBERED = {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
+
+
+def _lookup(keys: pl.Series, table: pl.Series, values: pl.Series) -> pl.Series:
+    """``values[i]`` for each key equal to ``table[i]`` (keys Int64 or Categorical).
+
+    Small non-negative keys index a dense array (a gather); others go through a join.
+    """
+    k, t = keys.to_physical(), table.to_physical()
+    lo, hi = t.min(), t.max()
+    if lo is not None and lo >= 0 and hi < 2 * len(keys) + 1_000_000:
+        dense = pl.repeat(None, hi + 1, dtype=values.dtype, eager=True).scatter(t.cast(pl.Int64), values)
+        return dense.gather(k).alias(values.name)
+    right = pl.DataFrame({"k": t, "v": values})
+    return k.to_frame("k").join(right, on="k", how="left", maintain_order="left")["v"].alias(values.name)
+
+
+def _distinct(ids: pl.Series) -> pl.Series:
+    """The distinct ids; small non-negative integers are marked in a dense array, not hashed."""
+    lo, hi = ids.min(), ids.max()
+    if ids.dtype == pl.Int64 and lo >= 0 and hi < 2 * len(ids) + 1_000_000:
+        seen = pl.repeat(False, hi + 1, eager=True).scatter(ids, True)
+        return seen.arg_true().cast(pl.Int64).alias(ids.name)
+    return ids.to_frame().lazy().select(pl.col(ids.name).unique()).collect().to_series()
+
+
+def _products(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """Products (dense Int32 id in code order, name = first non-empty in the file, category as
-    aisle and department) and the map from the lines' ``_pcat`` to ``product_id``."""
+    aisle and department) and each line's ``product_id``."""
     has_name, has_cat = "product_name" in lines.columns, "category" in lines.columns
     agg = [
-        pl.col("product_id").first().alias("product_code"),
         (pl.col("product_name").drop_nulls().first() if has_name else pl.lit(None, pl.String)).alias("product_name"),
         (pl.col("category").drop_nulls().first() if has_cat else pl.lit(None, pl.String)).alias("category"),
     ]
+    if has_name or has_cat:  # lines are in file order: "first" is the file's first
+        keyed = lines.lazy().group_by("product_id", maintain_order=True).agg(agg).collect()
+    else:
+        keyed = _distinct(lines["product_id"]).to_frame().with_columns(agg)
     prods = (
-        lines.group_by("_pcat", maintain_order=True)  # lines are in file order: "first" is the file's first
-        .agg(agg)
+        keyed.with_columns(product_code=pl.col("product_id").cast(pl.String))
+        .rename({"product_id": "_key"})
         .sort("product_code")
         .with_row_index("product_id", offset=1)
         .with_columns(
@@ -329,20 +552,40 @@ def _products(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .select("product_id", "product_name", "aisle_id", "department_id", "aisle", "department", "product_code")
         .sort("product_id")
     )
-    return out, prods.select("_pcat", "product_id")
+    return out, _lookup(lines["product_id"], prods["_key"], prods["product_id"])
 
 
-def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.Series]:
     """One order per (customer, invoice), numbered in time order (the last one is the target),
-    and the map from the lines' ``_okey`` to ``order_id`` / ``order_number``."""
+    and each line's ``order_id``."""
+    orders = _order_groups(lines, ["order_id"])
+    # Usually an invoice belongs to one customer: then the invoice alone is the order's key.
+    single = bool((orders["user_id"] == orders["_other_user"]).all())
+    keys = ["order_id"] if single else ["order_id", "user_id"]
+    orders = orders if single else _order_groups(lines, keys)
     orders = (
-        lines.group_by("_okey")
-        .agg(pl.col("user_id").first(), pl.col("order_id").first().alias("order_code"), order_ts=pl.col("timestamp").min())
+        orders.rename({"order_id": "_key"})
+        .with_columns(order_code=pl.col("_key").cast(pl.String))
         .sort("order_ts", "order_code", "user_id")
         .with_row_index("order_id", offset=1)
         .with_columns(pl.col("order_id").cast(pl.Int32))
-        .sort("user_id", "order_ts", "order_id")
     )
+    if single:
+        line_orders = _lookup(lines["order_id"], orders["_key"], orders["order_id"])
+    else:
+        right = orders.select(pl.col("_key").alias("order_id"), "user_id", pl.col("order_id").alias("_order"))
+        line_orders = lines.select(keys).join(right, on=keys, how="left", maintain_order="left")["_order"]
+    # in order_id order, a stable sort by customer gives each customer's orders in time order
+    return _numbered(orders.sort("user_id", maintain_order=True), name), line_orders.alias("order_id")
+
+
+def _order_groups(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    users = [pl.col("user_id").min(), pl.col("user_id").max().alias("_other_user")] if "user_id" not in keys else []
+    return lines.lazy().group_by(keys).agg(*users, order_ts=pl.col("timestamp").min()).collect()
+
+
+def _numbered(orders: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Order number, previous order's gap, weekday and hour; orders sorted by customer and time."""
     first = (pl.col("user_id") != pl.col("user_id").shift(1)).fill_null(True)
     orders = orders.with_columns(
         order_number=_block_position(first),
@@ -352,7 +595,7 @@ def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]
         raise InputError(f"{name}: a customer has more than 32,767 orders")
     gap = (pl.col("order_ts").dt.date() - pl.col("_prev").dt.date()).dt.total_days()
     last = (pl.col("user_id") != pl.col("user_id").shift(-1)).fill_null(True)
-    out = orders.select(
+    return orders.select(
         "order_id",
         "user_id",
         pl.when(last).then(pl.lit("train")).otherwise(pl.lit("prior")).alias("eval_set"),
@@ -363,7 +606,6 @@ def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.DataFrame]
         "order_ts",
         "order_code",
     )
-    return out, orders.select("_okey", "order_id", pl.col("order_number").cast(pl.Int16))
 
 
 def _block_position(first: pl.Expr) -> pl.Expr:
@@ -373,38 +615,113 @@ def _block_position(first: pl.Expr) -> pl.Expr:
     return idx - pl.when(first).then(idx).forward_fill() + 1
 
 
-def _order_lines(lines: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
+def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series) -> tuple[pl.DataFrame, int, int]:
     """Order lines, lines merged and exact duplicates dropped.
 
     An exact duplicate (every mapped column equal to an earlier line: a double export) repeats
-    its (order, product) pair, so only the few repeated pairs are compared; the other lines of a
-    repeated pair are merged into one (quantities summed).
+    its (order, product) pair; the other lines of a repeated pair are merged into one
+    (quantities summed), which takes the place of the pair's first line.
     """
-    pair = pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
-    lines = lines.with_columns(_pair=pair)
-    repeated = lines.select(pl.col("_pair").is_duplicated()).to_series()
+    extra = [c for c in ("quantity", "unit_price") if c in kept.columns]
+    # order ids follow time and each customer's order numbers: (order, file line) is the output order
+    lines = _by_order(kept.select("user_id", *extra).with_columns(order_id, product_id))
+    repeated, reordered = _pair_flags(lines)
+    lines = lines.with_columns(reordered=reordered)
     merged = duplicates = 0
-    if repeated.any():
-        rep = lines.filter(repeated).sort("_line")
-        distinct = rep.select(pl.struct(pl.exclude("_line")).is_first_distinct()).to_series()
-        duplicates = int((~distinct).sum())
-        grouped = _merge_repeated(rep.filter(distinct))
-        merged = int(distinct.sum()) - grouped.height
-        lines = pl.concat([lines.filter(~repeated).select(grouped.columns), grouped], how="vertical_relaxed")
-    # order ids follow time and each customer's order numbers, so in (order_id, file line)
-    # order a (customer, product) is a reorder exactly when it is not its first occurrence.
-    user_product = pl.col("user_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
-    out = lines.sort(pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("_line").cast(pl.Int64)).with_columns(
+    if len(repeated):
+        lines, merged, duplicates = _merge_pairs(lines, repeated, kept)
+    out = lines.with_columns(
         add_to_cart_order=_block_position((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).cast(pl.Int16),
-        reordered=(~user_product.is_first_distinct()).cast(pl.Int8),
     )
-    extra = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
-    extra += [pl.col("unit_price")] if "unit_price" in out.columns else []
-    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *extra), merged, duplicates
+    cast = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
+    cast += [pl.col("unit_price")] if "unit_price" in out.columns else []
+    return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *cast), merged, duplicates
+
+
+def _by_order(lines: pl.DataFrame) -> pl.DataFrame:
+    """Lines (in file order) sorted by order, file order kept within an order, with ``_line``,
+    each line's position in the file order.
+
+    A file usually keeps an order's lines together: then the runs are sorted, not the lines.
+    """
+    starts = lines.select((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).to_series()
+    if starts.sum() > lines.height // 4:
+        perm = _stable_order(lines["order_id"])
+    else:
+        runs = lines.select(pl.col("order_id").filter(starts), _start=starts.arg_true().cast(pl.Int64))
+        runs = runs.with_columns(_end=pl.col("_start").shift(-1, fill_value=lines.height))
+        runs = runs.gather(_stable_order(runs["order_id"]))
+        perm = runs.select(pl.int_ranges("_start", "_end")).to_series().explode()
+    perm = perm.cast(pl.get_index_type())  # gathers convert any other index type first, line by line
+    return lines.gather(perm).with_columns(_line=perm)
+
+
+def _stable_order(key: pl.Series) -> pl.Series:
+    """Positions sorted by ``key`` (non-negative integers), ties in position order."""
+    return _sorted_with_positions(key)[1]
+
+
+def _sorted_with_positions(key: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """``key`` sorted (ties in position order) and the positions it came from.
+
+    Key and position packed into one integer sort several times faster than an arg-sort.
+    """
+    bits = max(1, (len(key) - 1).bit_length())
+    if key.max() < 2 ** (62 - bits):
+        packed = (key.cast(pl.Int64) * (1 << bits) + pl.int_range(0, len(key), eager=True)).sort()
+        return packed // (1 << bits), (packed % (1 << bits)).cast(pl.get_index_type())
+    perm = key.to_frame("k").select(pl.arg_sort_by("k", pl.int_range(0, pl.len()))).to_series()
+    return key.gather(perm), perm
+
+
+def _pair_flags(lines: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """For lines in (order, file line) order: the positions of the lines whose (order, product)
+    pair repeats, and for each line whether it is a reorder (the customer bought the product
+    in an earlier order).
+
+    A stable sort by (customer, product) puts each customer's lines of a product together in
+    order, so both answers come from comparing neighbours rather than hashing every line.
+    """
+    span = int(lines["product_id"].max()) + 1
+    # unsigned: cannot overflow; `_sorted_with_positions` checks the range it packs
+    users = (lines["user_id"].cast(pl.Int64) - int(lines["user_id"].min())).cast(pl.UInt64)
+    up = users * span + lines["product_id"].cast(pl.UInt64)
+    up, perm = _sorted_with_positions(up)
+    keyed = pl.DataFrame({"_up": up, "_o": lines["order_id"].gather(perm), "_pos": perm})
+    same_up = pl.col("_up") == pl.col("_up").shift(1)
+    same_prev = same_up & (pl.col("_o") == pl.col("_o").shift(1))
+    same_next = (pl.col("_up") == pl.col("_up").shift(-1)) & (pl.col("_o") == pl.col("_o").shift(-1))
+    flags = keyed.select(
+        "_pos",
+        _rep=(same_prev | same_next).fill_null(False),
+        _reo=(same_up & ~same_prev).fill_null(False).cast(pl.Int8),
+    )
+    reordered = pl.repeat(0, lines.height, dtype=pl.Int8, eager=True).scatter(flags["_pos"], flags["_reo"])
+    return flags.filter("_rep")["_pos"], reordered.alias("reordered")
+
+
+def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
+    """Drop exact duplicates among the lines of repeated pairs (at positions ``repeated``), merge
+    the rest into the pair's first line; the lines merged and the duplicates dropped."""
+    rep = lines.gather(repeated).select("_line", "order_id", "product_id", "user_id", _pos=repeated).sort("_line")
+    rep = rep.hstack(kept.drop("user_id", "order_id", "product_id").gather(rep["_line"]))
+    distinct = rep.select(pl.struct(pl.exclude("_line", "_pos")).is_first_distinct()).to_series()
+    grouped = _merge_repeated(rep.drop("_pos").filter(distinct))
+    merged = int(distinct.sum()) - grouped.height
+    # the merged line takes the place of the pair's first line; the others go
+    first = rep.select("_line", "_pos").join(grouped.select(pl.exclude(_MERGE_KEYS)), on="_line")
+    updates = [lines[c].scatter(first["_pos"], first[c]) for c in first.columns if c not in ("_line", "_pos")]
+    dropped = rep.filter(~pl.col("_line").is_in(grouped["_line"].implode()))["_pos"]
+    keep = pl.repeat(True, lines.height, eager=True).scatter(dropped, False)
+    return lines.with_columns(updates).filter(keep), merged, int((~distinct).sum())
+
+
+_MERGE_KEYS = ("_pair", "order_id", "product_id", "user_id")
 
 
 def _merge_repeated(lines: pl.DataFrame) -> pl.DataFrame:
     keep = ["_pair", "_line", "order_id", "product_id", "user_id"]
+    lines = lines.with_columns(_pair=pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64))
     agg = [pl.col("_line").min(), pl.col("order_id").first(), pl.col("product_id").first(), pl.col("user_id").first()]
     if "quantity" in lines.columns:
         agg.append(pl.col("quantity").sum())
