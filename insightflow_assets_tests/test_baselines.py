@@ -89,6 +89,12 @@ def test_gp_topfreq():
     assert _lists(recs3) == {1: [B, A, D], 2: [A, E, C], 3: [F, G, A], 9: [A, C, B]}
 
 
+def test_gp_topfreq_from_the_p_topfreq_lists_at_hand():
+    users = [1, 2, 3, 5, 9]
+    own = p_topfreq(RATINGS, users, n=4)
+    assert gp_topfreq(RATINGS, users, n=4, own=own).equals(gp_topfreq(RATINGS, users, n=4))
+
+
 def test_gp_topfreq_skips_duplicates_when_own_list_covers_popular():
     # user 5 owns both A and C (the two most popular): fill must skip both
     recs = gp_topfreq(RATINGS, [5], n=4)

@@ -16,6 +16,7 @@ from insightflow_assets.evaluation.metrics import (
     novelty,
     per_user_metrics,
     pooled_precision,
+    prepare_truth,
 )
 
 A, B, C, D, E, X, Y, Z = 1, 2, 3, 4, 5, 24, 25, 26
@@ -102,6 +103,25 @@ def test_evaluate_repeat_explore():
     assert exp["hit_rate@5"] == pytest.approx(1.0)
     # the overall numbers are unchanged by passing history
     assert res["map@5"] == pytest.approx(evaluate(RECS, HOLDOUT, ks=(5,))["map@5"])
+
+
+def test_a_prepared_truth_scores_like_the_holdout():
+    """A report prepares the truth once and scores every method's lists against it."""
+    truth = prepare_truth(HOLDOUT, history=HISTORY, users=[1, 2, 3, 99])
+    for recs in (RECS, _recs({1: [C, B], 3: [E, A]})):
+        assert evaluate(recs, truth, ks=(2, 5)) == evaluate(recs, HOLDOUT, ks=(2, 5), history=HISTORY, users=[1, 2, 3, 99])
+    with pytest.raises(ValueError, match="prepared"):
+        evaluate(RECS, truth, ks=(5,), users=[1])
+
+
+def test_repetition_ratio_hand_computed():
+    from insightflow_assets.evaluation.offline import history_keys, repetition_ratio
+
+    users = np.array([1, 2, 4])
+    # user 1: A, X bought before (2 of 5); user 2: none of 2; user 4: A (1 of 2)
+    assert repetition_ratio(RECS, HISTORY, 5, users) == pytest.approx((0.4 + 0.0 + 0.5) / 3)
+    assert repetition_ratio(RECS, history_keys(HISTORY), 5, users) == repetition_ratio(RECS, HISTORY, 5, users)
+    assert repetition_ratio(RECS, HISTORY, 5, np.array([3])) == 0.0  # no list
 
 
 def test_coverage():

@@ -16,6 +16,7 @@ from insightflow_assets.nbr.tifu import (
     neighbour_lists,
     score_users,
     tifu_knn_recommend,
+    tifu_knn_recommend_many,
 )
 from insightflow_assets.nbr.vectors import (
     basket_weights,
@@ -292,6 +293,33 @@ def test_deterministic_for_a_seed(generated):
     some = users[::7]
     sub = tifu_knn_recommend(x, users, items, pl.Series(some), 20, **kw)
     assert sub.equals(first.filter(pl.col("user_id").is_in(some.tolist())))
+
+
+def test_a_grid_shares_work_not_results(generated):
+    """Model selection scores a grid of k and alpha on one set of vectors in one call."""
+    x, users, items = generated
+    grid = [
+        {"k_neighbors": 30, "alpha": 0.7, "cluster_size": 8},
+        {"k_neighbors": 60, "alpha": 0.7, "cluster_size": 8},
+        {"k_neighbors": 60, "alpha": 0.9, "cluster_size": 8},
+        {"k_neighbors": 60, "alpha": 0.9, "cluster_size": 1},
+        {"k_neighbors": 10, "alpha": 0.5, "neighbor_space": "exact", "cluster_size": 4},
+    ]
+    some = users[::3]
+    together = tifu_knn_recommend_many(x, users, items, some, 10, grid)
+    for config, got in zip(grid, together):
+        assert got.equals(tifu_knn_recommend(x, users, items, some, 10, **config))
+
+
+def test_vectors_do_not_depend_on_the_order_of_the_lines(small_tables):
+    orders = small_tables["orders"]
+    lines = pl.concat([small_tables["order_products__prior"], small_tables["order_products__train"]])
+    cut = target_cutoffs(orders, lines)
+    x, users, items = tifu_user_vectors(orders, lines, cut)
+    y, users2, items2 = tifu_user_vectors(orders, lines.sample(fraction=1.0, shuffle=True, seed=1), cut)
+    # float32 sums added oldest basket first whatever the line order: equal to the last bit
+    assert (x != y).nnz == 0
+    assert users.tolist() == users2.tolist() and items.tolist() == items2.tolist()
 
 
 def test_repeat_items_are_the_users_own(generated):

@@ -73,3 +73,43 @@ def test_register_refuses_two_models_with_one_name():
 
     with pytest.raises(ValueError, match="two recommenders"):
         register(Twin)
+
+
+def test_a_window_from_orders_builds_the_same_baskets_on_first_read(small_tables, window):
+    snap = validate_snapshot(dict(small_tables), {k: f"{k}.csv" for k in small_tables})
+    orders = order_features(snap.orders, snap.order_products)
+    lazy = TrainingWindow(ratings=window.ratings, orders=orders, lines=snap.order_products)
+    assert lazy._baskets is None  # nothing built until a model reads them
+    assert lazy.baskets.equals(window.baskets)
+    with pytest.raises(ValueError, match="baskets"):
+        TrainingWindow(ratings=window.ratings)
+
+
+def test_tifu_fitted_from_orders_equals_fitted_from_baskets(small_tables, window):
+    snap = validate_snapshot(dict(small_tables), {k: f"{k}.csv" for k in small_tables})
+    orders = order_features(snap.orders, snap.order_products)
+    # the lines shuffled: the vectors must not depend on their order
+    lines = snap.order_products.sample(fraction=1.0, shuffle=True, seed=3)
+    a = REGISTRY["tifu_knn"]().fit(window)
+    b = REGISTRY["tifu_knn"]().fit(TrainingWindow(ratings=window.ratings, orders=orders, lines=lines))
+    assert (a.vectors != b.vectors).nnz == 0 and a.vectors.dtype == b.vectors.dtype
+    np.testing.assert_array_equal(a.user_ids, b.user_ids)
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+
+
+@pytest.mark.parametrize(
+    "name, grid",
+    [
+        ("tifu_knn", [{"k_neighbors": 20, "alpha": 0.7}, {"k_neighbors": 50, "alpha": 0.7}, {"k_neighbors": 50, "alpha": 0.9}]),
+        ("als_postrank", [{**FAST["als_postrank"], "postrank_alpha": a, "popularity_kind": kind}
+                          for kind in ("global", "user") for a in (0.7, 0.3)]),
+    ],
+)
+def test_recommend_many_equals_one_by_one(name, grid, window):
+    """Configurations sharing one fit share work in `recommend_many`, never results."""
+    first = REGISTRY[name](**grid[0]).fit(window)
+    recs = [first] + [REGISTRY[name](**params).adopt(first, window) for params in grid[1:]]
+    users = window.ratings["user_id"].unique().sort().head(60)
+    together = type(first).recommend_many(recs, users, 10)
+    for rec, got in zip(recs, together):
+        assert got.equals(rec.recommend(users, 10))

@@ -24,6 +24,7 @@ from insightflow_assets.evaluation.offline import (
 )
 from insightflow_assets.model.als import AlsModel, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
+from resources.layout import Artifact
 
 GROUP = "evaluation"
 
@@ -79,6 +80,7 @@ def _in_unit_interval(v) -> bool:
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/eval/als-{ts}", ("metrics.json", "coverage.json")),
     kinds={"polars", "json"},
     description=(
         "precision/recall/MAP/NDCG/hit-rate@K on the held-out baskets of every method: ALS, the next-basket "

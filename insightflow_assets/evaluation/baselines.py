@@ -124,14 +124,18 @@ def p_topfreq(ratings: Frame, users: Users, n: int) -> pl.DataFrame:
     return _finish(_own_top(ratings, _users_frame(users), n))
 
 
-def gp_topfreq(ratings: Frame, users: Users, n: int) -> pl.DataFrame:
+def gp_topfreq(ratings: Frame, users: Users, n: int, *, own: pl.DataFrame | None = None) -> pl.DataFrame:
     """Personal top-frequency first (as ``p_topfreq``), then filled from the
     global popularity order skipping products already listed, to exactly
     ``n`` items (if the catalogue has at least ``n`` products). ``score`` =
     purchases (>= 1) for own items, popularity share ``p`` (<= 1) for filled
-    items. The top-``n`` popular products always suffice to fill the gap."""
+    items. The top-``n`` popular products always suffice to fill the gap.
+    ``own``: ``p_topfreq(ratings, users, n)`` when the caller has it already."""
     uf = _users_frame(users)
-    own = _own_top(ratings, uf, n).select("user_id", "product_id", "score", "rank").collect()
+    if own is None:
+        own = _own_top(ratings, uf, n).select("user_id", "product_id", "score", "rank").collect()
+    else:
+        own = own.select("user_id", "product_id", "score", pl.col("rank").cast(pl.Int64))
     n_own = own.group_by("user_id").agg(_n_own=pl.len())
     fill = (
         # users sorted, popular list in rank order -> rows grouped by user

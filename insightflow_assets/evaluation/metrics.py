@@ -40,6 +40,7 @@ items by default, so feed it a recs list computed the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -56,6 +57,8 @@ Frame = pl.DataFrame | pl.LazyFrame
 __all__ = [
     "per_user_metrics",
     "evaluate",
+    "Truth",
+    "prepare_truth",
     "pooled_precision",
     "coverage",
     "intra_list_diversity",
@@ -125,18 +128,32 @@ def per_user_metrics(
     and for each K: ``hits@K``, ``precision@K``, ``recall@K``, ``map@K``,
     ``ndcg@K``, ``hit_rate@K``.
     """
+    ks = _checked_ks(ks)
+    return _per_user(_clean_recs(recs, ks[-1]), _relevant(holdout, users), ks)
+
+
+def _checked_ks(ks: Sequence[int]) -> list[int]:
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks!r}")
-    kmax = ks[-1]
+    return ks
 
+
+def _relevant(holdout: Frame, users) -> pl.DataFrame:
+    """The holdout's distinct pairs (``user_id``, ``_key``), of ``users`` only when given."""
     rel = _pairs(holdout)
     if users is not None:
         rel = rel.filter(_in("user_id", _users_frame(users).collect()))
+    return rel
+
+
+def _per_user(top: pl.DataFrame, rel: pl.DataFrame, ks: list[int]) -> pl.DataFrame:
+    """`per_user_metrics` of cleaned lists (`_clean_recs`) against relevant pairs (`_relevant`)."""
+    kmax = ks[-1]
     basket = rel.group_by("user_id").agg(n_relevant=pl.len())
 
     hits = (
-        _clean_recs(recs, kmax)
+        top
         .lazy()
         .filter(_in("_key", rel))
         .sort("user_id", "rank")
@@ -214,7 +231,7 @@ def pooled_precision(pu: pl.DataFrame, k: int) -> float:
 
 def evaluate(
     recs: Frame,
-    holdout: Frame,
+    holdout: "Frame | Truth",
     ks: Sequence[int] = (5, 10, 20),
     *,
     history: Frame | None = None,
@@ -237,22 +254,41 @@ def evaluate(
     are unchanged, a repeat hit counts as a miss in the ``explore`` precision
     (and vice versa): precision@K of the
     two splits measures how much of the list is spent on each kind of hit.
+
+    ``holdout`` may be a `Truth` (`prepare_truth` with the history and users),
+    for scoring many lists against one holdout without preparing it each time.
     """
-    out = _summarise(per_user_metrics(recs, holdout, ks, users=users), ks)
+    truth = holdout if isinstance(holdout, Truth) else prepare_truth(holdout, history=history, users=users)
+    if truth is holdout and (history is not None or users is not None):
+        raise ValueError("a prepared Truth already holds its history and users")
+    ks = _checked_ks(ks)
+    # the lists are cleaned once and scored against every part of the truth
+    top = _clean_recs(recs, ks[-1])
+    out = _summarise(_per_user(top, truth.parts["all"], ks), ks)
+    for name in ("repeat", "explore"):
+        if name in truth.parts:
+            out[name] = _summarise(_per_user(top, truth.parts[name], ks), ks, name)
+    return out
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A holdout prepared once for many `evaluate` calls (every method of a report is scored
+    against the same one): the distinct relevant pairs of the evaluated users under ``"all"``
+    and, with a history, their ``"repeat"`` and ``"explore"`` parts."""
+
+    parts: dict[str, pl.DataFrame]
+
+
+def prepare_truth(holdout: Frame, *, history: Frame | None = None, users=None) -> Truth:
+    """The `Truth` that `evaluate(recs, holdout, history=history, users=users)` scores against."""
+    rel = _relevant(holdout, users)
+    parts = {"all": rel}
     if history is not None:
-        rel = _pairs(holdout)
         hist_keys = _lazy(history).select(_key().alias("_key"))
         for name, how in (("repeat", "semi"), ("explore", "anti")):
-            part = (
-                rel.lazy()
-                .join(hist_keys, on="_key", how=how)
-                .select(
-                    "user_id",
-                    (pl.col("_key") - pl.col("user_id") * _SHIFT).alias("product_id"),
-                )
-            )
-            out[name] = _summarise(per_user_metrics(recs, part, ks, users=users), ks, name)
-    return out
+            parts[name] = rel.lazy().join(hist_keys, on="_key", how=how).collect()
+    return Truth(parts)
 
 
 def coverage(
@@ -406,6 +442,7 @@ def novelty(recs: Frame, item_popularity: pl.DataFrame, k: int) -> float:
         .join(pop, on="product_id", how="inner")
         .group_by("user_id")
         .agg(si=(-pl.col("p").log(2)).mean())
+        .sort("user_id")  # group_by order varies between runs; sorted, the float mean does not
         .select(pl.col("si").mean())
         .collect()
         .item()

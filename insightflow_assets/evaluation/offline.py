@@ -7,15 +7,17 @@ baselines under ``baselines`` and the winner at the headline K.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
 
 from insightflow_assets.evaluation.baselines import global_popularity, gp_topfreq, item_popularity, p_topfreq
-from insightflow_assets.evaluation.metrics import coverage, evaluate, intra_list_diversity, novelty
+from insightflow_assets.evaluation.metrics import Truth, coverage, evaluate, intra_list_diversity, novelty, prepare_truth
 
 HEADLINE_K = 10
+_SHIFT = 1 << 32
 # Methods that are not recommenders of their own (a post-processing of one).
 _EXTRA_LABELS = {"als_postrank": "ALS post-rank"}
 
@@ -28,19 +30,29 @@ def method_label(name: str) -> str:
     return cls.label if cls is not None else _EXTRA_LABELS.get(name, name)
 
 
-def repetition_ratio(recs: pl.DataFrame, history: pl.DataFrame, k: int, users: np.ndarray) -> float:
+def repetition_ratio(recs: pl.DataFrame, history: pl.DataFrame | np.ndarray, k: int, users: np.ndarray) -> float:
     """Share of the top-k items that the user bought before, averaged over users with a list
-    (the Reality Check's repetition ratio)."""
+    (the Reality Check's repetition ratio). ``history``: the (distinct) pairs bought before, or
+    their `history_keys` (a report flags every method's lists against the same ones)."""
+    seen = history if isinstance(history, np.ndarray) else history_keys(history)
     top = recs.filter((pl.col("rank") <= k) & pl.col("user_id").is_in(pl.Series(users).implode()))
     if top.height == 0:
         return 0.0
-    seen = history.select(pl.col("user_id").cast(pl.Int32), pl.col("product_id").cast(pl.Int32), _seen=pl.lit(True))
-    flagged = top.select(pl.col("user_id").cast(pl.Int32), pl.col("product_id").cast(pl.Int32)).join(
-        seen, on=["user_id", "product_id"], how="left"
-    )
+    user = top.get_column("user_id").cast(pl.Int64).to_numpy()
+    key = user * _SHIFT + top.get_column("product_id").cast(pl.Int64).to_numpy()
+    pos = np.minimum(np.searchsorted(seen, key), max(seen.size - 1, 0))
+    flagged = pl.DataFrame({"user_id": user, "_seen": (seen.size > 0) & (seen[pos] == key)})
     # group_by order varies between runs; sorting keeps the float sum reproducible
-    per_user = flagged.group_by("user_id").agg(r=pl.col("_seen").fill_null(False).mean()).sort("user_id")
+    per_user = flagged.group_by("user_id").agg(r=pl.col("_seen").mean()).sort("user_id")
     return float(np.mean(per_user["r"].to_numpy()))
+
+
+def history_keys(history: pl.DataFrame) -> np.ndarray:
+    """The history's (user, product) pairs as sorted int64 keys: a binary search flags a list's
+    items, instead of a hash join against millions of pairs per method."""
+    key = pl.col("user_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64)
+    keys = history.select(key).to_series().to_numpy()
+    return keys if keys.size < 2 or (keys[1:] >= keys[:-1]).all() else np.sort(keys)
 
 
 def eval_users(holdout: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
@@ -78,28 +90,44 @@ def undefined_metrics(methods: dict[str, dict]) -> dict[str, str]:
 
 
 def baseline_recs(ratings: pl.DataFrame, users: np.ndarray, n: int) -> dict[str, pl.DataFrame]:
+    own = p_topfreq(ratings, users, n)  # GP-TopFreq starts from the same lists
     return {
         "baseline": global_popularity(ratings, users, n),
-        "p_topfreq": p_topfreq(ratings, users, n),
-        "gp_topfreq": gp_topfreq(ratings, users, n),
+        "p_topfreq": own,
+        "gp_topfreq": gp_topfreq(ratings, users, n, own=own),
     }
 
 
-def score_method(recs: pl.DataFrame, holdout: pl.DataFrame, ks, history: pl.DataFrame, users: np.ndarray) -> dict:
+@dataclass(frozen=True)
+class Judge:
+    """What every method of a report is scored against, prepared once: the holdout of the
+    evaluated users split into repeat / explore by the history (`metrics.Truth`), and the
+    history's keys for the repetition ratio."""
+
+    truth: Truth
+    seen: np.ndarray
+    users: np.ndarray
+    ks: tuple[int, ...]
+
+    @classmethod
+    def of(cls, ratings: pl.DataFrame, holdout: pl.DataFrame, users: np.ndarray, ks) -> "Judge":
+        history = ratings.select("user_id", "product_id")
+        truth = prepare_truth(holdout, history=history, users=users)
+        return cls(truth=truth, seen=history_keys(history), users=users, ks=tuple(ks))
+
+
+def score_method(recs: pl.DataFrame, judge: Judge) -> dict:
     """One method's entry of the ``methods`` map: metrics@K, repeat/explore and repetition."""
-    out = evaluate(recs, holdout, ks, history=history, users=users)
-    k = HEADLINE_K if HEADLINE_K in ks else max(ks)
-    out[f"repetition@{k}"] = repetition_ratio(recs, history, k, users)
+    out = evaluate(recs, judge.truth, judge.ks)
+    k = HEADLINE_K if HEADLINE_K in judge.ks else max(judge.ks)
+    out[f"repetition@{k}"] = repetition_ratio(recs, judge.seen, k, judge.users)
     return out
 
 
-def baseline_scores(ratings: pl.DataFrame, holdout: pl.DataFrame, users: np.ndarray, ks: tuple[int, ...]) -> dict:
-    """The three baselines scored on ``users``: ``{"baseline", "p_topfreq", "gp_topfreq"}``."""
-    history = ratings.select("user_id", "product_id")
-    return {
-        name: score_method(recs, holdout, ks, history, users)
-        for name, recs in baseline_recs(ratings, users, max(ks)).items()
-    }
+def baseline_scores(ratings: pl.DataFrame, judge: Judge) -> dict:
+    """The three baselines scored on the judge's users: ``{"baseline", "p_topfreq", "gp_topfreq"}``."""
+    lists = baseline_recs(ratings, judge.users, max(judge.ks))
+    return {name: score_method(recs, judge) for name, recs in lists.items()}
 
 
 def baselines_of(report: dict) -> dict:
@@ -136,11 +164,11 @@ def evaluation_report(
     ``als``, ``baseline``, ``lift``, ``finished_at_utc`` stay as they were.
     """
     kmax = max(ks)
-    history = ratings.select("user_id", "product_id")
-    scored = {method: score_method(method_recs, holdout, ks, history, users)}
+    judge = Judge.of(ratings, holdout, users, ks)
+    scored = {method: score_method(method_recs, judge)}
     for name, recs in (extra_recs or {}).items():
-        scored[name] = score_method(recs, holdout, ks, history, users)
-    scored.update(baselines if baselines is not None else baseline_scores(ratings, holdout, users, ks))
+        scored[name] = score_method(recs, judge)
+    scored.update(baselines if baselines is not None else baseline_scores(ratings, judge))
 
     key = f"map@{HEADLINE_K}" if HEADLINE_K in ks else f"map@{kmax}"
     # An undefined score (no evaluated user) ranks last.

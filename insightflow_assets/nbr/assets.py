@@ -10,9 +10,9 @@ from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.evaluation.baselines import item_popularity
 from insightflow_assets.nbr.recommender import TifuKnn
 from insightflow_assets.postrank.export import complete_lists
-from insightflow_assets.ratings.build import training_baskets
 from insightflow_assets.recommenders import TrainingWindow
 from resources.io_manager import ArtifactFolder
+from resources.layout import Artifact
 
 GROUP = "model"
 
@@ -23,6 +23,7 @@ class NbrConfig(Config):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/models/nbr-{ts}", ("recs.parquet", "params.json")),
     kinds={"scipy", "polars", "parquet"},
     description=(
         "TIFU-KNN next-basket model (time-decayed repeat frequencies blended with the nearest customers'), "
@@ -43,7 +44,8 @@ def nbr_model(
     chosen = model_selection["best_per_method"].get(TifuKnn.name, {})
     params = chosen.get("params", {})
     t0 = time.perf_counter()
-    window = TrainingWindow(ratings=ratings, baskets=training_baskets(orders_imputed, raw_order_products))
+    # the model reads the orders and lines directly; the baskets frame is never built
+    window = TrainingWindow(ratings=ratings, orders=orders_imputed, lines=raw_order_products)
     rec = TifuKnn(**params).fit(window)
     users = orders_imputed["user_id"].unique().sort()
     # complete lists, as exported: short and cold users topped up from popularity
@@ -57,6 +59,5 @@ def nbr_model(
             "params": MetadataValue.json(rec.params),
             "users_with_list": recs["user_id"].n_unique(),
             "fit_and_score_seconds": float(seconds),
-            "dagster/row_count": recs.height,
         },
     )

@@ -37,7 +37,10 @@ from insightflow_assets.nbr.neighbors import (
     search_space,
 )
 
-__all__ = ["TifuParams", "Neighbourhoods", "SOURCE", "tifu_knn_recommend", "neighbour_lists", "score_users"]
+__all__ = [
+    "TifuParams", "Neighbourhoods", "SOURCE", "tifu_knn_recommend", "tifu_knn_recommend_many",
+    "neighbour_lists", "score_users", "score_users_alphas",
+]
 
 SOURCE = pl.Enum(["repeat", "neighbors"])
 _REPEAT, _NEIGHBORS = 0, 1
@@ -105,19 +108,22 @@ def neighbour_lists(
     seed: int = 42,
     factors: np.ndarray | None = None,
     space: tuple | None = None,
+    labels: np.ndarray | None = None,
 ) -> Neighbourhoods:
     """Search the neighbour lists for the user rows ``rows`` (None: all).
 
     Candidates are always all users of ``vectors``; k is capped at
     n_users - 1. Only the clusters holding ``rows`` are searched. ``space``:
     a ``search_space(...)`` result to reuse (then the space arguments are
-    ignored)."""
+    ignored); ``labels``: a ``micro_clusters(space points, cluster_size,
+    seed)`` result to reuse."""
     n = vectors.shape[0]
     k = int(max(0, min(int(k_neighbors), n - 1)))
     if space is None:
         space = search_space(vectors, neighbor_space, metric=metric, dim=dim, factors=factors, seed=seed)
     pts, bias = space
-    labels = micro_clusters(pts, cluster_size, seed=seed)
+    if labels is None:
+        labels = micro_clusters(pts, cluster_size, seed=seed)
     clusters = np.unique(labels if rows is None else labels[rows])
     if int(labels.max(initial=-1)) + 1 == n:  # one user per cluster: the user is the query
         queries = pts[clusters]
@@ -161,15 +167,58 @@ def tifu_knn_recommend(
     ``recs`` schema plus ``source``; deterministic for a seed. Users without
     a vector get no rows.
     """
+    config = {"k_neighbors": k_neighbors, "alpha": alpha, "neighbor_space": neighbor_space, "metric": metric,
+              "dim": dim, "cluster_size": cluster_size, "seed": seed}
+    return tifu_knn_recommend_many(vectors, user_ids, item_ids, users, n, [config], factors=factors)[0]
+
+
+def tifu_knn_recommend_many(
+    vectors: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    users: Iterable[int] | pl.Series | pl.DataFrame | np.ndarray | None,
+    n: int,
+    configs: list[dict],
+    *,
+    factors: np.ndarray | None = None,
+) -> list[pl.DataFrame]:
+    """``tifu_knn_recommend`` of several configurations (``TifuParams.knn_kwargs()``
+    dicts, missing keys at their defaults) on the same vectors and users; each
+    list is exactly what its own call returns. What configurations agree on is
+    computed once: the search space and micro-clusters, the neighbour lists of
+    one k, and the neighbour sums of every alpha of one k (model selection
+    tries a grid of k and alpha on one set of vectors)."""
     x = _csr(vectors)
     rows = _query_rows(np.asarray(user_ids, dtype=np.int64), users)
     if n <= 0 or rows.size == 0 or x.shape[1] == 0:
-        return _empty()
-    hoods = neighbour_lists(
-        x, rows, k_neighbors=k_neighbors, neighbor_space=neighbor_space, metric=metric,
-        dim=dim, cluster_size=cluster_size, seed=seed, factors=factors,
-    )
-    return score_users(x, user_ids, item_ids, rows, hoods, n, alpha=alpha)
+        return [_empty() for _ in configs]
+    full = [{**TifuParams().knn_kwargs(), **c} for c in configs]
+    out: list[pl.DataFrame] = [_empty()] * len(full)
+    spaces: dict[tuple, tuple] = {}
+    labels: dict[tuple, np.ndarray] = {}
+    for hood, members in _by_neighbourhood(full).items():
+        c = dict(hood)
+        space_key = (c["neighbor_space"], c["metric"], c["dim"], c["seed"])
+        if space_key not in spaces:
+            spaces[space_key] = search_space(
+                x, c["neighbor_space"], metric=c["metric"], dim=c["dim"], factors=factors, seed=c["seed"]
+            )
+        label_key = (*space_key, c["cluster_size"])
+        if label_key not in labels:
+            labels[label_key] = micro_clusters(spaces[space_key][0], c["cluster_size"], seed=c["seed"])
+        hoods = neighbour_lists(x, rows, **c, factors=factors, space=spaces[space_key], labels=labels[label_key])
+        alphas = [full[i]["alpha"] for i in members]
+        for i, frame in zip(members, score_users_alphas(x, user_ids, item_ids, rows, hoods, n, alphas)):
+            out[i] = frame
+    return out
+
+
+def _by_neighbourhood(configs: list[dict]) -> dict[tuple, list[int]]:
+    """Indices of the configurations per neighbourhood (everything but alpha), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(tuple(sorted((k, v) for k, v in c.items() if k != "alpha")), []).append(i)
+    return groups
 
 
 def _csr(vectors) -> sp.csr_matrix:
@@ -192,21 +241,41 @@ def score_users(
     """Top-``n`` of ``p = alpha u + (1 - alpha) mean(u_nn)`` for the user rows
     ``rows`` (their clusters must be in ``hoods``), ``cluster_block`` clusters
     at a time (memory ~ 2 x cluster_block x n_items float64)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    return score_users_alphas(vectors, user_ids, item_ids, rows, hoods, n, [alpha], cluster_block=cluster_block)[0]
+
+
+def score_users_alphas(
+    vectors: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    rows: np.ndarray,
+    hoods: Neighbourhoods,
+    n: int,
+    alphas: list[float],
+    *,
+    cluster_block: int = 64,
+) -> list[pl.DataFrame]:
+    """``score_users`` for every alpha of ``alphas``: the neighbour sums and each
+    user's candidates (own items, explore items) do not depend on alpha, so a
+    block computes them once and ranks them once per alpha."""
+    for alpha in alphas:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     x = _csr(vectors)
     rows = np.asarray(rows, dtype=np.int64)
     if n <= 0 or rows.size == 0:
-        return _empty()
+        return [_empty() for _ in alphas]
     pos = np.searchsorted(hoods.clusters, hoods.labels[rows])
     order = np.argsort(pos, kind="stable")
     rows, pos = rows[order], pos[order]
-    parts = []
+    parts: list[list] = [[] for _ in alphas]
     for s in range(0, hoods.clusters.size, cluster_block):
         lo, hi = np.searchsorted(pos, [s, s + cluster_block])
         if hi > lo:
-            parts.append(_score_block(x, rows[lo:hi], pos[lo:hi] - s, hoods.lists[s : s + cluster_block], alpha, int(n)))
-    return _frame(parts, np.asarray(user_ids), np.asarray(item_ids))
+            cands = _block_candidates(x, rows[lo:hi], pos[lo:hi] - s, hoods.lists[s : s + cluster_block], int(n))
+            for part, alpha in zip(parts, alphas):
+                part.append(_blend(rows[lo:hi], cands, alpha, int(n)))
+    return [_frame(part, np.asarray(user_ids), np.asarray(item_ids)) for part in parts]
 
 
 def _neighbour_sums(x: sp.csr_matrix, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -225,8 +294,10 @@ def _neighbour_sums(x: sp.csr_matrix, lists: np.ndarray) -> tuple[np.ndarray, np
     return a, a + x[lists[:, k]].toarray(), k
 
 
-def _score_block(x, urows, local, lists, alpha, n):
-    """Top-n of the users ``urows`` (their cluster = ``local`` into ``lists``)."""
+def _block_candidates(x, urows, local, lists, n):
+    """What the users ``urows`` (their cluster = ``local`` into ``lists``) can be
+    recommended, before alpha: own items ``(u, item, own value, neighbour sum)``,
+    the first n explore items ``(u, item, neighbour sum)`` and k."""
     a, b, k = _neighbour_sums(x, lists)
     # a member among its cluster's first k neighbours swaps itself for the (k+1)-th
     keys = np.sort((np.arange(lists.shape[0])[:, None] * x.shape[0] + lists[:, :k]).ravel())
@@ -239,8 +310,14 @@ def _score_block(x, urows, local, lists, alpha, n):
     own_u = np.repeat(np.arange(urows.size), np.diff(sub.indptr))
     own_i, own_v = sub.indices.astype(np.int64), sub.data.astype(np.float64)
     m_own = sums[variant[own_u], own_i] - np.where(inlist[own_u], own_v, 0.0)
+    explore = _explore(sums, variant, own_u * _KEY_SHIFT + own_i, np.diff(sub.indptr), n, x.shape[1])
+    return (own_u, own_i, own_v, m_own), explore, k
+
+
+def _blend(urows, cands, alpha, n):
+    """Top-n of ``alpha u + (1 - alpha) m / k`` over a block's candidates."""
+    (own_u, own_i, own_v, m_own), (ex_u, ex_i, ex_s), k = cands
     own_s = alpha * own_v + (1.0 - alpha) * m_own / max(k, 1)
-    ex_u, ex_i, ex_s = _explore(sums, variant, own_u * _KEY_SHIFT + own_i, np.diff(sub.indptr), n, x.shape[1])
     ex_s = (1.0 - alpha) * ex_s / max(k, 1)
     return _top_n(
         urows,

@@ -35,6 +35,8 @@ a product once (ingest validates this), so lines are multi-hot.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -45,6 +47,9 @@ Frame = pl.DataFrame | pl.LazyFrame
 
 __all__ = [
     "basket_weights",
+    "BasketLayout",
+    "basket_layout",
+    "layout_vectors",
     "tifu_user_vectors",
     "target_cutoffs",
     "previous_basket_cutoffs",
@@ -100,21 +105,34 @@ def basket_weights(
     cutoff``; None keeps every basket. Sorted by ``user_id, order_number``.
     """
     _check_params(group_size, within_decay, group_decay)
-    m = int(group_size)
+    return _weighted(_ordered_baskets(orders, lines, cutoff), group_size, within_decay, group_decay)
+
+
+def _ordered_baskets(orders: Frame, lines: Frame, cutoff: Frame | None) -> pl.DataFrame:
+    """``order_id, user_id, order_number, back, _n`` (the user's number of baskets),
+    sorted by ``user_id, order_number``: the baskets, before any decay."""
     # integer row position of a basket within its user (sorted), via a global
     # index minus the index of the user's first row (cheaper than .over)
     idx = pl.int_range(0, pl.len(), dtype=pl.Int32)
     first = (pl.col("user_id") != pl.col("user_id").shift(1)).fill_null(True)
     pos = idx - pl.when(first).then(idx).forward_fill()
     n = pl.len().over("user_id").cast(pl.Int32)
-    back = n - 1 - pos
-    g = back // m
-    n_groups = (n + m - 1) // m
-    size = pl.min_horizontal(pl.lit(m, pl.Int32), n - g * m)  # oldest group may be partial
     return (
         _baskets(orders, lines, cutoff)
         .sort("user_id", "order_number")
-        .with_columns(back=back.cast(pl.Int32), group=g.cast(pl.Int32), _n_groups=n_groups, _size=size)
+        .with_columns(back=(n - 1 - pos).cast(pl.Int32), _n=n)
+        .collect()
+    )
+
+
+def _weighted(baskets: pl.DataFrame, group_size: int, within_decay: float, group_decay: float) -> pl.DataFrame:
+    """`basket_weights` of `_ordered_baskets`."""
+    m = int(group_size)
+    n, g = pl.col("_n"), pl.col("back") // m
+    size = pl.min_horizontal(pl.lit(m, pl.Int32), n - g * m)  # oldest group may be partial
+    return (
+        baskets.lazy()
+        .with_columns(group=g.cast(pl.Int32), _n_groups=(n + m - 1) // m, _size=size)
         .with_columns(
             weight=(
                 pl.lit(float(within_decay)).pow(pl.col("back") % m)
@@ -126,6 +144,61 @@ def basket_weights(
         .select("order_id", "user_id", "order_number", "back", "group", "weight")
         .collect()
     )
+
+
+@dataclass(frozen=True)
+class BasketLayout:
+    """Everything of the TIFU vectors but the decays: the baskets (`_ordered_baskets`),
+    the row of each basket's user, and the lines as a runs x items multi-hot matrix with
+    the basket of each run. Decay settings fitted on one window share it."""
+
+    baskets: pl.DataFrame
+    users: np.ndarray
+    user_row: np.ndarray
+    run_basket: np.ndarray
+    lines: sp.csr_matrix
+    items: np.ndarray
+
+
+def basket_layout(
+    orders: Frame, lines: Frame, cutoff: Frame | None = None, *, item_ids: np.ndarray | None = None
+) -> BasketLayout:
+    """The `BasketLayout` of the baskets before each cutoff (arguments as `tifu_user_vectors`)."""
+    b = _ordered_baskets(orders, lines, cutoff)
+    lf = lines.collect() if isinstance(lines, pl.LazyFrame) else lines
+    oid = _ints(lf.get_column("order_id"))
+    pid = _ints(lf.get_column("product_id"))
+    users, user_row = np.unique(b.get_column("user_id").to_numpy(), return_inverse=True)
+    # runs of equal order_id; keep the lines of runs whose order is a used basket
+    starts = np.flatnonzero(np.r_[True, oid[1:] != oid[:-1]]) if oid.size else np.empty(0, np.int64)
+    basket = _positions(b.get_column("order_id").to_numpy(), oid[starts])
+    lens = np.diff(np.r_[starts, oid.size])
+    del oid
+    pid = pid[np.repeat(basket >= 0, lens)]
+    basket, lens = basket[basket >= 0], lens[basket >= 0]
+    items = _unique(pid) if item_ids is None else _unique(np.asarray(item_ids))
+    cols = _positions(items, pid)
+    del pid
+    if (cols < 0).any():  # products outside the given catalogue
+        lens = np.bincount(np.repeat(np.arange(lens.size), lens)[cols >= 0], minlength=lens.size)
+        cols = cols[cols >= 0]
+    lmat = sp.csr_matrix(
+        (np.ones(cols.size, np.float32), cols.astype(np.int32), np.r_[0, np.cumsum(lens)]),
+        shape=(lens.size, items.size),
+    )
+    return BasketLayout(baskets=b, users=users, user_row=user_row, run_basket=basket, lines=lmat, items=items)
+
+
+def layout_vectors(
+    layout: BasketLayout, *, group_size: int = 3, within_decay: float = 0.9, group_decay: float = 0.7
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """`tifu_user_vectors` of a `basket_layout`: the decays' basket weights times the lines."""
+    _check_params(group_size, within_decay, group_decay)
+    w = _weighted(layout.baskets, group_size, within_decay, group_decay)
+    rmat = _run_weights(w, layout.user_row, layout.run_basket, layout.users.size)
+    x = sp.csr_matrix(rmat @ layout.lines, dtype=np.float32)
+    x.sort_indices()
+    return x, layout.users.astype(np.int32), layout.items.astype(np.int32)
 
 
 def tifu_user_vectors(
@@ -154,38 +227,22 @@ def tifu_user_vectors(
     but the item column) and ``R`` (users x runs) the basket weights. That
     replaces a 32 M-row join + group_by (14 s, +1.5 GB at Instacart scale).
     """
-    w = basket_weights(
-        orders, lines, cutoff,
-        group_size=group_size, within_decay=within_decay, group_decay=group_decay,
-    )
-    lf = lines.collect() if isinstance(lines, pl.LazyFrame) else lines
-    oid = _ints(lf.get_column("order_id"))
-    pid = _ints(lf.get_column("product_id"))
-    users, user_row = np.unique(w.get_column("user_id").to_numpy(), return_inverse=True)
-    # runs of equal order_id; keep the lines of runs whose order is a used basket
-    starts = np.flatnonzero(np.r_[True, oid[1:] != oid[:-1]]) if oid.size else np.empty(0, np.int64)
-    basket = _positions(w.get_column("order_id").to_numpy(), oid[starts])
-    lens = np.diff(np.r_[starts, oid.size])
-    del oid
-    pid = pid[np.repeat(basket >= 0, lens)]
-    basket, lens = basket[basket >= 0], lens[basket >= 0]
-    items = _unique(pid) if item_ids is None else _unique(np.asarray(item_ids))
-    cols = _positions(items, pid)
-    del pid
-    if (cols < 0).any():  # products outside the given catalogue
-        lens = np.bincount(np.repeat(np.arange(lens.size), lens)[cols >= 0], minlength=lens.size)
-        cols = cols[cols >= 0]
-    lmat = sp.csr_matrix(
-        (np.ones(cols.size, np.float32), cols.astype(np.int32), np.r_[0, np.cumsum(lens)]),
-        shape=(lens.size, items.size),
-    )
-    rmat = sp.csr_matrix(
-        (w.get_column("weight").to_numpy()[basket].astype(np.float32), (user_row[basket], np.arange(basket.size))),
-        shape=(users.size, basket.size),
-    )
-    x = sp.csr_matrix(rmat @ lmat, dtype=np.float32)
-    x.sort_indices()
-    return x, users.astype(np.int32), items.astype(np.int32)
+    _check_params(group_size, within_decay, group_decay)
+    layout = basket_layout(orders, lines, cutoff, item_ids=item_ids)
+    return layout_vectors(layout, group_size=group_size, within_decay=within_decay, group_decay=group_decay)
+
+
+def _run_weights(w: pl.DataFrame, user_row: np.ndarray, basket: np.ndarray, n_users: int) -> sp.csr_matrix:
+    """``R`` (users x runs): each run's basket weight in its user's row.
+
+    A user's entries are stored oldest basket first (``w`` is sorted by user, order_number),
+    and the sparse product adds them in stored order: the float32 sums are then the same
+    whatever order the lines come in (raw order lines, or baskets sorted by user)."""
+    order = np.argsort(basket, kind="stable")
+    rows = user_row[basket[order]]
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n_users))]
+    data = w.get_column("weight").to_numpy()[basket[order]].astype(np.float32)
+    return sp.csr_matrix((data, order.astype(np.int32), indptr), shape=(n_users, basket.size))
 
 
 def _ints(s: pl.Series) -> np.ndarray:
@@ -234,11 +291,12 @@ def _positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return out
 
 
-def target_cutoffs(orders: Frame, order_products: Frame) -> pl.DataFrame:
+def target_cutoffs(orders: Frame, order_products: Frame, back: int = 0) -> pl.DataFrame:
     """``user_id, cutoff``: each user's target order_number, by the project's
     rule (``ratings.build.target_orders``: the ``eval_set == "train"`` order,
-    else the last order with lines). Fitting with it uses exactly the baskets
-    the ``ratings`` use."""
+    else the last order with lines; ``back=1``: the validation basket before
+    it). Fitting with it uses exactly the baskets the ``ratings`` (built with
+    the same ``back``) use."""
     from insightflow_assets.ratings.build import target_orders
 
     lf = _lazy(orders)
@@ -250,7 +308,7 @@ def target_cutoffs(orders: Frame, order_products: Frame) -> pl.DataFrame:
         extra.append(pl.lit(None, pl.Float32).alias("days_since_prior_order"))
     if "eval_set" not in cols:
         extra.append(pl.lit("prior").alias("eval_set"))
-    t = target_orders(lf.with_columns(extra) if extra else lf, order_products)
+    t = target_orders(lf.with_columns(extra) if extra else lf, order_products, back)
     return t.select(pl.col("user_id").cast(pl.Int32), pl.col("order_number").cast(pl.Int32).alias("cutoff"))
 
 

@@ -22,10 +22,10 @@ from insightflow_assets.evaluation.offline import (
 )
 from insightflow_assets.model.als import AlsModel
 from insightflow_assets.postrank.export import complete_lists
-from insightflow_assets.ratings.build import training_baskets
 from insightflow_assets.recommenders import REGISTRY, TrainingWindow
 from insightflow_assets.recommenders.als import AlsPostrank
 from resources.io_manager import ArtifactFolder
+from resources.layout import Artifact
 
 GROUP = "postrank"
 
@@ -37,7 +37,7 @@ class ExportConfig(Config):
 
 
 class PostrankConfig(EvalConfig):
-    """The seed's post-rank, evaluated as before whichever method is exported."""
+    """The post-rank (ALS + popularity hybrid + MMR), evaluated whichever method is exported."""
 
     k: int = 20
     candidates: int = 100  # top-N ALS candidates re-ranked per user
@@ -54,6 +54,7 @@ class PostrankConfig(EvalConfig):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/recos/run-{ts}", ("user_recos.parquet",)),
     kinds={"numpy", "polars", "parquet"},
     description=(
         "Recommendations for every user from the method that won on validation (model_selection), "
@@ -75,7 +76,9 @@ def user_recos(
     method, params = model_selection["winner"]["method"], model_selection["winner"]["params"]
     if method not in REGISTRY:
         raise ValueError(f"user_recos: unknown method {method!r} (known: {', '.join(REGISTRY)})")
-    window = TrainingWindow(ratings=ratings, baskets=training_baskets(orders_imputed, raw_order_products))
+    # baskets built only if the exported model is fitted here and reads them: stored models
+    # (TIFU-KNN's lists, ALS's factors) and the baselines never do
+    window = TrainingWindow(ratings=ratings, orders=orders_imputed, lines=raw_order_products)
     rec = REGISTRY[method].for_export(params, window, {"als_model": als_model, "nbr_model": nbr_model})
     users = orders_imputed["user_id"].unique().sort()
     recos = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
@@ -95,9 +98,10 @@ def user_recos(
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/eval/als-postrank-{ts}", ("metrics.json", "coverage.json")),
     kinds={"polars", "json"},
     description=(
-        "The seed's post-rank (ALS + popularity hybrid + MMR) scored like als_eval (same users, same "
+        "ALS lists post-ranked (popularity hybrid + MMR) and scored like als_eval (same users, same "
         "baselines), plus diversity and novelty, and the exported lists (user_recos) beside it."
     ),
 )

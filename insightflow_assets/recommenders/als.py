@@ -83,10 +83,27 @@ class AlsPostrank(Als):
         return rec
 
     def _recommend(self, users: np.ndarray, n: int) -> pl.DataFrame:
+        return self._rerank(self._candidates(users, n), users, n)
+
+    def _candidates(self, users: np.ndarray, n: int) -> pl.DataFrame:
+        return recommend(self.model, None, users, max(self.postrank["candidates"], n), filter_already_bought=False)
+
+    @classmethod
+    def _recommend_many(cls, recs: list["Recommender"], users: np.ndarray, n: int) -> list[pl.DataFrame]:
+        # one ALS scoring for every re-ranking of the same model and candidate count
+        pools: dict[tuple, pl.DataFrame] = {}
+        out = []
+        for rec in recs:
+            key = (id(rec.model), max(rec.postrank["candidates"], n))
+            if key not in pools:
+                pools[key] = rec._candidates(users, n)
+            out.append(rec._rerank(pools[key], users, n))
+        return out
+
+    def _rerank(self, candidates: pl.DataFrame, users: np.ndarray, n: int) -> pl.DataFrame:
         from insightflow_assets.postrank.rerank import postrank
 
         p = self.postrank
-        candidates = recommend(self.model, None, users, max(p["candidates"], n), filter_already_bought=False)
         out = postrank(
             candidates,
             k=n,

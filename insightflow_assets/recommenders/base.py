@@ -12,6 +12,7 @@ module that defines and registers a subclass, and importing it in `recommenders/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,17 +28,49 @@ RECS_SCHEMA = {
 }
 
 
-@dataclass(frozen=True)
 class TrainingWindow:
     """What the users did before their target baskets.
 
     ``ratings``: one row per (user, product) — ``user_id, product_id, purchases, rating`` — as
     built by `ratings.build.build_ratings`; ``baskets``: ``user_id, order_number, product_id``
     of the same orders (`ratings.build.training_baskets`), for models that need basket order.
+
+    Give the baskets, or the ``orders`` and order ``lines`` they come from (``back`` as in
+    `training_baskets`): then they are built on first read only. Building them at full scale
+    costs more than most models (a 32 M-row unique + sort), an export that reuses a stored
+    model never reads them, and a model may read the orders and lines directly instead.
     """
 
-    ratings: pl.DataFrame
-    baskets: pl.DataFrame
+    def __init__(
+        self,
+        ratings: pl.DataFrame,
+        baskets: pl.DataFrame | None = None,
+        *,
+        orders: pl.DataFrame | None = None,
+        lines: pl.DataFrame | None = None,
+        back: int = 0,
+    ) -> None:
+        if baskets is None and (orders is None or lines is None):
+            raise ValueError("TrainingWindow needs the baskets, or the orders and lines they come from")
+        self.ratings = ratings
+        self.orders, self.lines, self.back = orders, lines, back
+        self._baskets = baskets
+        self._memo: dict[str, Any] = {}
+
+    @property
+    def baskets(self) -> pl.DataFrame:
+        if self._baskets is None:
+            from insightflow_assets.ratings.build import training_baskets
+
+            self._baskets = training_baskets(self.orders, self.lines, back=self.back)
+        return self._baskets
+
+    def memo(self, key: str, build: Callable[[], Any]) -> Any:
+        """What models derive from the window alone, built once per window however many
+        configurations ask (e.g. TIFU-KNN's basket layout, the same for every decay)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
 
 class Recommender(ABC):
@@ -82,9 +115,26 @@ class Recommender(ABC):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        ids = np.unique(np.asarray(users.to_numpy() if isinstance(users, pl.Series) else users, dtype=np.int64))
-        out = self._recommend(ids.astype(np.int32), n)
-        return as_recs(out)
+        return as_recs(self._recommend(_ids(users), n))
+
+    @classmethod
+    def recommend_many(cls, recs: list["Recommender"], users: Any, n: int) -> list[pl.DataFrame]:
+        """`recommend` of several fitted recommenders of this class that share one fit, on the
+        same users. One by one here; a class whose configurations share more than the fit
+        (neighbourhoods, candidate lists) overrides `_recommend_many` to compute that once."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return [as_recs(out) for out in cls._recommend_many(recs, _ids(users), n)]
+
+    @classmethod
+    def _recommend_many(cls, recs: list["Recommender"], users: np.ndarray, n: int) -> list[pl.DataFrame]:
+        return [rec._recommend(users, n) for rec in recs]
+
+
+def _ids(users: Any) -> np.ndarray:
+    """Distinct sorted int32 user ids of a series, array or list."""
+    ids = np.unique(np.asarray(users.to_numpy() if isinstance(users, pl.Series) else users, dtype=np.int64))
+    return ids.astype(np.int32)
 
 
 def as_recs(frame: pl.DataFrame) -> pl.DataFrame:

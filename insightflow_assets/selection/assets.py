@@ -8,7 +8,14 @@ from pydantic import Field
 
 from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.model.als import DEFAULT_PARAMS
-from insightflow_assets.selection.select import default_candidates, select, validation_split, validation_users
+from insightflow_assets.selection.select import (
+    REPORTED,
+    default_candidates,
+    select,
+    validation_split,
+    validation_users,
+)
+from resources.layout import Artifact
 
 GROUP = "evaluation"
 
@@ -26,6 +33,7 @@ class SelectionConfig(Config):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/eval/selection-{ts}", ("selection.json",)),
     kinds={"polars", "json"},
     description=(
         "Every recommender (baselines included) and its grid fitted on the baskets before each user's "
@@ -49,7 +57,8 @@ def model_selection(
         metadata={
             "winner": win["label"],
             "validation_users": report["users"],
-            **{f"validation_{m}_map@10": float(v["map@10"]) for m, v in best.items()},
+            # every method's best validation scores as floats: the UI plots them across runs
+            **{f"validation_{m}_{metric}": float(v[metric]) for m, v in best.items() for metric in REPORTED},
             "candidates": MetadataValue.json(report["candidates"]),
         },
     )
