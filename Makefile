@@ -22,11 +22,12 @@ run: install
 	fi
 	$(BIN)/insightflow run
 
-# `insightflow init` sets up a fresh DAGSTER_HOME under its lock first: `dagster dev` opens the
+# `insightflow init` sets up a fresh DAGSTER_HOME under its lock first: `dg dev` opens the
 # instance in several processes without one, and may race a `make run` started alongside.
+# `dg dev` serves the code location that [tool.dg] in pyproject.toml names, with .venv's python.
 ui: install
 	$(BIN)/insightflow init
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dg dev -h 127.0.0.1 -p 3000
 
 # Debian's chromium for the UI test (no browser download); installed when we are root.
 system-deps:
@@ -44,7 +45,8 @@ check: install
 	$(BIN)/insightflow check $(RUN)
 
 # Benchmarks at Instacart scale (minutes, not CI): foundation stages, the whole graph with its
-# scaling curve, and the peers (pandas, Spark MLlib ALS; Java is installed here when missing).
+# scaling curve, the peers (pandas, Spark MLlib ALS; Java is installed here when missing), and
+# the bytes a run writes to the event log.
 bench: install
 	@command -v java >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -54,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/run_scale.py --curve
 	$(BIN)/python benchmarks/bench_peers.py
+	$(BIN)/python benchmarks/bench_event_log.py
 
 clean:
 	rm -rf data .dagster_home/storage .dagster_home/history .dagster_home/schedules .dagster_home/logs

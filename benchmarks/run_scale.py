@@ -91,7 +91,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
             ends[ev.step_key] = rec.timestamp
         elif ev.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             mat = ev.event_specific_data.materialization
-            value = mat.metadata.get("rows")
+            value = mat.metadata.get("dagster/row_count")  # set by the IO manager on every table
             rows[mat.asset_key.to_user_string()] = int(value.value) if value is not None else None
 
     graph = defs.resolve_asset_graph()

@@ -5,7 +5,7 @@ an instance is opened on a fresh ``DAGSTER_HOME``, and nothing serializes two pr
 it: two commands at once can stamp two revisions, and every later command then fails with
 "Version table 'alembic_version' has more than one head present". So the instance is opened
 under an exclusive lock in ``DAGSTER_HOME`` (``make ui`` takes it too, through
-``insightflow init``, before ``dagster dev`` opens the instance itself).
+``insightflow init``, before ``dg dev`` opens the instance itself).
 
 The locks are ``flock`` locks: released by the kernel when their process dies, so a killed
 command never leaves a stale lock behind; and held per open file, so they serialize threads

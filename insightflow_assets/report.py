@@ -176,7 +176,7 @@ def failure_lines(outcome) -> list[str]:
 def log_pointer(run_id: str, run_key: str) -> str:
     home = os.getenv("DAGSTER_HOME", "DAGSTER_HOME")
     return (
-        f"full log: Dagster run {run_id or '?'} of partition {run_key} — `make ui` (or `dagster dev`) → Runs, "
+        f"full log: Dagster run {run_id or '?'} of partition {run_key} — `make ui` (or `dg dev`) → Runs, "
         f"DAGSTER_HOME={home}; or rerun with --log-level INFO"
     )
 

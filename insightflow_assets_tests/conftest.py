@@ -93,3 +93,25 @@ def s3_defs(s3, clean_bucket: str, curated_bucket: str, prefix: str = "insightfl
     return defs_for(
         S3Storage(s3=s3, bucket=clean_bucket, prefix="instacart"), S3Storage(s3=s3, bucket=curated_bucket, prefix=prefix), **rfm
     )
+
+
+SMALL_RUN = "run-20260401-000000"
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, small_clean_dir):
+    """The whole graph but ``latest_manifest``, run once on the small fixture, kept with its
+    instance: what the metadata and blocking-check tests read. Nothing is promoted yet, so a
+    test can show that a run is (or is not) promoted. A test that alters a stored file must
+    put it back (test_blocking_checks restores every file after each test)."""
+    from types import SimpleNamespace
+
+    from insightflow_assets.runner import run_graph
+
+    curated = tmp_path_factory.mktemp("small_run_curated")
+    defs = local_defs(small_clean_dir, curated)
+    assets = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
+    with DagsterInstance.ephemeral() as inst:
+        outcome = run_graph(inst, run_key=SMALL_RUN, defs=defs, selection=[a for a in assets if a != "latest_manifest"])
+        assert outcome.ok, outcome.errors
+        yield SimpleNamespace(instance=inst, defs=defs, curated=curated, run_key=SMALL_RUN, outcome=outcome)

@@ -1,20 +1,23 @@
-"""Automation: the source-data sensor (local and S3), the daily schedule, backfills and checks."""
+"""Automation: the source-data sensor (local and S3), the daily retraining sensor, backfills and checks."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timezone
 
 import polars as pl
 import pytest
-from dagster import SensorResult, SkipReason, build_schedule_context, build_sensor_context
+from dagster import SensorResult, SkipReason, build_sensor_context
 
 from insightflow_assets.automation.fingerprint import run_tag, source_state
+from insightflow_assets.automation import sensors
 from insightflow_assets.automation.sensors import daily_retrain, new_source_data
 from insightflow_assets.data.generate import generate_instacart, write_instacart
 from insightflow_assets.runner import run_checks, run_graph
 from insightflow_assets_tests.conftest import local_defs
 from resources import LocalStorage, S3Storage
+from resources.layout import parse_run_key
 
 
 def tick(instance, source, cursor):
@@ -95,14 +98,60 @@ def test_sensor_on_s3_with_success_marker(s3_buckets, small_clean_dir, instance)
     assert isinstance(result, SkipReason)
 
 
-def test_daily_schedule_registers_a_run(tmp_path):
-    from dagster import DagsterInstance
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
-    with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        request = daily_retrain(build_schedule_context(instance=instance))
-        assert request.partition_key.endswith("-daily") and request.run_key == request.partition_key
-        assert instance.get_dynamic_partitions("runs") == [request.partition_key]
-    assert daily_retrain.cron_schedule == "0 3 * * *" and daily_retrain.execution_timezone == "UTC"
+
+def daily_tick(instance, cursor, now, monkeypatch):
+    """Evaluate `daily_retrain` at ``now`` as the daemon or a UI preview does (nothing applied)."""
+    monkeypatch.setattr(sensors, "_now", lambda: utc(now))
+    with build_sensor_context(instance=instance, cursor=cursor) as ctx:
+        result = daily_retrain(ctx)
+        return result, result.cursor if isinstance(result, SensorResult) else ctx.cursor
+
+
+def test_daily_retrain_evaluation_registers_nothing_and_keys_runs_by_the_tick(instance, monkeypatch):
+    yesterday = "2026-11-21T03:00:00+00:00"
+    first, cursor = daily_tick(instance, yesterday, "2026-11-22T10:00:00", monkeypatch)
+    assert isinstance(first, SensorResult) and cursor == "2026-11-22T03:00:00+00:00"
+    (request,) = first.run_requests
+    key = "run-20261122-030000-daily"  # the tick's time, not the clock's
+    assert request.run_key == request.partition_key == key and parse_run_key(key) == ("20261122-030000", "daily")
+    (add,) = first.dynamic_partitions_requests
+    assert add.partitions_def_name == "runs" and list(add.partition_keys) == [key]
+    assert instance.get_dynamic_partitions("runs") == []  # evaluating registered nothing
+
+    # the same tick evaluated again later (a preview, a daemon retry): the same key
+    again, _ = daily_tick(instance, yesterday, "2026-11-22T17:45:12", monkeypatch)
+    assert [r.run_key for r in again.run_requests] == [key]
+    assert list(again.dynamic_partitions_requests[0].partition_keys) == [key]
+    assert instance.get_dynamic_partitions("runs") == []
+
+    apply(instance, first)  # what the daemon does; with the cursor kept, the tick is done
+    done, kept = daily_tick(instance, cursor, "2026-11-23T02:59:59", monkeypatch)
+    assert isinstance(done, SkipReason) and kept == cursor and "next is 2026-11-23T03:00:00" in done.skip_message
+    nxt, _ = daily_tick(instance, cursor, "2026-11-23T03:00:30", monkeypatch)
+    assert [r.run_key for r in nxt.run_requests] == ["run-20261123-030000-daily"]
+    assert instance.get_dynamic_partitions("runs") == [key]
+
+
+def test_daily_retrain_waits_for_the_next_tick_and_catches_up_once(instance, monkeypatch):
+    # switched on for the first time at 10:00: no run for the 03:00 that has passed
+    start, cursor = daily_tick(instance, None, "2026-11-22T10:00:00", monkeypatch)
+    assert isinstance(start, SkipReason) and cursor == "2026-11-22T03:00:00+00:00"
+    assert "2026-11-23T03:00:00" in start.skip_message
+    # the daemon down for three days: one run, for the latest tick
+    late, cursor = daily_tick(instance, cursor, "2026-11-25T09:00:00", monkeypatch)
+    assert [r.partition_key for r in late.run_requests] == ["run-20261125-030000-daily"]
+    assert cursor == "2026-11-25T03:00:00+00:00" and instance.get_dynamic_partitions("runs") == []
+
+
+def test_daily_retrain_is_a_sensor_of_the_code_location():
+    from insightflow_assets.definitions import defs
+
+    assert defs.resolve_sensor_def("daily_retrain") is daily_retrain
+    assert not list(defs.schedules or [])  # no schedule left to register partitions as it is evaluated
+    assert daily_retrain.metadata["cron_schedule"].value == "0 3 * * *"
 
 
 def test_backfill_of_an_old_run_reproduces_its_results(tmp_path, small_clean_dir, instance):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -453,3 +454,111 @@ def test_charts_do_not_import_dagster_or_pyplot():
 
 def test_pandas_user_seg_accepted(rfm_tables):
     decode(rfm.pca_segments(rfm_tables[0].to_pandas(), sample=300))
+
+
+# --- chart metadata: paths and one small preview, not the charts --------------------------
+
+PREVIEW_CAP = 12_000  # resources.previews.MAX_PREVIEW_BYTES: a test of the promise, not a copy of the code
+LOG_TARGET = 300_000  # bytes of event log per whole run (issue 13)
+
+
+def inline_png(md: str) -> bytes:
+    import base64
+    import re
+
+    (data,) = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", md)
+    return base64.b64decode(data)
+
+
+def test_chart_metadata_names_every_chart_by_path_and_previews_the_first(rfm_tables):
+    from PIL import Image
+
+    from resources.previews import chart_metadata
+
+    user_seg, centroids, seg_pop, products = rfm_tables
+    files, _ = rfm.publish_rfm_charts(user_seg, centroids, seg_pop, products, run_key="run-20261122-020646", params={})
+    files = {**files, "index.json": b"{}"}
+    meta = chart_metadata(files, lambda name: f"/curated/rfm/{name}")
+    assert {k: v.value for k, v in meta.items() if k != "preview"} == {
+        "cluster_profiles": "/curated/rfm/cluster_profiles.png",
+        "pca_segments": "/curated/rfm/pca_segments.png",
+        "seg_pop_lift": "/curated/rfm/seg_pop_lift.png",
+    }
+    md = meta["preview"].value
+    thumb = inline_png(md)
+    assert len(thumb) <= PREVIEW_CAP < len(files["cluster_profiles.png"])
+    with Image.open(io.BytesIO(thumb)) as img:
+        assert max(img.size) <= 400 and img.getcolors(256)  # a palette image, downscaled
+    assert "/curated/rfm/cluster_profiles.png" in md
+
+
+def test_chart_without_a_small_enough_preview_gets_its_path_only():
+    from PIL import Image
+
+    from resources.previews import chart_metadata
+
+    noise = np.random.default_rng(0).integers(0, 255, (1200, 2000, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    meta = chart_metadata({"noise.png": buf.getvalue()}, lambda name: f"/x/{name}")
+    assert set(meta) == {"noise"} and meta["noise"].value == "/x/noise.png"
+
+
+@pytest.fixture(scope="module")
+def run_log(tmp_path_factory, small_clean_dir):
+    """A whole run on the small dataset: its event records and the curated folder."""
+    from dagster import DagsterInstance
+
+    from insightflow_assets.runner import run_graph
+    from insightflow_assets_tests.conftest import local_defs
+
+    curated = tmp_path_factory.mktemp("curated")
+    with DagsterInstance.ephemeral() as instance:
+        assert run_graph(instance, run_key="run-20260601-000000", defs=local_defs(small_clean_dir, curated)).ok
+        yield instance.all_logs(instance.get_runs(limit=1)[0].run_id), curated
+
+
+def log_bytes(records) -> list[int]:
+    from dagster._serdes import serialize_value
+
+    return [len(serialize_value(r)) for r in records]
+
+
+def materializations(records) -> dict:
+    return {
+        r.dagster_event.asset_key.to_user_string(): r.dagster_event.event_specific_data.materialization.metadata
+        for r in records
+        if r.dagster_event is not None and r.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
+    }
+
+
+def test_run_event_log_holds_chart_paths_and_small_previews_not_charts(run_log):
+    records, curated = run_log
+    charted = {"mice_checks": {"mice_day30"}, "eval_charts": {Path(f).stem for f in EVAL_FILES},
+               "rfm_charts": {Path(f).stem for f in RFM_FILES}}
+    mats = materializations(records)
+    for asset, charts in charted.items():
+        meta = mats[asset]
+        for chart in charts:  # every chart is a stored file, named by its path
+            assert Path(meta[chart].value).is_file() and str(curated) in meta[chart].value
+        assert len(inline_png(meta["preview"].value)) <= PREVIEW_CAP
+    # no record carries a whole chart: the largest PNG here is tens of KB, its preview a few
+    assert max(log_bytes(records)) < 40_000
+    images = sum(len(m["preview"].value) for a, m in mats.items() if a in charted)
+    assert images <= 3 * PREVIEW_CAP * 4 / 3 + 1_000  # three base64 previews, each under the cap
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "charts are out of the log (1.17 MB -> ~0.65 MB at 300 or 2,000 users); what is left is "
+        "mostly Dagster's own ~1 KB per event: 365 events, of which the 18 asset-check steps are "
+        "~190 KB and the asset steps' 50 input loads ~130 KB. Under 300 KB needs fewer steps "
+        "(checks run in their asset's step) or inputs. benchmarks/bench_event_log.py breaks it down."
+    ),
+)
+def test_run_event_log_within_target(run_log):
+    records, _ = run_log
+    # The bytes of a run's log do not grow with users (previews are capped, tables previewed by
+    # their first rows), so the 2,000-user target applies to the small dataset as it is.
+    assert sum(log_bytes(records)) <= LOG_TARGET

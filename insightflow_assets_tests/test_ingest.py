@@ -122,6 +122,28 @@ BAD_INPUTS = {
     "dow out of range": (_replace("orders.csv", "5,2,test,2,1", "5,2,test,2,7"), ["orders.csv", "column order_dow", "0–6"]),
     "unknown eval_set": (_replace("orders.csv", "test", "validation"), ["orders.csv", "column eval_set"]),
     "missing id": (_replace("orders.csv", "4,2,prior", "4,,prior"), ["orders.csv", "column user_id", "missing"]),
+    # the products' own keys and references (validate_snapshot): each case fails if its check goes
+    "duplicate product_id": (
+        {"products__dot__csv": TINY["products.csv"] + "2,Oat milk,2,2\n"},
+        ["products.csv", "column product_id", "duplicate value 2"],
+    ),
+    "duplicate aisle_id": (
+        {"aisles__dot__csv": TINY["aisles.csv"] + "2,dairy\n"},
+        ["aisles.csv", "column aisle_id", "duplicate value 2"],
+    ),
+    "unknown aisle": (
+        _replace("products.csv", "2,Milk,2,2", "2,Milk,9,2"),
+        ["products.csv", "column aisle_id", "1 product(s) point at unknown aisles (e.g. 9)"],
+    ),
+    "unknown department": (
+        _replace("products.csv", "2,Milk,2,2", "2,Milk,2,9"),
+        ["products.csv", "column department_id", "1 product(s) point at unknown departments (e.g. 9)"],
+    ),
+    # the train file's case is in test_bad_inputs.py (which file the message names)
+    "product twice in a prior order": (
+        {"order_products__prior__dot__csv": TINY["order_products__prior.csv"] + "1,1,3,0\n"},
+        ["order_products__prior.csv: column product_id: product 1 appears twice in order 1"],
+    ),
 }
 
 

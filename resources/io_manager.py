@@ -7,11 +7,12 @@ What is stored, by the layout's file names:
   ``factors.npz`` + ``params.json``, the exports folder), written file by file.
 
 Values reach downstream assets only through here, so the lineage in the UI is the lineage of
-the data. Each materialization gets the storage path, row counts, a preview and inline plots.
+the data. Each materialization gets the storage path, Dagster's table metadata (row count and
+column schema, `resources.table_metadata`), a preview, and its charts' paths with one small
+inline preview (`resources.previews`).
 """
 
 
-import base64
 import io
 import json
 from collections.abc import Mapping
@@ -22,7 +23,9 @@ import polars as pl
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
 
 from resources.layout import Artifact, artifact, run_ts
+from resources.previews import chart_metadata
 from resources.storage import Storage
+from resources.table_metadata import folder_table_metadata, table_metadata
 
 
 # Input metadata flag: load every upstream run partition as {run_key: value or exception}.
@@ -110,10 +113,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def png_markdown(name: str, data: bytes) -> str:
-    return f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})"
-
-
 class CuratedIOManager(ConfigurableIOManager):
     """Stores each asset at its layout location in the curated `Storage` (local or S3)."""
 
@@ -157,13 +156,14 @@ class CuratedIOManager(ConfigurableIOManager):
             "path": MetadataValue.path(self.storage.uri(spec.run_folder(run_key))),
             "files": MetadataValue.json({n: len(b) for n, b in files.items()}),
         }
+        # Dagster's standard table metadata (Columns tab, row count) for every stored frame,
+        # here rather than in each asset: one source of truth for every table asset.
         if isinstance(obj, pl.DataFrame):
-            meta["rows"] = MetadataValue.int(obj.height)
-            meta["columns"] = MetadataValue.int(obj.width)
+            meta.update(table_metadata(obj.height, obj.schema))
             meta["preview"] = MetadataValue.md(markdown_table(obj))
-        for name, data in files.items():
-            if name.endswith(".png"):
-                meta[name.removesuffix(".png")] = MetadataValue.md(png_markdown(name, data))
+        elif isinstance(obj, ArtifactFolder):
+            meta.update(folder_table_metadata(files))
+        meta.update(chart_metadata(files, lambda name: self.storage.uri(keys[name])))
         context.add_output_metadata(meta)
 
     # --- input --------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The storage layout: the one module that spells storage paths.
+"""The storage layout: how storage paths are built, and the registry of every asset's entry.
 
 Every key is relative to a root that is either ``s3://<bucket>[/<prefix>]`` or a local
 directory; the relative keys are identical in both. This is the seed's tree, plus the
-per-run input snapshot and holdout that make a run reproducible.
+per-run input snapshot and holdout that make a run reproducible. Each asset declares its own
+entry (folder and files) where it is defined; this module owns what an entry means, the
+``latest/`` manifest and lock, and the lookup (`artifact`).
 
 Run keys (``run-YYYYMMDD-HHMMSS[-tag]``) are parsed here too, because the key names the run's
 folders: the ``TS`` of every ``run-TS`` / ``als-TS`` folder below is the key without ``run-``
@@ -13,6 +15,7 @@ the seed's folder names.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -103,65 +106,49 @@ class Artifact:
         return {name: f"{self.latest}/{name}" for name in self.files}
 
 
-_AFTER_MICE = "after-MICE/run-{ts}"
-_RAW = "recsys/raw/run-{ts}"
-_EVAL_CHARTS = "recsys/eval_charts"
+class Declared(Mapping[str, Artifact]):
+    """The storage entries, by name: each is declared beside the asset that writes it
+    (``run_asset(storage=...)`` in ``insightflow_assets.common``), so adding an asset touches
+    its stage package only.
 
-ARTIFACTS: dict[str, Artifact] = {
-    # ingest: the run's input snapshot
-    "raw_orders": Artifact(_RAW, ("orders.parquet",)),
-    "raw_order_products": Artifact(_RAW, ("order_products.parquet",)),
-    "products": Artifact(_RAW, ("products.parquet",)),
-    # imputation
-    "orders_imputed": Artifact(_AFTER_MICE, ("orders_imputed.parquet",)),
-    "mice_checks": Artifact(_AFTER_MICE, ("mice_checks.json", "mice_day30.png")),
-    # recommendation core
-    "ratings": Artifact("recsys/ratings/run-{ts}", ("ratings.parquet",)),
-    "holdout": Artifact("recsys/holdout/run-{ts}", ("holdout.parquet",)),
-    "als_model": Artifact("recsys/models/als-{ts}", ("factors.npz", "params.json")),
-    "als_eval": Artifact("recsys/eval/als-{ts}", ("metrics.json", "coverage.json")),
-    "als_postrank": Artifact("recsys/eval/als-postrank-{ts}", ("metrics.json", "coverage.json")),
-    "model_selection": Artifact("recsys/eval/selection-{ts}", ("selection.json",)),
-    "nbr_model": Artifact("recsys/models/nbr-{ts}", ("recs.parquet", "params.json")),
-    "user_recos": Artifact("recsys/recos/run-{ts}", ("user_recos.parquet",)),
-    # publishing
-    "eval_charts": Artifact(
-        f"{_EVAL_CHARTS}/publish-{{ts}}",
-        tuple(
-            f"{m}_trend.png"
-            for m in ("map", "ndcg", "precision", "recall", "coverage_item", "coverage_user")
-        )
-        + ("metrics_bar.png", "index.json"),
-        latest=f"{_EVAL_CHARTS}/latest",
-    ),
-    # segmentation
-    "user_seg": Artifact("recsys/user_seg/run-{ts}", ("user_seg.parquet",), latest="recsys/user_seg/latest"),
-    "segment_popularity": Artifact(
-        "recsys/segment_popularity/run-{ts}",
-        ("segment_popularity.parquet",),
-        latest="recsys/segment_popularity/latest",
-    ),
-    "rfm_charts": Artifact(
-        f"{_EVAL_CHARTS}/rfm_analysis-{{ts}}",
-        ("cluster_profiles.png", "pca_segments.png", "seg_pop_lift.png", "index.json"),
-    ),
-    "exports": Artifact(
-        "recsys/exports/run-{ts}/data",
-        (
-            "overview.csv",
-            "centroids.parquet",
-            "segment_topn.parquet",
-            "users_high_value.parquet",
-            "users_random.parquet",
-            "user_recos.csv",
-            "user_recos.parquet",
-            "bedrock_inputs.jsonl",
-        ),
-    ),
-    "user_seg_diagnostics": Artifact(
-        "recsys/debug/user-seg-{ts}/diag", ("driver_log.txt", "metrics.json", "orders_schema.json")
-    ),
-}
+    Reading it imports every stage package first: a reader outside a code-location load (the
+    CLI's promotion, the migration one-liner below) must never see a partial table, which
+    would, say, promote nothing. Names iterate sorted, whatever order the stages load in.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Artifact] = {}
+        self.writers: dict[str, str] = {}  # entry -> the asset that writes it
+        self.declared: set[str] = set()  # assets that declared their storage (maybe none)
+        self._loaded = False
+
+    def declare(self, asset: str, entries: Mapping[str, Artifact]) -> None:
+        for name, spec in entries.items():
+            if self.entries.get(name, spec) != spec:
+                raise ValueError(f"storage entry {name!r} declared twice, differently (by {self.writers[name]!r} and {asset!r})")
+            self.entries[name] = spec
+            self.writers[name] = asset
+        self.declared.add(asset)
+
+    def _complete(self) -> dict[str, Artifact]:
+        if not self._loaded:
+            from insightflow_assets.stages import stage_modules  # lazy: the stages import this module
+
+            stage_modules()
+            self._loaded = True
+        return self.entries
+
+    def __getitem__(self, name: str) -> Artifact:
+        return self._complete()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._complete()))
+
+    def __len__(self) -> int:
+        return len(self._complete())
+
+
+ARTIFACTS = Declared()
 
 # The manifest of the run currently promoted to latest/ (written last, read first).
 LATEST_MANIFEST = "recsys/latest/index.json"

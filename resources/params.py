@@ -11,7 +11,7 @@ from dagster import ConfigurableResource
 
 
 class RfmParams(ConfigurableResource):
-    """``rfm_analysis_and_export.py``'s flags, plus the segmentation's k, its choice, and Top-N."""
+    """Segmentation and export knobs: KMeans k and its range, cohort sizes, Top-N, the PCA sample and the random seed."""
 
     strict_parquet: bool = True  # refuse stored inputs whose columns/dtypes drift, instead of casting
     pca_sample: int = 50_000  # users drawn for the PCA scatter

@@ -5,17 +5,19 @@ from typing import Any
 import polars as pl
 from dagster import AllPartitionMapping, AssetExecutionContext, AssetIn, Config, MetadataValue, Output
 
-from insightflow_assets.charts.eval_trends import publish_eval_charts
-from insightflow_assets.charts.rfm import publish_rfm_charts
+from insightflow_assets.charts.eval_trends import BAR_FILE, TREND_FILES, publish_eval_charts
+from insightflow_assets.charts.rfm import RFM_FILES, publish_rfm_charts
 from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.charts.runs import runs_up_to
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ALL_RUNS, ArtifactFolder
+from resources.layout import Artifact
 from resources.params import RfmParams
 
 GROUP = "charts"
 _ALL_RUNS = dict(partition_mapping=AllPartitionMapping(), metadata={ALL_RUNS: True})
+_EVAL_CHARTS = "recsys/eval_charts"  # both chart sets, and the promoted trend charts
 
 
 class EvalChartsConfig(Config):
@@ -24,6 +26,11 @@ class EvalChartsConfig(Config):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(
+        f"{_EVAL_CHARTS}/publish-{{ts}}",
+        (*TREND_FILES.values(), BAR_FILE, "index.json"),
+        latest=f"{_EVAL_CHARTS}/latest",
+    ),
     kinds={"matplotlib", "json"},
     ins={"als_eval_runs": AssetIn("als_eval", **_ALL_RUNS), "als_postrank_runs": AssetIn("als_postrank", **_ALL_RUNS)},
     description=(
@@ -55,6 +62,7 @@ def eval_charts(
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(f"{_EVAL_CHARTS}/rfm_analysis-{{ts}}", (*RFM_FILES, "index.json")),
     kinds={"matplotlib", "json"},
     description="cluster_profiles.png, pca_segments.png, seg_pop_lift.png and index.json of the run's segmentation.",
 )

@@ -10,6 +10,7 @@ from insightflow_assets.exports.build import build_exports, jsonl_text, validate
 from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ArtifactFolder, markdown_table
+from resources.layout import Artifact
 from resources.params import RfmParams
 
 GROUP = "exports"
@@ -17,6 +18,19 @@ GROUP = "exports"
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(
+        "recsys/exports/run-{ts}/data",
+        (
+            "overview.csv",
+            "centroids.parquet",
+            "segment_topn.parquet",
+            "users_high_value.parquet",
+            "users_random.parquet",
+            "user_recos.csv",
+            "user_recos.parquet",
+            "bedrock_inputs.jsonl",
+        ),
+    ),
     kinds={"polars", "csv", "parquet", "json"},
     description=(
         "overview.csv, centroids, segment Top-K, the high-value and random cohorts with their "

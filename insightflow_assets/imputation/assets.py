@@ -19,8 +19,10 @@ from insightflow_assets.imputation.diagnostics import ESTIMATORS, day30_stats, m
 from insightflow_assets.imputation.mice import impute_orders, order_features
 from insightflow_assets.imputation.validation import domain_violations, unexpected_nulls, unknown_fields
 from resources.io_manager import ArtifactFolder
+from resources.layout import Artifact
 
 GROUP = "imputation"
+_AFTER_MICE = "after-MICE/run-{ts}"  # the seed's folder, shared by both imputation assets
 
 
 class MiceConfig(Config):
@@ -40,6 +42,7 @@ class MiceChecksConfig(MiceConfig):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(_AFTER_MICE, ("orders_imputed.parquet",)),
     kinds={"scikit-learn", "polars", "parquet"},
     description=(
         "Orders with day-of-week, hour, days-since-prior and basket size imputed by MICE; "
@@ -67,13 +70,13 @@ def orders_imputed(
         metadata={
             "imputation": MetadataValue.json(info),
             "unknown_fields": MetadataValue.json(info["unknown_fields"]),
-            "orders": imputed.height,
         },
     )
 
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(_AFTER_MICE, ("mice_checks.json", "mice_day30.png")),
     kinds={"scikit-learn", "matplotlib", "json"},
     description=(
         "Day-30 metrics before vs after imputation (mice_checks.json, mice_day30.png) and a "

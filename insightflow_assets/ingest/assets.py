@@ -9,7 +9,7 @@ files, or one `transactions` table of order lines (see `ingest.transactions`).
 from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 from pydantic import Field
 
-from insightflow_assets.common import CODE_VERSION, OWNERS, current_run
+from insightflow_assets.common import CODE_VERSION, OWNERS, current_run, stored
 from insightflow_assets.ingest.loading import (
     InputError,
     Snapshot,
@@ -26,10 +26,11 @@ from insightflow_assets.ingest.transactions import (
     derive_snapshot,
 )
 from insightflow_assets.partitions import runs_partitions
-from resources.layout import TRANSACTIONS_TABLE
+from resources.layout import TRANSACTIONS_TABLE, Artifact
 from resources.storage import Storage
 
 _OUT = dict(kinds={"polars", "parquet"}, owners=OWNERS, code_version=CODE_VERSION)
+_RAW = "recsys/raw/run-{ts}"  # the run's input snapshot, one folder for the three tables
 
 
 class IngestConfig(Config):
@@ -64,6 +65,13 @@ class IngestConfig(Config):
         )
 
 
+@stored(
+    {
+        "raw_orders": Artifact(_RAW, ("orders.parquet",)),
+        "raw_order_products": Artifact(_RAW, ("order_products.parquet",)),
+        "products": Artifact(_RAW, ("products.parquet",)),
+    }
+)
 @multi_asset(
     name="instacart_snapshot",
     outs={
@@ -98,8 +106,8 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
         meta["lines_in"] = details["lines_in"]
         meta["derivation"] = MetadataValue.json(details["info"])
     yield Output(snap.orders, "raw_orders", metadata={**meta, "users": snap.orders["user_id"].n_unique()})
-    yield Output(snap.order_products, "raw_order_products", metadata={**meta, "lines": snap.order_products.height})
-    yield Output(snap.products, "products", metadata={**meta, "products": snap.products.height})
+    yield Output(snap.order_products, "raw_order_products", metadata=meta)
+    yield Output(snap.products, "products", metadata=meta)
 
 
 def _check_encoding(encoding: str) -> None:

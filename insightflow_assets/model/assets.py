@@ -7,6 +7,7 @@ import polars as pl
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.model.als import DEFAULT_PARAMS, AlsModel, fit_als
 from resources.io_manager import ArtifactFolder
+from resources.layout import Artifact
 
 GROUP = "model"
 
@@ -21,6 +22,7 @@ class AlsConfig(Config):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/models/als-{ts}", ("factors.npz", "params.json")),
     kinds={"implicit", "numpy"},
     description="implicit ALS (CG solver): user/item factors and id maps in factors.npz, parameters in params.json.",
 )

@@ -15,7 +15,10 @@ GROUP = "publish"
 
 @run_asset(
     group=GROUP,
-    kinds={"s3", "json"},
+    # No per-run value: it writes latest/ and LATEST_MANIFEST itself (publish/promotion.py).
+    storage=None,
+    # No storage kind: like every asset it writes where the curated resource points, local or S3.
+    kinds={"json"},
     deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks"],
     description=(
         "Promotes this run's user_seg, segment_popularity and eval_charts to latest/ and writes "

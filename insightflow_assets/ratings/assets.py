@@ -8,6 +8,7 @@ from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataVal
 
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.ratings.build import build_holdout, build_ratings
+from resources.layout import Artifact
 
 GROUP = "ratings"
 
@@ -22,6 +23,7 @@ class RatingsConfig(Config):
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/ratings/run-{ts}", ("ratings.parquet",)),
     kinds={"polars", "parquet"},
     description="One row per (user, product) bought before the user's target order: purchases and rating.",
 )
@@ -48,6 +50,7 @@ def ratings(
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/holdout/run-{ts}", ("holdout.parquet",)),
     kinds={"polars", "parquet"},
     description="Each user's target basket (the eval_set=train order, else the last order): the evaluation truth.",
 )

@@ -17,7 +17,7 @@ from insightflow_assets.segmentation.rfm import (
     segment_users,
 )
 from resources.io_manager import markdown_table
-from resources.layout import artifact
+from resources.layout import Artifact, artifact
 from resources.params import RfmParams
 from resources.storage import Storage
 
@@ -26,6 +26,13 @@ GROUP = "segmentation"
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/user_seg/run-{ts}", ("user_seg.parquet",), latest="recsys/user_seg/latest"),
+    # the step's diagnostics, written by the asset itself beside its value
+    extra_storage={
+        "user_seg_diagnostics": Artifact(
+            "recsys/debug/user-seg-{ts}/diag", ("driver_log.txt", "metrics.json", "orders_schema.json")
+        )
+    },
     kinds={"scikit-learn", "polars", "parquet"},
     description=(
         "Per user R, F, M (Instacart: days before the target order, orders, items or spend; dated "
@@ -72,7 +79,6 @@ def user_seg(
     return Output(
         seg,
         metadata={
-            "users": seg.height,
             "k": int(info["k"]),
             "k_selection": MetadataValue.json(info["k_selection"]),
             "min_segment_share": float(rfm.min_segment_share),
@@ -87,6 +93,11 @@ def user_seg(
 
 @run_asset(
     group=GROUP,
+    storage=Artifact(
+        "recsys/segment_popularity/run-{ts}",
+        ("segment_popularity.parquet",),
+        latest="recsys/segment_popularity/latest",
+    ),
     kinds={"polars", "parquet"},
     description="Top-N products per segment: buyers, purchases, share in segment, rank and lift over the overall share.",
 )

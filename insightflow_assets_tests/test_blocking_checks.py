@@ -1,0 +1,263 @@
+"""Every blocking check shown failing, and blocking latest/ (issue 13).
+
+The graph runs once on the small fixture (`small_run`, nothing promoted). Each test then
+corrupts one stored artifact the way its check guards against, re-runs every check of the
+run against what is stored (`runner.run_checks`, as `make check` does) and asserts that
+exactly that check fails; then that the promotion gate, reading the instance as
+`latest_manifest` does, refuses the run naming that check, and that the `latest_manifest`
+step itself fails with latest/ untouched. Every stored file is put back after each test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster import AssetKey
+
+from insightflow_assets.publish.gate import check_statuses, guarding_checks, verdict
+from insightflow_assets.publish.promotion import read_manifest
+from insightflow_assets.runner import run_checks, run_graph
+from resources import LocalStorage
+from resources.layout import LATEST_MANIFEST, artifact
+
+LATEST = AssetKey("latest_manifest")
+
+
+class Stored:
+    """The run's stored artifacts, read and rewritten in place (what a bad step would leave)."""
+
+    def __init__(self, curated: Path, run_key: str):
+        self.curated, self.run_key = curated, run_key
+
+    def path(self, name: str, file: str | None = None) -> Path:
+        keys = artifact(name).keys(self.run_key)
+        (only,) = keys.values() if file is None else (keys[file],)
+        return self.curated / only
+
+    def edit_frame(self, name: str, change: Callable[[pl.DataFrame], pl.DataFrame], file: str | None = None) -> None:
+        path = self.path(name, file)
+        change(pl.read_parquet(path)).write_parquet(path)
+
+    def edit_json(self, name: str, file: str, change: Callable[[dict], None]) -> None:
+        path = self.path(name, file)
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+
+
+def set_cell(df: pl.DataFrame, row: int, col: str, value) -> pl.DataFrame:
+    hit = pl.int_range(pl.len()) == row
+    return df.with_columns(pl.when(hit).then(pl.lit(value, dtype=df.schema[col])).otherwise(pl.col(col)).alias(col))
+
+
+def drop_row(df: pl.DataFrame, row: int) -> pl.DataFrame:
+    return df.with_row_index("_i").filter(pl.col("_i") != row).drop("_i")
+
+
+def a_later_order(df: pl.DataFrame) -> int:
+    """A row of a user's second or later order: its gap is expected, and the user keeps other rows."""
+    return int(df.with_row_index("_i").filter(~pl.col("is_first_order"))["_i"][0])
+
+
+# --- one corruption per blocking check: each seen by that check alone ---------------------------
+
+
+def null_imputed_cell(s: Stored) -> None:
+    s.edit_frame("orders_imputed", lambda df: set_cell(df, a_later_order(df), "order_dow", None))
+
+
+def hour_out_of_domain(s: Stored) -> None:
+    s.edit_frame("orders_imputed", lambda df: set_cell(df, a_later_order(df), "order_hour_of_day", 24))
+
+
+def drop_an_imputed_order(s: Stored) -> None:
+    s.edit_frame("orders_imputed", lambda df: drop_row(df, a_later_order(df)))
+
+
+def mice_worse_than_median(s: Stored) -> None:
+    def change(report: dict) -> None:
+        v = next(v for v in report["mask_and_recover"].values() if v["n_masked"])  # a scored field
+        v["mice"]["rmse"] = v["median"]["rmse"] + 1.0
+
+    s.edit_json("mice_checks", "mice_checks.json", change)
+
+
+def zero_rating(s: Stored) -> None:
+    s.edit_frame("ratings", lambda df: set_cell(df, 0, "rating", 0.0))
+
+
+def nan_factor(s: Stored) -> None:
+    path = s.path("als_model", "factors.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    arrays["user_factors"][0, 0] = np.nan
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+def coverage_above_one(name: str) -> Callable[[Stored], None]:
+    # coverage.json only: the WARN check als_beats_popularity reads metrics.json
+    return lambda s: s.edit_json(name, "coverage.json", lambda cov: cov.update(coverage_item=1.5))
+
+
+def a_short_list(s: Stored) -> None:
+    s.edit_frame("user_recos", lambda df: drop_row(df, 0))
+
+
+def lowest_hv_user_renamed(s: Stored) -> None:
+    """One rated user missing and one unknown user present; shares and the top-hv cohort unchanged."""
+
+    def change(df: pl.DataFrame) -> pl.DataFrame:
+        row = int(df["hv"].arg_min())
+        return set_cell(df, row, "user_id", int(df["user_id"].max()) + 1_000_000)
+
+    s.edit_frame("user_seg", change)
+
+
+def gap_in_segment_ids(s: Stored) -> None:
+    """The last segment renumbered past the end: ids no longer 0..S-1, shares unchanged."""
+
+    def change(df: pl.DataFrame) -> pl.DataFrame:
+        last = int(df["segment"].max())
+        return df.with_columns(pl.when(pl.col("segment") == last).then(last + 1).otherwise(pl.col("segment")).cast(df.schema["segment"]).alias("segment"))
+
+    s.edit_frame("user_seg", change)
+
+
+def a_tiny_segment(s: Stored) -> None:
+    """All but one user of segment 0 moved (with the label) into segment 1: 0 keeps one user."""
+
+    def change(df: pl.DataFrame) -> pl.DataFrame:
+        label1 = df.filter(pl.col("segment") == 1)["segment_label"][0]
+        keep = int(df.with_row_index("_i").filter(pl.col("segment") == 0)["_i"][0])
+        move = (pl.col("segment") == 0) & (pl.int_range(pl.len()) != keep)
+        return df.with_columns(
+            pl.when(move).then(1).otherwise(pl.col("segment")).cast(df.schema["segment"]).alias("segment"),
+            pl.when(move).then(pl.lit(label1)).otherwise(pl.col("segment_label")).alias("segment_label"),
+        )
+
+    s.edit_frame("user_seg", change)
+
+
+def zero_lift(s: Stored) -> None:
+    s.edit_frame("segment_popularity", lambda df: set_cell(df, 0, "lift", 0.0))
+
+
+def high_value_cohort_reordered(s: Stored) -> None:
+    s.edit_frame("exports", lambda df: df.reverse(), file="users_high_value.parquet")
+
+
+def a_line_that_is_not_json(s: Stored) -> None:
+    path = s.path("exports", "bedrock_inputs.jsonl")
+    path.write_bytes(path.read_bytes() + b"not json\n")
+
+
+def random_cohort_short(s: Stored) -> None:
+    s.edit_frame("exports", lambda df: drop_row(df, 0), file="users_random.parquet")
+
+
+CORRUPTIONS: dict[str, Callable[[Stored], None]] = {
+    "orders_imputed:imputed_columns_complete": null_imputed_cell,
+    "orders_imputed:imputed_values_in_domain": hour_out_of_domain,
+    "orders_imputed:imputed_row_count_matches_input": drop_an_imputed_order,
+    "mice_checks:mice_not_worse_than_median": mice_worse_than_median,
+    "ratings:ratings_valid": zero_rating,
+    "als_model:als_factors_finite": nan_factor,
+    "als_eval:als_eval_metrics_in_range": coverage_above_one("als_eval"),
+    "als_postrank:postrank_metrics_in_range": coverage_above_one("als_postrank"),
+    "user_recos:every_user_gets_k_items": a_short_list,
+    "user_seg:every_rated_user_has_one_segment": lowest_hv_user_renamed,
+    "user_seg:no_empty_segment": gap_in_segment_ids,
+    "user_seg:no_segment_below_min_share": a_tiny_segment,
+    "segment_popularity:segment_popularity_bounded": zero_lift,
+    "exports:high_value_cohort_is_top_hv": high_value_cohort_reordered,
+    "exports:bedrock_inputs_match_schema": a_line_that_is_not_json,
+    "exports:export_row_counts": random_cohort_short,
+}
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline(small_run):
+    """Every check re-run on the untouched store: all blocking ones pass (WARNs may not)."""
+    outcome = run_checks(small_run.instance, small_run.run_key, defs=small_run.defs)
+    assert outcome.failed_error_checks == [], outcome.failed_error_checks
+    return {_name(c): c["passed"] for c in outcome.checks}
+
+
+@pytest.fixture
+def stored(small_run):
+    """The run's store, every file put back as it was after the test."""
+    before = {p: p.read_bytes() for p in small_run.curated.rglob("*") if p.is_file()}
+    yield Stored(small_run.curated, small_run.run_key)
+    for path, data in before.items():
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+
+
+def _name(check: dict) -> str:
+    return f"{check['asset']}:{check['check']}"
+
+
+def gate_now(small_run):
+    """The gate's decision from the instance, as `latest_manifest` takes it before promoting."""
+    graph = small_run.defs.resolve_job_def("insightflow_run").asset_layer.asset_graph
+    required = guarding_checks(graph, LATEST)
+    statuses = check_statuses(small_run.instance, graph, required, small_run.run_key)
+    return verdict([k.to_user_string() for k in required], statuses)
+
+
+def latest_bytes(curated: Path) -> bytes | None:
+    path = curated / LATEST_MANIFEST
+    return path.read_bytes() if path.exists() else None
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_every_blocking_check_of_the_code_location_has_a_corruption(small_run):
+    graph = small_run.defs.resolve_asset_graph()
+    blocking = {k.to_user_string() for k in graph.asset_check_keys if graph.get(k).blocking}
+    assert set(CORRUPTIONS) == blocking
+    assert {k.to_user_string() for k in guarding_checks(graph, LATEST)} == blocking  # all guard latest/
+
+
+@pytest.mark.parametrize("check", sorted(CORRUPTIONS))
+def test_the_check_fails_on_bad_data_and_blocks_latest(small_run, baseline, stored, check):
+    CORRUPTIONS[check](stored)
+
+    outcome = run_checks(small_run.instance, small_run.run_key, defs=small_run.defs)
+    assert [_name(c) for c in outcome.failed_error_checks] == [check]
+    # no other check noticed; those reading the bad asset as an extra input may not run at all
+    # (Dagster's in-run blocking skips what depends on the failed check)
+    others = {_name(c): c["passed"] for c in outcome.checks if _name(c) != check}
+    assert others == {k: baseline[k] for k in others}
+
+    gate = gate_now(small_run)
+    assert (gate.open, gate.failed, gate.stale) == (False, [check], [])
+    assert gate.missing == sorted(set(outcome.skipped_checks) & set(CORRUPTIONS))  # the ones blocked in-run
+
+    before = latest_bytes(small_run.curated)
+    promoting = run_graph(small_run.instance, run_key=small_run.run_key, defs=small_run.defs, selection=["latest_manifest"])
+    assert promoting.failed_steps == ["latest_manifest"]
+    assert any(f"failed: {check}" in e for e in promoting.errors), promoting.errors
+    assert latest_bytes(small_run.curated) == before  # latest/ untouched
+
+
+def test_with_every_check_passing_again_the_run_is_promoted(small_run, baseline, stored):
+    """The control: the same run, its data put back and re-checked, is promoted, so the
+    refusals above come from the failed check alone."""
+    assert run_checks(small_run.instance, small_run.run_key, defs=small_run.defs).failed_error_checks == []
+    assert gate_now(small_run).open
+    promoting = run_graph(small_run.instance, run_key=small_run.run_key, defs=small_run.defs, selection=["latest_manifest"])
+    assert promoting.ok, promoting.errors
+    assert read_manifest(LocalStorage(root=str(small_run.curated)))["run_key"] == small_run.run_key
