@@ -436,15 +436,15 @@ def novelty(recs: Frame, item_popularity: pl.DataFrame, k: int) -> float:
     pop = item_popularity.lazy().select(
         pl.col("product_id").cast(pl.Int64), pl.col("p").cast(pl.Float64)
     ).filter(pl.col("p") > 0)
-    res = (
+    per_user = (
         _clean_recs(recs, k)
         .lazy()
         .join(pop, on="product_id", how="inner")
-        .group_by("user_id")
+        # join and group_by orders (and polars' parallel sums) vary between runs: summed in
+        # one fixed order, with numpy, the float mean does not
+        .sort("user_id", "rank")
+        .group_by("user_id", maintain_order=True)
         .agg(si=(-pl.col("p").log(2)).mean())
-        .sort("user_id")  # group_by order varies between runs; sorted, the float mean does not
-        .select(pl.col("si").mean())
         .collect()
-        .item()
     )
-    return float(res) if res is not None else float("nan")
+    return float(np.mean(per_user["si"].to_numpy())) if per_user.height else float("nan")
