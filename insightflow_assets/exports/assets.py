@@ -6,7 +6,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.exports.build import build_exports, jsonl_text, validate_bedrock_lines
+from insightflow_assets.exports.build import EXPORT_FILES, build_exports, jsonl_text, validate_bedrock_lines
 from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ArtifactFolder, markdown_table
@@ -18,19 +18,7 @@ GROUP = "exports"
 
 @run_asset(
     group=GROUP,
-    storage=Artifact(
-        "recsys/exports/run-{ts}/data",
-        (
-            "overview.csv",
-            "centroids.parquet",
-            "segment_topn.parquet",
-            "users_high_value.parquet",
-            "users_random.parquet",
-            "user_recos.csv",
-            "user_recos.parquet",
-            "bedrock_inputs.jsonl",
-        ),
-    ),
+    storage=Artifact("recsys/exports/run-{ts}/data", EXPORT_FILES),
     kinds={"polars", "csv", "parquet", "json"},
     description=(
         "overview.csv, centroids, segment Top-K, the high-value and random cohorts with their "
