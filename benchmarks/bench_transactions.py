@@ -12,7 +12,9 @@ price, as a CSV (the form most exports take) and as parquet.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,6 +51,17 @@ def write_transactions(folder: Path, users: int) -> dict[str, Path]:
     return out
 
 
+@contextmanager
+def cpu_and_load(row: dict):
+    """CPU seconds of the process (all threads) and the 1-minute load average when the stage
+    starts: the machine may be shared, and the wall time alone does not say so."""
+    row["load_1m"] = round(os.getloadavg()[0], 2)
+    t0 = os.times()
+    yield
+    t1 = os.times()
+    row["cpu_s"] = round(t1.user + t1.system - t0.user - t0.system, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=206_209)
@@ -61,7 +74,7 @@ def main() -> None:
     files = write_transactions(folder, args.users)
     st = Stages()
     print(f"transactions ingest benchmark at {args.users:,} users")
-    with st.stage("instacart ingest (csv)") as row:
+    with st.stage("instacart ingest (csv)") as row, cpu_and_load(row):
         chosen = pick_source_files([p.name for p in folder.iterdir()], str(folder))
         raw = {stem: read_table(folder / name, stem) for stem, name in chosen.items()}
         snap = validate_snapshot(raw, chosen)
@@ -69,14 +82,15 @@ def main() -> None:
     del raw, snap
     base = st.rows[-1]["seconds"]
     for fmt in ("csv", "parquet"):
-        with st.stage(f"transactions ingest ({fmt})") as row:
+        with st.stage(f"transactions ingest ({fmt})") as row, cpu_and_load(row):
             result = derive_snapshot(files[fmt])
             row.update(rows_in=result.lines_in, rows_out=result.snapshot.order_products.height)
         st.rows[-1]["x_instacart"] = round(st.rows[-1]["seconds"] / base, 2)
         del result
     payload = {"benchmark": "transactions", "users": args.users, "machine": machine(), "stages": st.rows,
                "targets": {"transactions ingest (csv)": "<= 1.5x instacart ingest (csv)"}}
-    write_results("transactions", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out", "x_instacart"])
+    columns = ["stage", "seconds", "cpu_s", "load_1m", "peak_rss_mb", "rows_in", "rows_out", "x_instacart"]
+    write_results("transactions", payload, columns)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,21 @@ def test_latin1_transactions_file_names_the_line_and_column(tmp_path, instance):
     _fails_with_one_line(outcome, curated, "transactions.csv: line 8: column Description: bytes that are not valid utf-8")
 
 
+def test_a_transactions_row_with_extra_fields_names_the_line(tmp_path, instance):
+    """Country is not mapped: the reader skips unmapped columns, and with them the field count."""
+    from insightflow_assets_tests.test_transactions import HEADER, LINES
+
+    lines = list(LINES)
+    lines[4] += ",extra"  # line 6 of the file
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "transactions.csv").write_text(HEADER + "\n".join(lines) + "\n")
+    outcome, curated = ingest(tmp_path, instance, clean)
+    _fails_with_one_line(
+        outcome, curated, "transactions.csv: line 6: 9 fields, the header has 8 (the row has 1 extra field)"
+    )
+
+
 # --- 7: a product twice in one order -------------------------------------------------------
 
 

@@ -181,3 +181,41 @@ def test_unreadable_transactions_file_is_named(tmp_path):
     path = write(tmp_path / "x", "garbage", name="transactions.parquet") / "transactions.parquet"
     with pytest.raises(InputError, match="transactions.parquet: cannot be read"):
         derive_snapshot(path)
+
+
+def test_names_na_none_null_are_names_and_only_an_empty_field_is_missing(tmp_path):
+    text = (
+        TINY.replace("Red mug", "NA").replace("Blue plate", "None").replace("Green bowl", "null")
+        .replace("1004,C3,null", "1004,C3,")  # C3's first usable line has no name, a later one has
+        .replace("1007,C3,null", '1007,C3,""')
+    )
+    names = derive_snapshot(write(tmp_path / "c", text) / "transactions.csv").snapshot.products
+    assert names.sort("product_id").select("product_code", "product_name").rows() == [
+        ("A1", "NA"),
+        ("B2", "None"),
+        ("C3", "C3"),  # every C3 line kept has an empty name (1007 is a free sample, excluded)
+    ]
+
+
+def test_nan_prices_and_null_markers_in_numbers_and_timestamps_are_missing(tmp_path):
+    text = TINY.replace("1002,A1,Red mug,1,2011-01-10 14:00:00,1.50", "1002,A1,Red mug,NA,2011-01-10 14:00:00,NaN")
+    text = text.replace("2011-03-01 18:30:00", "NA")
+    result = derive_snapshot(write(tmp_path / "c", text) / "transactions.csv")
+    assert result.excluded["no_timestamp"] == 1
+    lines = result.snapshot.order_products.join(result.snapshot.orders.select("order_id", "order_code"), on="order_id")
+    assert lines.filter(pl.col("order_code") == "1002").select("quantity", "unit_price").rows() == [(None, None)]
+
+
+def test_pure_reader_checks_csv_like_the_instacart_reader(tmp_path):
+    """`derive_snapshot` itself (not only the asset) goes through `utf8_copy`: another encoding,
+    and a row with extra fields named by its line."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "transactions.csv").write_bytes(TINY.replace("Green bowl", "Bol vert clair é").encode("latin-1"))
+    result = derive_snapshot(folder / "transactions.csv", encoding="latin-1")
+    assert "Bol vert clair é" in result.snapshot.products["product_name"].to_list()
+    lines = list(LINES)
+    lines[0] += ",extra"
+    ragged = write(tmp_path / "r", HEADER + "\n".join(lines) + "\n") / "transactions.csv"
+    with pytest.raises(InputError, match=r"^transactions.csv: line 2: 9 fields, the header has 8 \(the row has 1 extra field\)$"):
+        derive_snapshot(ragged)

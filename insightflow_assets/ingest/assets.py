@@ -9,14 +9,13 @@ files, or one `transactions` table of order lines (see `ingest.transactions`).
 from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 from pydantic import Field
 
-from insightflow_assets.common import CODE_VERSION, OWNERS, current_run, stored
+from insightflow_assets.common import CODE_VERSION, OWNERS, current_run, metadata_on_materialization, stored
 from insightflow_assets.ingest.loading import (
     InputError,
     Snapshot,
     is_utf8,
     pick_source_files,
     read_table,
-    utf8_copy,
     validate_snapshot,
 )
 from insightflow_assets.ingest.transactions import (
@@ -85,6 +84,7 @@ class IngestConfig(Config):
     partitions_def=runs_partitions,
     group_name="ingest",
 )
+@metadata_on_materialization
 def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage):
     current_run(context)
     _check_encoding(config.encoding)
@@ -128,7 +128,7 @@ def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str) 
 
 def _transactions(context, source: Storage, key: str, spec: TransactionsSpec, encoding: str) -> tuple[Snapshot, dict]:
     with source.local_path(key) as path:
-        result = _derive(path, key, spec, encoding)
+        result = derive_snapshot(path, spec, display_name=key, encoding=encoding)
     excluded = dict(result.excluded)
     context.log.info(
         f"read {source.uri(key)}: {result.lines_in:,} lines, {sum(excluded.values()):,} excluded "
@@ -137,23 +137,3 @@ def _transactions(context, source: Storage, key: str, spec: TransactionsSpec, en
     if not result.info["time_of_day"]:
         context.log.warning(f"{key}: timestamps carry no time of day; order_hour_of_day is unknown")
     return result.snapshot, {"form": "transactions", "excluded": excluded, "lines_in": result.lines_in, "info": result.info}
-
-
-def _derive(path, key: str, spec: TransactionsSpec, encoding: str):
-    """`derive_snapshot`, with the CSV checks of the Instacart form.
-
-    The transactions reader names the file but not the line when polars cannot parse it; the
-    checked copy (`utf8_copy`) names the line and column of the defect, or, when there is none
-    (a bare `"` inside a field), is a re-quoted file it can read. Another encoding than UTF-8
-    is always read through the copy.
-    """
-    if key.endswith(".parquet"):
-        return derive_snapshot(path, spec, display_name=key)
-    if is_utf8(encoding):
-        try:
-            return derive_snapshot(path, spec, display_name=key)
-        except InputError as exc:
-            if ": cannot be read (" not in str(exc):  # a validation error: the file itself parsed
-                raise
-    with utf8_copy(path, key, encoding) as copy:
-        return derive_snapshot(copy, spec, display_name=key)

@@ -19,7 +19,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import polars as pl
 
@@ -28,6 +28,7 @@ NULLS = ["", "NA", "NaN", "nan", "null", "NULL", "None"]
 # What the readers raise on a file they cannot parse: polars' own errors, OSError (a truncated
 # .gz) and, on some damaged parquet pages, a Rust panic that derives from BaseException only.
 READER_ERRORS = (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException)
+T = TypeVar("T")
 
 # Target dtypes per table; ids fit Int32, small codes Int8/Int16.
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
@@ -132,18 +133,26 @@ def _damaged_parquet(path: Path, columns: list[str], name: str, exc: BaseExcepti
 
 
 def _read_csv(path: Path, table: str, name: str, encoding: str) -> pl.DataFrame:
+    return read_csv_checked(path, name, encoding, lambda p: _read_csv_file(p, table, name))
+
+
+def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path], T]) -> T:
+    """``read(path)`` for a CSV file, or, when the reader cannot parse it (`READER_ERRORS`) or it
+    is in another encoding than UTF-8, ``read`` of its checked copy (`utf8_copy`).
+
+    The copy names the line of a real defect (damaged gzip, bytes not valid in the encoding, a
+    row with more fields than the header), or, when there is none (e.g. a bare `"` inside a
+    field, which polars refuses), is a re-quoted UTF-8 file the reader can parse. Both input
+    forms read their CSV files through here.
+    """
     if is_utf8(encoding):
         try:
-            return _read_csv_file(path, table, name)
+            return read(path)
         except READER_ERRORS:
             pass  # looked into below, outside the handler so the one-line error has no chained cause
-    # The reader cannot parse the file (or it is in another encoding): the checked copy names
-    # the line of a real defect (damaged gzip, bytes not valid in the encoding, a row with too
-    # many fields), or, when there is none (e.g. a bare `"` inside a field, which polars
-    # refuses), is a re-quoted UTF-8 file the reader can parse.
     with utf8_copy(path, name, encoding) as copy:
         try:
-            return _read_csv_file(copy, table, name)
+            return read(copy)
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
 
@@ -175,10 +184,10 @@ def _strings_as_written(path: Path, df: pl.DataFrame, wanted: dict[str, pl.DataT
     if not cols:
         return df
     text = pl.read_csv(path, columns=cols, infer_schema=False, quote_char='"')
-    return df.with_columns(_as_written(text[c]) for c in cols)
+    return df.with_columns(as_written(text[c]) for c in cols)
 
 
-def _as_written(s: pl.Series) -> pl.Series:
+def as_written(s: pl.Series) -> pl.Series:
     # Only a truly empty field is missing: no stripping, no null markers.
     return s.replace("", None)
 
@@ -230,7 +239,11 @@ def _recode(raw, out, name: str, encoding: str) -> None:
             if not header:
                 header = record
             elif len(record) > len(header):
-                raise InputError(f"{name}: line {reader.line_num}: {len(record)} fields, the header has {len(header)}")
+                extra = len(record) - len(header)
+                raise InputError(
+                    f"{name}: line {reader.line_num}: {len(record)} fields, the header has {len(header)} "
+                    f"(the row has {extra} extra field{'s' if extra > 1 else ''})"
+                )
             writer.writerow(record)
     except _BadBytes as bad:
         raise InputError(_bad_bytes_message(bad, header, name, encoding)) from None
@@ -287,7 +300,7 @@ def _cast_columns(raw: pl.DataFrame, wanted: dict[str, pl.DataType], name: str) 
     for col, dtype in wanted.items():
         s = raw[col]
         if s.dtype == pl.String and dtype == pl.String:
-            s = _as_written(s)
+            s = as_written(s)
         elif s.dtype == pl.String:
             # A number may come padded or quoted twice ("08", ' 7'); its null markers are `NULLS`.
             s = s.str.strip_chars().str.strip_chars('"')
