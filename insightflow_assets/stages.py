@@ -23,6 +23,7 @@ from dagster import (
 )
 
 import insightflow_assets
+from insightflow_assets.common import STEP_CHECKS, with_step_checks
 from resources.layout import ARTIFACTS
 
 # The asset that promotes a run's latest/ entries (publish/assets.py).
@@ -38,11 +39,16 @@ def stage_modules() -> tuple[ModuleType, ...]:
 
 
 def collect(modules: Sequence[ModuleType]) -> tuple[list[AssetsDefinition], list[AssetChecksDefinition]]:
-    """The assets and checks of these modules, refused unless each asset declared its storage."""
+    """The assets and checks of these modules, refused unless each asset declared its storage.
+
+    A `run_check` is part of its asset (evaluated in the asset's step): it is among the assets'
+    check keys, not among the separate checks returned here.
+    """
     assets = list(load_assets_from_modules(modules))
     require_storage({key.path[-1] for a in assets for key in a.keys})
     require_promoted_first(assets)
-    return assets, list(load_asset_checks_from_modules(modules))
+    step_checks = [c for m in modules for c in STEP_CHECKS.get(m.__name__, {}).values()]
+    return with_step_checks(assets, step_checks), list(load_asset_checks_from_modules(modules))
 
 
 def require_storage(assets: set[str]) -> None:

@@ -144,3 +144,18 @@ def test_model_selection_carries_every_methods_validation_metrics_as_floats(smal
             key = f"validation_{method}_{metric}"
             assert isinstance(meta[key], FloatMetadataValue), key
             assert meta[key].value == pytest.approx(scores[metric]), key
+
+
+def test_outside_a_step_the_io_manager_reports_its_metadata_as_output_metadata(tmp_path):
+    """In a run the table metadata goes to the materialization alone (test_charts checks the
+    log); a bare output context, with no materialization to attach it to, still receives it."""
+    from dagster import build_output_context
+
+    from resources import CuratedIOManager, LocalStorage
+
+    frame = pl.DataFrame({"user_id": [1, 2, 3], "rating": [1.0, 2.0, 0.5]})
+    context = build_output_context(asset_key=AssetKey("ratings"), partition_key="run-20260101-000000")
+    CuratedIOManager(storage=LocalStorage(root=str(tmp_path))).handle_output(context, frame)
+    meta = context.get_logged_metadata()
+    assert meta[ROW_COUNT].value == 3 and [c.name for c in meta[COLUMN_SCHEMA].schema.columns] == ["user_id", "rating"]
+    assert pl.read_parquet(tmp_path / artifact("ratings").keys("run-20260101-000000")["ratings.parquet"]).equals(frame)

@@ -8,19 +8,27 @@ What is stored, by the layout's file names:
 
 Values reach downstream assets only through here, so the lineage in the UI is the lineage of
 the data. Each materialization gets the storage path, Dagster's table metadata (row count and
-column schema, `resources.table_metadata`), a preview, and its charts' paths with one small
-inline preview (`resources.previews`).
+column schema, `resources.table_metadata`), and its charts' paths with one small inline
+preview (`resources.previews`), recorded on the materialization event alone.
 """
 
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext, ResourceDependency
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableIOManager,
+    DagsterInvariantViolationError,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    ResourceDependency,
+)
 
 from resources.layout import Artifact, artifact, run_ts
 from resources.previews import chart_metadata
@@ -97,6 +105,21 @@ class ArtifactFolder(Mapping):
         return pl.read_parquet(io.BytesIO(self.files[name]))
 
 
+def materialization_metadata(context: OutputContext, meta: Mapping[str, Any]) -> None:
+    """Attach ``meta`` to the asset's materialization event alone.
+
+    ``add_output_metadata`` copies it into the step's HANDLED_OUTPUT event as well: every
+    schema and preview twice in the run's event log. Outside a step (a bare OutputContext in a
+    unit test) there is no materialization, so it goes where the context keeps output metadata.
+    """
+    try:
+        step = AssetExecutionContext.get()
+    except DagsterInvariantViolationError:
+        context.add_output_metadata(dict(meta))
+        return
+    step.add_asset_metadata(dict(meta), asset_key=context.asset_key)
+
+
 def markdown_table(df: pl.DataFrame, n: int = 5) -> str:
     """A small Markdown preview of a frame, for the UI."""
     head = df.head(n)
@@ -152,34 +175,41 @@ class CuratedIOManager(ConfigurableIOManager):
         for name, data in files.items():
             self.storage.write_bytes(keys[name], data)
 
-        meta: dict[str, Any] = {
-            "path": MetadataValue.path(self.storage.uri(spec.run_folder(run_key))),
-            "files": MetadataValue.json({n: len(b) for n, b in files.items()}),
-        }
+        meta: dict[str, Any] = {"path": MetadataValue.path(self.storage.uri(spec.run_folder(run_key)))}
+        if len(files) > 1:  # a single file is named by the layout; its table metadata says the rest
+            meta["files"] = MetadataValue.json({n: len(b) for n, b in files.items()})
         # Dagster's standard table metadata (Columns tab, row count) for every stored frame,
         # here rather than in each asset: one source of truth for every table asset.
+        # No row preview: the Columns tab and row count describe the table, the path holds it,
+        # and a run's log stays small (issue 13: 300 KB a run).
         if isinstance(obj, pl.DataFrame):
             meta.update(table_metadata(obj.height, obj.schema))
-            meta["preview"] = MetadataValue.md(markdown_table(obj))
         elif isinstance(obj, ArtifactFolder):
             meta.update(folder_table_metadata(files))
         meta.update(chart_metadata(files, lambda name: self.storage.uri(keys[name])))
-        context.add_output_metadata(meta)
+        materialization_metadata(context, meta)
 
     # --- input --------------------------------------------------------------------
+    def load_run(self, name: str, run_key: str) -> Any:
+        """The value stored for asset ``name`` in run ``run_key`` (what `load_input` returns)."""
+        return self._load(artifact(name), run_key)
+
+    def load_runs(self, name: str, run_keys: Iterable[str]) -> dict[str, Any]:
+        """Asset ``name`` across runs (e.g. the evaluation trend): one value per run key; a run
+        whose files are missing or unreadable gets the exception, for the asset to report."""
+        out: dict[str, Any] = {}
+        for run_key in run_keys:
+            try:
+                out[run_key] = self.load_run(name, run_key)
+            except Exception as exc:  # noqa: BLE001 - reported per run downstream
+                out[run_key] = exc
+        return out
+
     def load_input(self, context: InputContext) -> Any:
-        spec = self._spec(context)
+        name = context.asset_key.path[-1]
         if (context.definition_metadata or {}).get(ALL_RUNS):
-            # Inputs across runs (e.g. the evaluation trend): one value per run key; a run whose
-            # files are missing or unreadable gets the exception, for the asset to report.
-            out: dict[str, Any] = {}
-            for pk in context.asset_partition_keys:
-                try:
-                    out[pk] = self._load(spec, pk)
-                except Exception as exc:  # noqa: BLE001 - reported per run downstream
-                    out[pk] = exc
-            return out
-        return self._load(spec, context.asset_partition_key)
+            return self.load_runs(name, context.asset_partition_keys)
+        return self.load_run(name, context.asset_partition_key)
 
     def _load(self, spec: Artifact, run_key: str) -> Any:
         keys = spec.keys(run_key)

@@ -3,7 +3,9 @@
 Charts are files of their artifact. Embedding them whole in the metadata put every PNG in the
 run's event log twice (the output event and the materialization), most of the log's bytes.
 So each chart is named by its stored path, and only the artifact's first chart (the one its
-asset writes first) is embedded, downscaled to a palette PNG of a few KB.
+asset writes first) is embedded, downscaled to a thumbnail of a few KB: enough to recognise
+the chart, whose full size is one path away. (400 px and 32 colours made each preview 4-6 KB;
+a run's log holds one per charted asset.)
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dagster import MetadataValue
 
 PREVIEW = "preview"
 # The longest edge of the preview, tried in turn until the PNG fits MAX_PREVIEW_BYTES.
-PREVIEW_EDGES = (400, 280, 200)
-MAX_PREVIEW_BYTES = 12_000
-_COLORS = 32  # matplotlib charts are flat colours: a small palette keeps them legible
+PREVIEW_EDGES = (280, 200)
+MAX_PREVIEW_BYTES = 6_000
+_COLORS = 16  # matplotlib charts are flat colours: a small palette keeps their series apart
 
 
 def chart_metadata(files: Mapping[str, bytes], uri_of: Callable[[str], str]) -> dict[str, MetadataValue]:
