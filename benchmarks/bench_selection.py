@@ -7,8 +7,8 @@ Data: the generated 206,209-user dataset of `run_scale.py` (`cached_dataset`, te
 ingested and imputed once; the inputs every measured asset reads (orders_imputed, order lines,
 products, ratings, holdout) are cached as parquet under ``benchmarks/.cache/stages-<dataset>/``.
 
-Stages, in graph order: ``model_selection``, ``als_model``, ``nbr_model``, ``als_eval``,
-``user_recos``, ``als_postrank``. Each is the asset function itself, invoked directly (no IO
+Stages, in graph order: ``model_selection``, ``als_model``, ``nbr_model``, ``als_candidates``,
+``als_eval``, ``user_recos``, ``als_postrank``. Each is the asset function itself, invoked directly (no IO
 manager, default config), so what is measured is exactly what the graph runs. A stage not
 selected with ``--stages`` reads its output from the previous run's cache instead.
 
@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import CACHE, _reset_peak, _rss_mb, machine, write_results  # noqa: E402
 
 USERS, SEED = 206_209, 42
-STAGES = ("model_selection", "als_model", "nbr_model", "als_eval", "user_recos", "als_postrank")
+STAGES = ("model_selection", "als_model", "nbr_model", "als_candidates", "als_eval", "user_recos", "als_postrank")
 RUN_KEY = "run-20260101-000000"
 # the stage package defining each asset
 MODULES = {"model_selection": "selection", "als_model": "model", "nbr_model": "nbr",
-           "als_eval": "evaluation", "user_recos": "postrank", "als_postrank": "postrank"}
+           "als_candidates": "evaluation", "als_eval": "evaluation", "user_recos": "postrank", "als_postrank": "postrank"}
 
 
 def _cpu() -> float:

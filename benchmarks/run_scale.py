@@ -5,7 +5,8 @@
 
 Per asset it records wall time (the step's start/success events), the peak RSS of the run
 process during the step (sampled every 50 ms) and rows in/out (materialization metadata).
-Targets on 2 cores / 24 GB: whole graph ≤ 5 minutes, peak memory ≤ 6 GB.
+Targets on 2 cores / 24 GB: whole graph ≤ 4 minutes, peak memory ≤ 6 GB. Per step it also records
+the CPU seconds of the process (every thread), which the load of a shared machine inflates far less.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import CACHE, RESULTS, cached_dataset, machine, markdown, write_results  # noqa: E402
 
 INSTACART_USERS = 206_209
-TARGET_SECONDS, TARGET_RSS_MB = 300, 6 * 1024
+TARGET_SECONDS, TARGET_RSS_MB = 240, 6 * 1024  # issue 11: the whole graph, validation included, <= 4 min
+COLUMNS = ["stage", "seconds", "cpu_s", "peak_rss_mb", "rows_in", "rows_out"]
 
 
 class RssSampler(threading.Thread):
-    """Samples this process's resident memory, so each step gets its own peak."""
+    """Samples this process's resident memory, so each step gets its own peak, and its CPU
+    time (every thread): on a shared machine a step's wall time grows with the load, its CPU
+    time much less."""
 
     def __init__(self, every: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.every = every
         self.samples: list[tuple[float, float]] = []
+        self.cpu: list[tuple[float, float]] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -44,7 +49,13 @@ class RssSampler(threading.Thread):
                 if line.startswith("VmRSS:"):
                     self.samples.append((time.time(), int(line.split()[1]) / 1024))
                     break
+            self.cpu.append((time.time(), time.process_time()))
             self._halt.wait(self.every)
+
+    def cpu_seconds(self, start: float, end: float) -> float:
+        """CPU seconds of the process between two instants (nearest samples)."""
+        at = lambda t: min(self.cpu, key=lambda s: abs(s[0] - t))[1]  # noqa: E731
+        return max(at(end) - at(start), 0.0) if self.cpu else float("nan")
 
     def peak(self, start: float, end: float) -> float:
         inside = [mb for t, mb in self.samples if start <= t <= end]
@@ -99,7 +110,8 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
     for step, start in sorted(starts.items(), key=lambda kv: kv[1]):
         end = ends.get(step, start)
         produced = [k for k in rows if k == step or step == "instacart_snapshot" and k in ("raw_orders", "raw_order_products", "products")]
-        row = {"stage": step, "seconds": round(end - start, 2), "peak_rss_mb": round(sampler.peak(start, end))}
+        row = {"stage": step, "seconds": round(end - start, 2), "cpu_s": round(sampler.cpu_seconds(start, end), 1),
+               "peak_rss_mb": round(sampler.peak(start, end))}
         if produced:
             outs = [rows[k] for k in produced if rows[k] is not None]
             if outs:  # folders (charts, model, reports) have files, not rows
@@ -114,9 +126,11 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
     for row in steps:
         if row["stage"] == "instacart_snapshot":
             row["rows_in"] = sum(sum(1 for _ in open(p, "rb")) - 1 for p in clean.glob("*.csv"))
+    selection = _selection_seconds(store, outcome.run_key)
     total = {
         "stage": "whole graph",
         "seconds": round(wall, 1),
+        "cpu_s": round(sampler.cpu_seconds(t0, t0 + wall), 1),
         "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
     }
     _rmtree(curated)
@@ -126,9 +140,22 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
         "errors": outcome.errors,
         "failed_checks": outcome.failed_error_checks,
         "stages": steps + [total],
+        "model_selection_candidates": selection,
         "whole_graph_seconds": total["seconds"],
         "peak_rss_mb": total["peak_rss_mb"],
     }
+
+
+def _selection_seconds(store, run_key: str) -> list[dict]:
+    """Inside the biggest step: each validation candidate's fit + score seconds and map@10."""
+    from resources.layout import artifact
+
+    try:
+        report = json.loads(store.read_bytes(artifact("model_selection").keys(run_key)["selection.json"]))
+    except Exception:  # noqa: BLE001 - a failed run has no report; the run's errors say why
+        return []
+    return [{"method": c["method"], "params": c["params"], "map@10": round(c["map@10"], 4), "seconds": c["seconds"]}
+            for c in report["candidates"]]
 
 
 def _key(name: str):
@@ -151,7 +178,7 @@ def plot_curve(points: list[dict], path: Path) -> None:
     ax1, ax2 = fig.subplots(1, 2)
     users = [p["users"] for p in points]
     ax1.plot(users, [p["whole_graph_seconds"] for p in points], marker="o")
-    ax1.axhline(TARGET_SECONDS, ls=":", color="grey", label="target 5 min")
+    ax1.axhline(TARGET_SECONDS, ls=":", color="grey", label=f"target {TARGET_SECONDS / 60:g} min")
     ax1.set(title="Whole graph wall time", xlabel="users", ylabel="seconds")
     ax2.plot(users, [p["peak_rss_mb"] / 1024 for p in points], marker="o", color="tab:orange")
     ax2.axhline(TARGET_RSS_MB / 1024, ls=":", color="grey", label="target 6 GB")
@@ -181,15 +208,20 @@ def main() -> None:
         return
 
     print(f"scale benchmark: whole graph at {args.users:,} users")
+    load_start = os.getloadavg()  # the CPU is often shared: timings read against the load
     result = run_once(args.users, args.seed)
     payload = {
         "benchmark": "scale",
         **result,
         "targets": {"whole_graph_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
         "machine": machine(),
+        "load_average_start": load_start,
         "load_average": os.getloadavg(),
     }
-    write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
+    write_results("scale", payload, COLUMNS)
+    print("\nmodel_selection, per candidate (fit + score seconds, shared work split evenly):")
+    print(markdown(result["model_selection_candidates"], ["method", "params", "map@10", "seconds"]))
+    print(f"load average at the end: {os.getloadavg()}")
     if args.curve:
         points = []
         for frac in (0.1, 0.25, 0.5):
@@ -205,7 +237,7 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         plot_curve(points, RESULTS / "scaling_curve.png")
         print("\n" + markdown(points, ["users", "whole_graph_seconds", "peak_rss_mb", "ok"]))
-        write_results("scale", payload, ["stage", "seconds", "peak_rss_mb", "rows_in", "rows_out"])
+        write_results("scale", payload, COLUMNS)
     if result["ok"] != "yes":
         print("RUN FAILED:", result["errors"], result["failed_checks"])
 

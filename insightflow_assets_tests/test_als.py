@@ -14,6 +14,8 @@ from insightflow_assets.model.als import (
     DEFAULT_PARAMS,
     AlsModel,
     fit_als,
+    fit_als_sampled,
+    lists_from,
     recommend,
     user_item_matrix,
 )
@@ -270,3 +272,41 @@ def test_user_item_matrix_unsorted_input_and_duplicates_sum():
     ref = mat.copy()
     ref.sum_duplicates()
     assert (ref != mat).nnz == 0
+
+
+def test_lists_from_stored_candidates_equal_a_fresh_scoring(block_model):
+    """The run scores ALS once (als_candidates, top-N); a top-n cut from it is what
+    `recommend` returns, and users the stored lists miss are scored on the spot."""
+    ratings, model = block_model
+    stored = recommend(model, None, model.user_ids[:40], 20)
+    users = np.r_[model.user_ids[::3], 999]  # a user unknown to the model gets nothing
+    got = lists_from(model, stored, users, 6)
+    fresh = recommend(model, None, users, 6)
+    assert got.schema == fresh.schema
+    assert got.select("user_id", "rank", "product_id").equals(fresh.select("user_id", "rank", "product_id"))
+    np.testing.assert_allclose(got["score"].to_numpy(), fresh["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert set(got["user_id"].to_list()) > set(stored["user_id"].to_list()) & set(users.tolist())
+
+
+def test_lists_from_scores_again_when_the_stored_lists_are_too_short(block_model):
+    ratings, model = block_model
+    short = recommend(model, None, model.user_ids, 3)
+    got = lists_from(model, short, [1, 2], 6)
+    assert got["rank"].to_list() == list(range(1, 7)) * 2
+    assert got.select("user_id", "product_id").equals(recommend(model, None, [1, 2], 6).select("user_id", "product_id"))
+    assert lists_from(model, None, [1], 4).height == 4
+
+
+def test_sampled_fit_scores_every_user_from_a_sample_of_them():
+    """Item factors from 20 of the 60 users; the 40 others get their least-squares factor and
+    are still recommended their own block (what the validation fit of model selection relies on)."""
+    ratings = _block_ratings()
+    params = dict(factors=8, regularization=5.0, alpha=15.0, iterations=15)
+    model = fit_als_sampled(ratings, 20, seed=3, **params)
+    assert model.n_users == 60 and model.params["fit_users"] == 20
+    assert np.isfinite(model.user_factors).all() and (np.abs(model.user_factors).sum(axis=1) > 0).all()
+    recs = recommend(model, ratings, list(range(1, 61)), 12)
+    own = pl.when(pl.col("user_id") <= 30).then(1).otherwise(2)
+    assert recs.select(own == pl.when(pl.col("product_id") < 200).then(1).otherwise(2)).to_series().all()
+    full = fit_als_sampled(ratings, None, **params)  # no sample: the plain fit
+    np.testing.assert_array_equal(full.user_factors, fit_als(ratings, **params).user_factors)

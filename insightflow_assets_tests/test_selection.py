@@ -86,3 +86,18 @@ def test_complete_lists_fill_and_fallback():
     assert rows[2] == [(12, "repeat"), (11, "popular"), (20, "popular")]
     assert rows[3] == [(11, "fallback"), (20, "fallback"), (21, "fallback")]
     assert out.group_by("user_id").agg(pl.col("rank").sort())["rank"].to_list() == [[1, 2, 3]] * 3
+
+
+def test_als_validation_fit_on_a_user_sample_still_scores_every_user(data):
+    """model_selection's ALS is fitted on a seeded user sample (`als_fit_users`); every
+    validation user still gets an ALS list, and the report says which fit was validated."""
+    orders, lines = data
+    window, truth = validation_split(orders, lines)
+    users = validation_users(truth, window, None, 42)
+    n = window.ratings["user_id"].n_unique()
+    cand = Candidate("als", {"factors": 8, "iterations": 3, "fit_users": n // 4})
+    rec = cand.build().fit(window)
+    assert rec.model.params["fit_users"] == n // 4 and rec.model.n_users == n
+    assert rec.recommend(users, 10)["user_id"].n_unique() == np.intersect1d(users, rec.model.user_ids).size == users.size
+    row = select([cand], window, truth, users)["candidates"][0]
+    assert row["params"]["fit_users"] == n // 4 and 0 < row["map@10"] <= 1

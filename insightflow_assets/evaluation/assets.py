@@ -22,7 +22,7 @@ from insightflow_assets.evaluation.offline import (
     metrics_table,
     undefined_metrics,
 )
-from insightflow_assets.model.als import AlsModel, recommend
+from insightflow_assets.model.als import AlsModel, lists_from, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
 from resources.layout import Artifact
 
@@ -32,6 +32,14 @@ GROUP = "evaluation"
 class EvalConfig(Config):
     ks: list[int] = [5, 10, 20]
     sample_users: Optional[int] = None  # None: every holdout user; N: a seeded sample of N users
+    seed: int = 42
+
+
+class CandidatesConfig(Config):
+    """Whose ALS lists are scored once for both evaluations, and how deep."""
+
+    n: int = 100  # the post-rank's candidate pool; every evaluation K reads a prefix of it
+    sample_users: Optional[int] = None  # as EvalConfig: the evaluations' users (others are scored there)
     seed: int = 42
 
 
@@ -80,18 +88,39 @@ def _in_unit_interval(v) -> bool:
 
 @run_asset(
     group=GROUP,
+    storage=Artifact("recsys/candidates/als-{ts}", ("als_candidates.parquet",)),
+    kinds={"implicit", "polars", "parquet"},
+    description=(
+        "ALS top-N (N=100) of every evaluated user, scored once: als_eval reads its top-K prefix, "
+        "als_postrank re-ranks it."
+    ),
+)
+def als_candidates(
+    context: AssetExecutionContext, config: CandidatesConfig, als_model: ArtifactFolder, holdout: pl.DataFrame
+) -> Output[pl.DataFrame]:
+    current_run(context)
+    model = AlsModel.from_files(als_model.files)
+    # Already-bought products stay allowed: repurchase is the main event in groceries.
+    recs = recommend(model, None, eval_users(holdout, config.sample_users, config.seed), config.n)
+    return Output(recs, metadata={"users": recs["user_id"].n_unique(), "n": config.n})
+
+
+@run_asset(
+    group=GROUP,
     storage=Artifact("recsys/eval/als-{ts}", ("metrics.json", "coverage.json")),
     kinds={"polars", "json"},
     description=(
         "precision/recall/MAP/NDCG/hit-rate@K on the held-out baskets of every method: ALS, the next-basket "
-        "model (TIFU-KNN), global popularity, P-TopFreq and GP-TopFreq (the `methods` map)."
+        "model (TIFU-KNN), LightFM, global popularity, P-TopFreq and GP-TopFreq (the `methods` map)."
     ),
 )
 def als_eval(
     context: AssetExecutionContext,
     config: EvalConfig,
     als_model: ArtifactFolder,
+    als_candidates: pl.DataFrame,
     nbr_model: ArtifactFolder,
+    lightfm_model: ArtifactFolder,
     ratings: pl.DataFrame,
     holdout: pl.DataFrame,
     products: pl.DataFrame,
@@ -99,11 +128,10 @@ def als_eval(
     current_run(context)
     model = AlsModel.from_files(als_model.files)
     users = eval_users(holdout, config.sample_users, config.seed)
-    # Already-bought products stay allowed: repurchase is the main event in groceries.
-    recs = recommend(model, ratings, users, max(config.ks), filter_already_bought=False)
+    recs = lists_from(model, als_candidates, users, max(config.ks))
     metrics, cov = evaluation_report(
         recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks),
-        extra_recs={"tifu_knn": nbr_model.frame("recs.parquet")},
+        extra_recs={"tifu_knn": nbr_model.frame("recs.parquet"), "lightfm": lightfm_model.frame("recs.parquet")},
     )
     metrics["diversity"] = {"k": HEADLINE_K, "als": list_diversity(recs, model.item_ids, model.item_factors, ratings, HEADLINE_K)}
     metrics["eval_config"] = config.model_dump()

@@ -59,7 +59,9 @@ __all__ = [
     "AlsModel",
     "user_item_matrix",
     "fit_als",
+    "fit_als_sampled",
     "recommend",
+    "lists_from",
     "DEFAULT_PARAMS",
 ]
 
@@ -342,6 +344,42 @@ def fit_als(
     )
 
 
+def fit_als_sampled(ratings: pl.DataFrame, fit_users: int | None, *, seed: int = 42, **params: Any) -> AlsModel:
+    """`fit_als` with the item factors learned from a seeded sample of ``fit_users`` users;
+    every user's factor is then the least-squares solution against those item factors (the
+    user half-step of ALS, exact). For the validation fit of model selection, where ALS is
+    only a candidate: the cost falls with the sample, and every user can still be scored.
+    Items no sampled user bought are not in the model. ``None`` or a sample as large as the
+    data: plain `fit_als`."""
+    users = ratings["user_id"].unique().sort()
+    if fit_users is None or fit_users >= users.len():
+        return fit_als(ratings, **params)
+    chosen = pl.Series("user_id", np.random.default_rng(seed).choice(users.to_numpy(), int(fit_users), replace=False))
+    sampled = fit_als(ratings.join(chosen.to_frame(), on="user_id", how="semi"), **params)
+    mat, user_ids, _ = user_item_matrix(ratings, item_ids=sampled.item_ids)
+    return AlsModel(
+        user_ids=user_ids,
+        item_ids=sampled.item_ids,
+        user_factors=_solve_users(sampled, mat),
+        item_factors=sampled.item_factors,
+        params={**sampled.params, "fit_users": int(fit_users), "seed": seed,
+                "shape": list(mat.shape), "nnz": int(mat.nnz)},
+    )
+
+
+def _solve_users(model: AlsModel, mat: sp.csr_matrix) -> np.ndarray:
+    """Each row's user factor given the model's item factors (implicit's least squares)."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    p = model.params
+    solver = AlternatingLeastSquares(
+        factors=model.n_factors, regularization=p["regularization"], alpha=p["alpha"], num_threads=0
+    )
+    solver.item_factors = model.item_factors
+    with threadpool_limits(1, "blas"):
+        return np.asarray(solver.recalculate_user(np.arange(mat.shape[0]), mat), dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- #
 # Recommend
 # --------------------------------------------------------------------------- #
@@ -458,6 +496,25 @@ def recommend(
             "score": pl.Series(cols[3], dtype=pl.Float32),
         }
     )
+
+
+def lists_from(
+    model: AlsModel, stored: pl.DataFrame | None, users: Iterable[int] | np.ndarray | pl.Series, n: int
+) -> pl.DataFrame:
+    """``recommend(model, None, users, n)``, cut from ``stored`` (longer lists of the same model,
+    e.g. the run's `als_candidates`) where they cover a user: one ALS scoring pass feeds every
+    consumer. Users the stored lists miss are scored here. Exact: a top-N list computed with
+    `recommend`'s tie rule starts with the top-n (n <= N)."""
+    users_known, _ = model.user_index(np.unique(_as_id_array(users)))
+    depth = int(stored["rank"].max() or 0) if stored is not None and stored.height else 0
+    if depth < min(n, model.n_items) or users_known.size == 0:
+        return recommend(model, None, users_known, n)
+    wanted = pl.DataFrame({"user_id": pl.Series(users_known, dtype=pl.Int32)})
+    have = stored.filter(pl.col("rank") <= n).join(wanted, on="user_id", how="semi")
+    missing = np.setdiff1d(users_known, have["user_id"].unique().to_numpy())
+    if missing.size:
+        have = pl.concat([have, recommend(model, None, missing, n)])
+    return have.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SCHEMA.items()]).sort("user_id", "rank")
 
 
 def _usable_cores() -> int:

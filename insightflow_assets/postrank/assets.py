@@ -20,7 +20,7 @@ from insightflow_assets.evaluation.offline import (
     methods_of,
     undefined_metrics,
 )
-from insightflow_assets.model.als import AlsModel
+from insightflow_assets.model.als import AlsModel, lists_from
 from insightflow_assets.postrank.export import complete_lists
 from insightflow_assets.recommenders import REGISTRY, TrainingWindow
 from insightflow_assets.recommenders.als import AlsPostrank
@@ -112,6 +112,7 @@ def als_postrank(
     model_selection: dict,
     als_eval: ArtifactFolder,
     als_model: ArtifactFolder,
+    als_candidates: pl.DataFrame,
     ratings: pl.DataFrame,
     holdout: pl.DataFrame,
     products: pl.DataFrame,
@@ -125,7 +126,10 @@ def als_postrank(
         k: v for k, v in config.model_dump().items() if k in eval_keys
     } and reference["n_users_evaluated"] == len(users)
     rec = config.recommender(model).with_window(TrainingWindow(ratings=ratings, baskets=pl.DataFrame()))
-    lists = complete_lists(rec.recommend(users, config.k), pl.Series(users), config.k, item_popularity(ratings))
+    # ALS scored once for the run, in als_candidates
+    pool = lists_from(model, als_candidates, users, max(config.candidates, config.k))
+    lists = complete_lists(rec.recommend_from(pool, users, config.k), pl.Series(users), config.k,
+                           item_popularity(ratings))
     metrics, cov = evaluation_report(
         lists, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks), method="als_postrank",
         baselines=baselines_of(reference) if same else None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from insightflow_assets.model.als import AlsModel, fit_als, recommend
-from insightflow_assets.recommenders.base import Recommender, TrainingWindow, register, with_source
+from insightflow_assets.model.als import AlsModel, fit_als_sampled, recommend
+from insightflow_assets.recommenders.base import Recommender, TrainingWindow, _ids, as_recs, register, with_source
 
 
 @register
@@ -17,7 +17,9 @@ class Als(Recommender):
     fit_family = "als"
 
     def fit(self, window: TrainingWindow) -> "Recommender":
-        self.model = fit_als(window.ratings, **self.params)
+        # ``fit_users``: item factors from a seeded sample of users (model selection's validation fit)
+        params = dict(self.params)
+        self.model = fit_als_sampled(window.ratings, params.pop("fit_users", None), **params)
         return self
 
     def adopt(self, fitted: "Recommender", window: TrainingWindow) -> "Recommender":
@@ -87,6 +89,11 @@ class AlsPostrank(Als):
 
     def _candidates(self, users: np.ndarray, n: int) -> pl.DataFrame:
         return recommend(self.model, None, users, max(self.postrank["candidates"], n), filter_already_bought=False)
+
+    def recommend_from(self, candidates: pl.DataFrame, users, n: int) -> pl.DataFrame:
+        """`recommend` on this model's top-``max(candidates, n)`` lists scored elsewhere (the
+        run's `als_candidates`), instead of scoring every user again."""
+        return as_recs(self._rerank(candidates, _ids(users), n))
 
     @classmethod
     def _recommend_many(cls, recs: list["Recommender"], users: np.ndarray, n: int) -> list[pl.DataFrame]:

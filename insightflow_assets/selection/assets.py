@@ -26,6 +26,9 @@ class SelectionConfig(Config):
     sample_users: Optional[int] = Field(20_000, description="validation users scored (seeded sample); None = all")
     seed: int = 42
     als: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS), description="ALS parameters of the ALS-based candidates")
+    als_fit_users: Optional[int] = Field(
+        50_000, description="ALS-based candidates: item factors fitted on a seeded sample of this many users (None = all)"
+    )
     grid: Optional[dict[str, list[dict[str, Any]]]] = Field(
         None, description="method -> list of parameter sets; None = the default grid (selection.select.DEFAULT_GRID)"
     )
@@ -48,7 +51,8 @@ def model_selection(
     users = validation_users(truth, window, config.sample_users, config.seed)
     if users.size == 0:
         raise ValueError("model_selection: no user has two baskets, so nothing can be validated")
-    report = select(default_candidates(config.als, config.grid), window, truth, users)
+    als = {**config.als, "fit_users": config.als_fit_users}
+    report = select(default_candidates(als, config.grid), window, truth, users)
     win = report["winner"]
     context.log.info(f"validation winner: {win['label']} map@10={win['map@10']:.4f}")
     best = report["best_per_method"]
