@@ -9,9 +9,15 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 install: $(VENV)/.installed
 
+# rectools-lightfm ships no wheel: pip compiles it, so a C compiler comes first (installed when
+# we are root), and LIGHTFM_NO_CFLAGS=1 leaves out -march=native: the binary runs on any x86-64.
 $(VENV)/.installed: pyproject.toml
+	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; \
+		else echo "a C compiler is missing: install gcc (pip builds rectools-lightfm from source)"; exit 1; fi; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	LIGHTFM_NO_CFLAGS=1 $(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
 # Generate ~2,000 users into the clean location if it is empty, then run the whole graph

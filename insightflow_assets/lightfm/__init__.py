@@ -1,0 +1,1 @@
+"""LightFM hybrid (`lightfm_model`): customers × products with product and customer features."""
