@@ -10,6 +10,7 @@ step itself fails with latest/ untouched. Every stored file is put back after ea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from dagster import AssetKey
+from dagster import AssetCheckResult, AssetKey
 
 from insightflow_assets.publish.gate import check_statuses, guarding_checks, verdict
 from insightflow_assets.publish.promotion import read_manifest
@@ -163,6 +164,22 @@ def random_cohort_short(s: Stored) -> None:
     s.edit_frame("exports", lambda df: drop_row(df, 0), file="users_random.parquet")
 
 
+def nan_lightfm_vector(s: Stored) -> None:
+    path = s.path("lightfm_model", "item_vectors.npy")
+    vectors = np.load(path, allow_pickle=False)
+    vectors[0, 0] = np.nan
+    np.save(path, vectors, allow_pickle=False)
+
+
+def basket_items_cut_to_five(s: Stored) -> None:
+    """Only five products left to complete a basket with: no query can return K new ones."""
+    s.edit_frame(
+        "basket_pairs",
+        lambda df: df.filter(pl.col("product_id").is_in(df["product_id"].unique().sort().head(5).implode())),
+        file="items.parquet",
+    )
+
+
 CORRUPTIONS: dict[str, Callable[[Stored], None]] = {
     "orders_imputed:imputed_columns_complete": null_imputed_cell,
     "orders_imputed:imputed_values_in_domain": hour_out_of_domain,
@@ -180,6 +197,8 @@ CORRUPTIONS: dict[str, Callable[[Stored], None]] = {
     "exports:high_value_cohort_is_top_hv": high_value_cohort_reordered,
     "exports:bedrock_inputs_match_schema": a_line_that_is_not_json,
     "exports:export_row_counts": random_cohort_short,
+    "lightfm_model:lightfm_embeddings_finite": nan_lightfm_vector,
+    "basket_eval:basket_queries_return_k_new_products": basket_items_cut_to_five,
 }
 
 
@@ -261,3 +280,34 @@ def test_with_every_check_passing_again_the_run_is_promoted(small_run, baseline,
     promoting = run_graph(small_run.instance, run_key=small_run.run_key, defs=small_run.defs, selection=["latest_manifest"])
     assert promoting.ok, promoting.errors
     assert read_manifest(LocalStorage(root=str(small_run.curated)))["run_key"] == small_run.run_key
+
+
+def test_a_blocking_check_failing_in_its_asset_step_stops_the_run(tmp_path, small_clean_dir, monkeypatch):
+    """In a run, a check is evaluated in its asset's step, on what the step just stored: a
+    failing blocking one fails that step, so nothing downstream runs and latest/ is not written."""
+    from dagster import DagsterInstance
+
+    from insightflow_assets.common import STEP_CHECKS
+    from insightflow_assets_tests.conftest import local_defs
+
+    checks = STEP_CHECKS["insightflow_assets.ratings.assets"]
+    judged = []
+
+    def refuses(ratings: pl.DataFrame) -> AssetCheckResult:
+        judged.append(ratings.height)
+        return AssetCheckResult(passed=False)
+
+    monkeypatch.setitem(checks, "ratings_valid", dataclasses.replace(checks["ratings_valid"], fn=refuses))
+    curated = tmp_path / "curated"
+    upstream = ["raw_orders", "raw_order_products", "products", "orders_imputed", "ratings"]
+    with DagsterInstance.ephemeral() as instance:
+        outcome = run_graph(
+            instance, run_key="run-20260501-000000", defs=local_defs(small_clean_dir, curated),
+            selection=[*upstream, "user_seg", "latest_manifest"],
+        )
+    assert outcome.failed_steps == ["ratings"]
+    assert [_name(c) for c in outcome.failed_error_checks] == ["ratings:ratings_valid"]
+    stored = pl.read_parquet(Stored(curated, "run-20260501-000000").path("ratings"))
+    assert judged == [stored.height] and stored.height > 0  # the stored ratings were judged
+    assert set(outcome.materialized) == set(upstream)  # user_seg and latest_manifest never ran
+    assert latest_bytes(curated) is None

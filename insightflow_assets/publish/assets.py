@@ -19,7 +19,7 @@ GROUP = "publish"
     storage=None,
     # No storage kind: like every asset it writes where the curated resource points, local or S3.
     kinds={"json"},
-    deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks"],
+    deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks", "basket_eval"],
     description=(
         "Promotes this run's user_seg, segment_popularity and eval_charts to latest/ and writes "
         "recsys/latest/index.json last. Promotes only when every upstream blocking check has a "

@@ -1,0 +1,174 @@
+"""Basket → complements: `basket_pairs` (directional pairs with lift/npmi) and `basket_eval`
+(the PerNIR next-item protocol, every method side by side), with their checks."""
+
+import time
+
+import numpy as np
+import polars as pl
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetIn, Config, MetadataValue, Output
+from pydantic import Field
+
+from insightflow_assets.basket import evaluate as ev
+from insightflow_assets.basket import profiles as prof
+from insightflow_assets.basket.pairs import PairParams, build_pairs, window_lines
+from insightflow_assets.basket.recommender import BasketModel
+from insightflow_assets.basket.report import CHART_FILE, blend_vs_pairs, chart, query_problems
+from insightflow_assets.common import current_run, run_asset, run_check
+from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
+from resources.io_manager import ArtifactFolder
+from resources.layout import Artifact
+
+GROUP = "basket"
+PAIRS_FILES = ("pairs.parquet", "items.parquet", "params.json")
+
+
+class BasketPairsConfig(Config):
+    window: int = Field(5, description="B counts after A when added at most this many positions later (the pair cap).")
+    min_support: int = Field(3, description="Baskets a pair needs before its lift is trusted.")
+    max_neighbours: int = Field(100, description="Followers and predecessors kept per (segment, product).")
+
+
+@run_asset(
+    group=GROUP,
+    storage=Artifact("recsys/basket/pairs-{ts}", PAIRS_FILES),
+    kinds={"numpy", "polars", "parquet"},
+    description=(
+        "Directional basket pairs A→B (B added within `window` cart positions after A) over the training window, "
+        "overall (segment -1) and per user_seg segment, with confidence, lift and npmi (min support; lift ≤ 1 dropped); "
+        "each product's best followers (direction 0) and predecessors (direction 1, the reverse index) by npmi, "
+        "plus baskets per (segment, product)."
+    ),
+)
+def basket_pairs(
+    context: AssetExecutionContext,
+    config: BasketPairsConfig,
+    orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
+    user_seg: pl.DataFrame,
+) -> Output[ArtifactFolder]:
+    current_run(context)
+    t0 = time.perf_counter()
+    params = PairParams(window=config.window, min_support=config.min_support, max_neighbours=config.max_neighbours)
+    lines = window_lines(orders_imputed, raw_order_products, user_seg)
+    pairs, items, info = build_pairs(lines, params)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    info["cart_order_missing_lines"] = int(raw_order_products["add_to_cart_order"].null_count()) \
+        if "add_to_cart_order" in raw_order_products.columns else raw_order_products.height
+    return Output(
+        ArtifactFolder.of({"pairs.parquet": pairs, "items.parquet": items, "params.json": info}),
+        metadata={
+            "seconds": float(info["seconds"]),
+            "stored_pairs": pairs.height,
+            "distinct_pairs": info["distinct_pairs"],
+            "pairs_at_min_support": info["pairs_at_min_support"],
+            "cart_order_missing_lines": info["cart_order_missing_lines"],
+            "params": MetadataValue.json(params.__dict__),
+        },
+    )
+
+
+class BasketEvalConfig(Config):
+    m_min: int = 1
+    m_max: int = 10
+    sample_baskets: int = Field(300, description="Seeded sample of target baskets (0 = all); ~4 queries each.")
+    seed: int = 42
+    segment_mode: str = Field("user", description="user: the customer's user_seg segment; auto: detected from the basket.")
+    headline_profile: str = "precision_pair_heavy"
+
+
+def load_model(basket_pairs: ArtifactFolder, products: pl.DataFrame, lightfm_model: ArtifactFolder | None) -> BasketModel:
+    """The basket recommender from the stored artifacts (what a serving process loads)."""
+    emb = LightfmEmbeddings.from_files(lightfm_model.files) if lightfm_model is not None else None
+    return BasketModel.build(
+        basket_pairs.frame("pairs.parquet"), basket_pairs.frame("items.parquet"), products,
+        item_ids=emb.item_ids if emb else None, item_vectors=emb.item_vectors if emb else None,
+    )
+
+
+@run_asset(
+    group=GROUP,
+    storage=Artifact("recsys/eval/basket-{ts}", ("metrics.json", "by_size.json", CHART_FILE)),
+    kinds={"numpy", "implicit", "matplotlib", "json"},
+    description=(
+        "Basket completion, PerNIR protocol: each prefix of M items (add-to-cart order) of a sample of target baskets "
+        "predicts the next item (hit/MRR@K) and the rest (recall/hit@K), K = 10, 20, basket items excluded, averaged per M "
+        "then over M; global popularity, pairs only, implicit BM25 item-item, LightFM embeddings only, and the blend of "
+        "each profile."
+    ),
+)
+def basket_eval(
+    context: AssetExecutionContext,
+    config: BasketEvalConfig,
+    basket_pairs: ArtifactFolder,
+    lightfm_model: ArtifactFolder,
+    ratings: pl.DataFrame,
+    orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
+    user_seg: pl.DataFrame,
+    products: pl.DataFrame,
+) -> Output[ArtifactFolder]:
+    current_run(context)
+    if config.segment_mode not in ("user", "auto"):
+        raise ValueError(f"basket_eval config: segment_mode must be 'user' or 'auto', got {config.segment_mode!r}")
+    t0 = time.perf_counter()
+    model = load_model(basket_pairs, products, lightfm_model)
+    params = ev.EvalParams(m_min=config.m_min, m_max=config.m_max, sample_baskets=config.sample_baskets, seed=config.seed)
+    qs = ev.queries(ev.target_baskets(orders_imputed, raw_order_products, user_seg), params)
+    if config.segment_mode == "auto":
+        qs = [ev.Query(q.user_id, None, q.prefix, q.next_item, q.rest) for q in qs]
+    result = ev.evaluate(methods(model, ratings), qs)
+    result.update(headline=f"blend:{config.headline_profile}", eval_config=config.model_dump(),
+                  seconds=round(time.perf_counter() - t0, 2))
+    metrics = {k: v for k, v in result.items() if k != "by_size"}
+    context.log.info(f"basket_eval: {len(qs)} queries in {result['seconds']} s")
+    headline = {f"{_label(name)}_{key}": float(v) for name, m in result["methods"].items()
+                for key, v in m.items() if key in ("hit@10", "mrr@10", "recall_rest@10")}
+    return Output(
+        ArtifactFolder.of({"metrics.json": metrics, "by_size.json": result["by_size"], CHART_FILE: chart(result["by_size"])}),
+        metadata={"queries": len(qs), "seconds": float(result["seconds"]), **headline},
+    )
+
+
+def methods(model: BasketModel, ratings: pl.DataFrame) -> dict:
+    """Every method of the comparison, by name: a function of (queries, K) to top-K lists."""
+    fallback = model.ids[model.popular[-1][:500]]
+    pairs_only = prof.single(W_PAIR=1.0, W_EMB=0.0, W_POPP=0.0, W_POPG=1e-4, W_COVER=0.0, PAIR_QUOTA=0)
+    emb_only = prof.single(W_PAIR=0.0, W_EMB=1.0, W_POPP=0.0, W_POPG=1e-4, W_COVER=0.0, PAIR_QUOTA=0, TOP_POPG=2000)
+    out = {
+        "popularity": lambda qs, k: ev.popularity_lists(model, qs, k),
+        "pairs": lambda qs, k: ev.model_lists(model, qs, k, pairs_only),
+        "item_item": lambda qs, k: ev.item_item_lists(ratings, qs, k, fallback),
+        "embeddings": lambda qs, k: ev.model_lists(model, qs, k, emb_only),
+    }
+    for name in model.profiles:
+        out[f"blend:{name}"] = lambda qs, k, name=name: ev.model_lists(model, qs, k, name)
+    return out
+
+
+def _label(method: str) -> str:
+    """Metadata key prefix: ``blend:precision_pair_heavy`` → ``blend_precision_pair_heavy``."""
+    return method.replace(":", "_")
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+@run_check(asset=basket_eval, additional_ins={"basket_pairs": AssetIn("basket_pairs"), "products": AssetIn("products"),
+                                              "lightfm_model": AssetIn("lightfm_model")})
+def basket_queries_return_k_new_products(
+    basket_eval: ArtifactFolder, basket_pairs: ArtifactFolder, products: pl.DataFrame, lightfm_model: ArtifactFolder
+) -> AssetCheckResult:
+    """200 seeded basket queries (sizes 0–10, each segment and detected) each return K=10
+    distinct products, none of them in the basket."""
+    metrics = basket_eval.json("metrics.json")
+    model = load_model(basket_pairs, products, lightfm_model)
+    problems = query_problems(model, k=10, n=200, seed=0, profile=metrics["headline"].split(":", 1)[1])
+    return AssetCheckResult(passed=not problems, metadata={"queries": 200, "problems": len(problems),
+                                                           "first_problems": MetadataValue.json(problems[:5])})
+
+
+@run_check(asset=basket_eval, blocking=False)
+def basket_blend_not_worse_than_pairs(basket_eval: ArtifactFolder) -> AssetCheckResult:
+    """The headline blend's next-item hit@10 is at least pairs-only's (a warning otherwise)."""
+    passed, meta = blend_vs_pairs(basket_eval.json("metrics.json"))
+    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata=meta)

@@ -1,0 +1,264 @@
+"""Directional basket pairs A→B ("B was added after A"), overall and per segment (pure numpy/polars).
+
+From the baskets of a training window, each ordered by ``add_to_cart_order``:
+
+* ``count(A→B)``: baskets where B was added within ``window`` positions after A. The window is
+  the cap on pair explosion: a basket of n items gives at most ``n × window`` pairs instead of
+  n²/2, so a 100-item basket costs as much as a 10-item one per line, and the pairs it keeps
+  are the close ones, which carry the "goes with" signal;
+* ``baskets(A)``: baskets of the window containing A; ``T``: baskets of the window;
+* ``confidence = count / baskets(A)``, ``lift = count × T / (baskets(A) × baskets(B))``,
+  ``npmi = ln(lift) / -ln(count / T)`` (normalised PMI, ≤ 1): the association beyond what the two
+  products' popularity explains. Pairs under ``min_support`` baskets are dropped (a lift on two
+  baskets is noise), and neighbours are ranked by npmi, so a best-seller is not everyone's
+  neighbour.
+
+Each (segment, product) keeps its ``max_neighbours`` best followers (``direction`` 0, A→?) and
+its best predecessors (``direction`` 1, the reverse index ?→B). Segment -1 is every basket
+("any segment"); a basket counts in its customer's ``user_seg`` segment as well.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from insightflow_assets.ratings.build import target_orders
+
+ANY = -1  # the segment id of the pairs over every basket
+FORWARD, REVERSE = 0, 1
+
+PAIRS_SCHEMA = {
+    "segment": pl.Int8,
+    "direction": pl.Int8,  # FORWARD: product → neighbour added after it; REVERSE: neighbour added before
+    "product_id": pl.Int32,
+    "neighbour_id": pl.Int32,
+    "count": pl.Int32,
+    "confidence": pl.Float32,
+    "lift": pl.Float32,
+    "npmi": pl.Float32,
+    "rank": pl.Int16,
+}
+ITEMS_SCHEMA = {"segment": pl.Int8, "product_id": pl.Int32, "baskets": pl.Int32}
+
+
+@dataclass(frozen=True)
+class PairParams:
+    window: int = 5  # B counts after A when at most this many positions later in the cart
+    min_support: int = 3  # baskets
+    max_neighbours: int = 100  # per (segment, product, direction)
+
+
+def window_lines(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataFrame | None, *, back: int = 0) -> pl.DataFrame:
+    """``order_id, segment, product_id`` of every training-window basket (orders before each
+    customer's target; ``back=1``: before the validation basket), in add-to-cart order."""
+    targets = target_orders(orders, lines, back).select(pl.col("user_id").cast(pl.Int32), pl.col("order_number").alias("_t"))
+    window = (
+        orders.lazy()
+        .select("order_id", pl.col("user_id").cast(pl.Int32), "order_number")
+        .join(targets.lazy(), on="user_id", how="inner")
+        .filter(pl.col("order_number") < pl.col("_t"))
+        .select("order_id", "user_id")
+    )
+    return cart_lines(window, lines, user_seg)
+
+
+def cart_lines(chosen: pl.DataFrame | pl.LazyFrame, lines: pl.DataFrame, user_seg: pl.DataFrame | None) -> pl.DataFrame:
+    """``order_id, segment, product_id`` of the ``chosen`` orders (``order_id, user_id``), each
+    order's lines in add-to-cart order; the segment is the customer's (`ANY` without one).
+
+    Ingest refuses a product listed twice in one order, so lines are not de-duplicated here. A
+    null ``add_to_cart_order`` sorts after the order's known positions, in input line order
+    (the file's line order is what the transactions form derives the cart order from anyway).
+    """
+    chosen = chosen.lazy().select("order_id", pl.col("user_id").cast(pl.Int32))
+    if user_seg is not None:
+        seg = user_seg.lazy().select(pl.col("user_id").cast(pl.Int32), pl.col("segment").cast(pl.Int8))
+        chosen = chosen.join(seg, on="user_id", how="left")
+    else:
+        chosen = chosen.with_columns(segment=pl.lit(None, pl.Int8))
+    cart = pl.col("add_to_cart_order") if "add_to_cart_order" in lines.columns else pl.lit(None, pl.Int64)
+    # one Int64 sort key (order, cart position), sorted stably so that ties keep the input
+    # line order: a single-column sort is several times cheaper than a multi-column one on
+    # 32 M lines; 2**20 positions exceed any basket
+    key = pl.col("order_id").cast(pl.Int64) * (1 << 21) + cart.cast(pl.Int64).fill_null(1 << 20)
+    return (
+        lines.lazy()
+        .select("order_id", "product_id", key.alias("_key"))
+        .join(chosen.select("order_id", "segment"), on="order_id", how="inner")
+        .sort("_key", maintain_order=True)
+        .select("order_id", pl.col("segment").fill_null(ANY), pl.col("product_id").cast(pl.Int32))
+        .collect()
+    )
+
+
+def count_pairs(order_id: np.ndarray, item: np.ndarray, n_items: int, window: int) -> sp.csr_matrix:
+    """Counts of ``a → b`` (B within ``window`` positions after A in one order) as an
+    n_items × n_items CSR matrix; lines grouped by order in cart order."""
+    rows, cols = [], []
+    for d in range(1, window + 1):
+        i = np.flatnonzero(order_id[d:] == order_id[:-d])
+        rows.append(item[i])
+        cols.append(item[i + d])
+    bits = max(int(n_items).bit_length(), 1)  # shifts and masks: int64 division is slow
+    code = np.concatenate([(r.astype(np.int64) << bits) | c for r, c in zip(rows, cols)]) if rows else np.empty(0, np.int64)
+    del rows, cols
+    # a (multi-threaded) sort and run lengths: cheaper than COO → CSR's duplicate summing or a
+    # hash group-by on tens of millions of codes
+    code = pl.Series(code).sort().to_numpy()
+    start = np.flatnonzero(np.concatenate(([True], code[1:] != code[:-1]))) if code.size else np.empty(0, np.int64)
+    count = np.diff(np.append(start, code.size)).astype(np.int32)
+    code = code[start]
+    a, b = (code >> bits).astype(np.int32), (code & ((1 << bits) - 1)).astype(np.int32)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(a, minlength=n_items))))
+    return sp.csr_matrix((count, b, indptr), shape=(n_items, n_items))
+
+
+def segment_pairs(
+    order_id: np.ndarray, item: np.ndarray, segment: np.ndarray, n_items: int, window: int, min_support: int
+) -> tuple[pl.DataFrame, dict]:
+    """``segment, a, b, count`` for every segment and ANY (the sum), pairs of at least
+    ``min_support`` baskets only, and the counts of the ANY matrix before that filter.
+
+    One segment at a time: an order has one customer, so the segment's lines stay grouped by
+    order, and the peak memory is one segment's pairs, not all of them."""
+    frames, overall = [], sp.csr_matrix((n_items, n_items), dtype=np.int32)
+    for s in np.unique(segment):
+        m = segment == s
+        counts = count_pairs(order_id[m], item[m], n_items, window)
+        overall = overall + counts
+        if s != ANY:
+            frames.append(_coo_frame(counts, int(s), min_support))
+    frames.append(_coo_frame(overall, ANY, min_support))
+    stats = {"pair_occurrences": int(overall.sum()), "distinct_pairs": int(overall.nnz),
+             "pairs_at_min_support": int((overall.data >= min_support).sum())}
+    return pl.concat(frames), stats
+
+
+def _coo_frame(counts: sp.csr_matrix, segment: int, min_support: int) -> pl.DataFrame:
+    coo = counts.tocoo()
+    keep = coo.data >= min_support
+    coo = sp.coo_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
+    return pl.DataFrame(
+        {"segment": np.full(coo.nnz, segment, np.int8), "a": coo.row.astype(np.int32), "b": coo.col.astype(np.int32),
+         "count": coo.data.astype(np.int32)}
+    )
+
+
+def basket_counts(item: np.ndarray, segment: np.ndarray, first: np.ndarray, n_items: int) -> tuple[pl.DataFrame, dict[int, int]]:
+    """Baskets containing each item per segment and ANY (``first`` marks each order's first
+    line), and the number of baskets per segment."""
+    segs = np.unique(segment)
+    slot = np.searchsorted(segs, segment).astype(np.int64)
+    per = np.bincount(slot * n_items + item, minlength=segs.size * n_items).reshape(segs.size, n_items)
+    frames = [_nonzero_counts(per[k], int(s)) for k, s in enumerate(segs) if s != ANY]
+    frames.append(_nonzero_counts(per.sum(axis=0), ANY))
+    orders = np.bincount(slot[first], minlength=segs.size)
+    totals = {int(s): int(orders[k]) for k, s in enumerate(segs) if s != ANY}
+    totals[ANY] = int(first.sum())
+    return pl.concat(frames), totals
+
+
+def _nonzero_counts(counts: np.ndarray, segment: int) -> pl.DataFrame:
+    a = np.flatnonzero(counts).astype(np.int32)
+    return pl.DataFrame({"segment": np.full(a.size, segment, np.int8), "a": a, "baskets": counts[a].astype(np.int32)})
+
+
+def dense_items(product_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, item)``: the sorted distinct product ids and each line's index into them."""
+    if product_id.size and 0 <= product_id.min() and product_id.max() < 1 << 26:
+        # a lookup table: linear, where np.unique sorts 32 M ids
+        seen = np.bincount(product_id) > 0
+        lut = np.cumsum(seen, dtype=np.int32) - 1
+        return np.flatnonzero(seen).astype(np.int32), lut[product_id]
+    ids, item = np.unique(product_id, return_inverse=True)
+    return ids.astype(np.int32), item.astype(np.int32).ravel()
+
+
+def normalise(pairs: pl.DataFrame, items: pl.DataFrame, totals: dict[int, int], params: PairParams, n_items: int) -> pl.DataFrame:
+    """Confidence / lift / npmi of the supported pairs, and the top ``max_neighbours`` each way.
+
+    Pairs with lift ≤ 1 (npmi ≤ 0) are dropped: bought together less than chance, they are no
+    complements. Numpy lookups by item index, not joins: this runs on ~10 M pairs."""
+    out = []
+    for (s,), part in pairs.group_by("segment", maintain_order=True):
+        per = np.zeros(n_items, np.float64)
+        mine = items.filter(pl.col("segment") == s)
+        per[mine["a"].to_numpy()] = mine["baskets"].to_numpy()
+        a, b, count = (part[c].to_numpy() for c in ("a", "b", "count"))
+        total = float(totals[int(s)])
+        lift = count * total / (per[a] * per[b])
+        p_ab = count / total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # -ln p(AB) is 0 only when every basket holds the pair: then the association is total
+            npmi = np.where(p_ab < 1.0, np.log(lift) / -np.log(p_ab), 1.0)
+        keep = npmi > 0
+        a, b, count, lift, npmi = a[keep], b[keep], count[keep], lift[keep], npmi[keep]
+        scored = dict(count=count, confidence=count / per[a], lift=lift, npmi=npmi)
+        for direction, (item, neighbour) in ((FORWARD, (a, b)), (REVERSE, (b, a))):
+            order, rank = _top(item, npmi, params.max_neighbours)
+            out.append(pl.DataFrame({
+                "segment": np.full(order.size, s, np.int8), "direction": np.full(order.size, direction, np.int8),
+                "product_id": item[order], "neighbour_id": neighbour[order],
+                **{k: v[order] for k, v in scored.items()}, "rank": rank,
+            }))
+    if not out:
+        return pl.DataFrame(schema=PAIRS_SCHEMA)
+    return pl.concat([f.select([pl.col(c).cast(t) for c, t in PAIRS_SCHEMA.items()]) for f in out])
+
+
+def _top(item: np.ndarray, npmi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``n`` best npmi per item, by item then npmi descending, and their 1-based ranks.
+
+    One int64 sort key (item, npmi quantised to 2**-30): much cheaper than a two-key sort; ties
+    keep the input order (neighbour index ascending), so the result is deterministic."""
+    q = np.round((1.0 - np.clip(npmi, 0.0, 1.0)) * (1 << 30)).astype(np.int64)
+    order = np.argsort(item.astype(np.int64) * (1 << 31) + q, kind="stable")
+    sorted_item = item[order]
+    start = np.ones(order.size, bool)
+    start[1:] = sorted_item[1:] != sorted_item[:-1]
+    idx = np.arange(order.size)
+    rank = idx - np.maximum.accumulate(np.where(start, idx, 0)) + 1
+    keep = rank <= n
+    return order[keep], rank[keep].astype(np.int16)
+
+
+def build_pairs(baskets: pl.DataFrame, params: PairParams = PairParams()) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """``(pairs, items, info)`` from `window_lines`' frame: `PAIRS_SCHEMA` rows, `ITEMS_SCHEMA` rows
+    (baskets per segment and product) and the counts behind them."""
+    if params.window < 1 or params.min_support < 1 or params.max_neighbours < 1:
+        raise ValueError(f"basket pairs: window, min_support and max_neighbours must be >= 1, got {params}")
+    ids, item = dense_items(baskets["product_id"].to_numpy())
+    order_id = baskets["order_id"].to_numpy()
+    segment = baskets["segment"].to_numpy().astype(np.int8)
+    n_items = max(len(ids), 1)
+    counted, stats = segment_pairs(order_id, item, segment, n_items, params.window, params.min_support)
+    first = np.ones(order_id.size, bool)
+    first[1:] = order_id[1:] != order_id[:-1]
+    items, totals = basket_counts(item, segment, first, n_items)
+    pairs = normalise(counted, items, totals, params, n_items)
+    to_id = pl.Series(ids.astype(np.int32))
+    pairs = pairs.with_columns(product_id=to_id.gather(pairs["product_id"]), neighbour_id=to_id.gather(pairs["neighbour_id"]))
+    items = items.select("segment", to_id.gather(items["a"]).alias("product_id"), "baskets").sort("segment", "product_id")
+    info = {
+        "lines": baskets.height,
+        "baskets": totals,
+        "products": int(len(ids)),
+        **stats,
+        "stored_rows": pairs.height,
+        **params.__dict__,
+    }
+    return pairs.select([pl.col(c).cast(t) for c, t in PAIRS_SCHEMA.items()]), items.select(
+        [pl.col(c).cast(t) for c, t in ITEMS_SCHEMA.items()]
+    ), info
+
+
+def expected_npmi(count: int, n_a: int, n_b: int, total: int) -> float:
+    """npmi of one pair from its counts (the formula of `normalise`, for readers and tests)."""
+    if count >= total:
+        return 1.0
+    return math.log(count * total / (n_a * n_b)) / -math.log(count / total)
