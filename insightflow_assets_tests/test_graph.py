@@ -173,7 +173,7 @@ def test_evaluation_read_back(local_run):
     base = metrics["baseline"]["map@10"]
     assert metrics["lift"]["map@10"] == pytest.approx((metrics["als"]["map@10"] - base) / base)
     ranking = metrics["winner"]["ranking"]
-    assert set(metrics["methods"]) == {"als", "tifu_knn", "baseline", "p_topfreq", "gp_topfreq"}
+    assert set(metrics["methods"]) == {"als", "tifu_knn", "lightfm", "baseline", "p_topfreq", "gp_topfreq"}
     assert metrics["methods"]["als"] == metrics["als"]
     assert metrics["winner"]["value"] == max(v["map@10"] for v in metrics["methods"].values())
     assert set(ranking) == set(metrics["methods"])

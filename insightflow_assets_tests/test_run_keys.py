@@ -81,7 +81,8 @@ def test_stored_tagged_runs_move_to_their_own_folders(tmp_path):
             old.write_text(name)
     moves = tagged_run_moves([key, untagged, "test", "run-20261124-030000", "run-20261124-030000-x"])
     # only the tagged key with a second of its own moves; untagged and malformed keys need nothing
-    prefixes = ("run", "als", "nbr", "als-postrank", "selection", "publish", "rfm_analysis", "user-seg")
+    prefixes = ("run", "als", "nbr", "als-postrank", "selection", "publish", "rfm_analysis", "user-seg",
+                "lightfm", "pairs", "basket")  # fmt: skip
     assert {new.split("/")[-1] for _, new in moves} == {f"{p}-20261122-030000-daily" for p in prefixes}
     for old, new in moves:
         if (tmp_path / old).exists():
