@@ -197,7 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=INSTACART_USERS)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--curve", action="store_true", help="also run at 10 %, 25 % and 50 % of --users")
+    ap.add_argument("--curve", action="store_true", help="also run at 10 %%, 25 %% and 50 %% of --users")
     ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: one curve point, JSON to this path
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS
