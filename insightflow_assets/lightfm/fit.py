@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from insightflow_assets.evaluation.metrics import evaluate, prepare_truth
 from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
 from insightflow_assets.lightfm.features import FeatureMatrix, interactions, item_features, user_features
-from insightflow_assets.model.als import AlsModel, _usable_cores, recommend
+from insightflow_assets.model.als import AlsModel, recommend, usable_cores
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class LightfmParams:
             raise ValueError(f"LightFM num_threads must be >= 0 (0 = every usable core), got {self.num_threads}")
 
     def threads(self) -> int:
-        cores = _usable_cores()
+        cores = usable_cores()
         return cores if self.num_threads == 0 else min(self.num_threads, cores)
 
 

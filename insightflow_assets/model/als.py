@@ -432,7 +432,7 @@ def recommend(
     n = int(min(n, model.n_items))
     n_req = min(n + 1, model.n_items)  # one extra to detect ties at the cut
     batch_size = max(int(batch_size), 1)
-    workers = int(num_threads) if num_threads and num_threads > 0 else _usable_cores()
+    workers = int(num_threads) if num_threads and num_threads > 0 else usable_cores()
 
     filter_mat = None
     if filter_already_bought:
@@ -517,7 +517,8 @@ def lists_from(
     return have.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SCHEMA.items()]).sort("user_id", "rank")
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), at least one."""
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux

@@ -45,12 +45,13 @@ factors ~8-12 s; ~0.5-0.9 GB on top of the inputs. Cost is dominated by the
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal
 
 import numpy as np
 import polars as pl
+
+from insightflow_assets.model.als import usable_cores
 
 __all__ = ["postrank", "POSTRANK_SCHEMA", "SOURCES"]
 
@@ -80,13 +81,6 @@ def _user_array(users: Any) -> np.ndarray:
     else:
         arr = np.asarray(list(users))
     return np.unique(arr.astype(np.int64)).astype(np.int32)
-
-
-def _usable_cores() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def _popularity_table(popularity: pl.DataFrame, products: pl.DataFrame | None) -> pl.DataFrame:
@@ -468,7 +462,7 @@ def postrank(
         sel_score[b0:b1, :k_als] = np.where(ok, rel[rr, pc], 0.0)
 
     starts = range(0, n_rows, batch_size)
-    workers = int(num_threads) if num_threads and num_threads > 0 else _usable_cores()
+    workers = int(num_threads) if num_threads and num_threads > 0 else usable_cores()
     if workers <= 1 or len(starts) <= 1:
         for b0 in starts:
             run(b0)
