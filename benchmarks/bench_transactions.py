@@ -80,16 +80,18 @@ def main() -> None:
         snap = validate_snapshot(raw, chosen)
         row.update(rows_in=sum(t.height for t in raw.values()), rows_out=snap.order_products.height)
     del raw, snap
-    base = st.rows[-1]["seconds"]
+    base, base_cpu = st.rows[-1]["seconds"], st.rows[-1]["cpu_s"]
     for fmt in ("csv", "parquet"):
         with st.stage(f"transactions ingest ({fmt})") as row, cpu_and_load(row):
             result = derive_snapshot(files[fmt])
             row.update(rows_in=result.lines_in, rows_out=result.snapshot.order_products.height)
         st.rows[-1]["x_instacart"] = round(st.rows[-1]["seconds"] / base, 2)
+        # under load the wall-time ratio is noisy; the ratio of CPU seconds is the fairer one
+        st.rows[-1]["x_instacart_cpu"] = round(st.rows[-1]["cpu_s"] / base_cpu, 2)
         del result
     payload = {"benchmark": "transactions", "users": args.users, "machine": machine(), "stages": st.rows,
                "targets": {"transactions ingest (csv)": "<= 1.5x instacart ingest (csv)"}}
-    columns = ["stage", "seconds", "cpu_s", "load_1m", "peak_rss_mb", "rows_in", "rows_out", "x_instacart"]
+    columns = ["stage", "seconds", "cpu_s", "load_1m", "peak_rss_mb", "rows_in", "rows_out", "x_instacart", "x_instacart_cpu"]
     write_results("transactions", payload, columns)
 
 

@@ -1,0 +1,104 @@
+"""The transactions form's derived tables against a direct computation from the lines.
+
+The derivation takes shortcuts for speed (runs of an order's lines summarised instead of every
+line grouped, sorts of packed integers, invoice numbers put in text order by arithmetic, the
+timestamps' order in seconds); each shortcut has a condition under which it is taken. The
+tables here are built so that both sides of those conditions occur, and every derived value
+is recomputed from the file the plain way: group, sort, compare.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from insightflow_assets.ingest.transactions import _sorted_with_positions, derive_snapshot
+
+
+def _lines(codes: str, layout: str, sub_second: bool) -> pl.DataFrame:
+    """~2,400 order lines of 40 customers: repeated products within an order, exact duplicate
+    lines, orders sharing a timestamp."""
+    rng = np.random.default_rng(7)
+    rows, t0 = [], datetime(2021, 3, 1, 8)
+    for order in range(1, 400):
+        customer = int(rng.integers(1, 41))
+        # orders in fives at one moment (in whole seconds): ties, between customers and within
+        # one, broken by the code as text (orders 8-12: "10" < "11" < "12" < "8" < "9")
+        micro = int(rng.integers(1, 999_999)) if sub_second else 0
+        ts = t0 + timedelta(hours=(order + 2) // 5 * 7, microseconds=micro)
+        code = f"INV{order}" if codes == "text" else order
+        for product in rng.integers(1, 60, int(rng.integers(1, 12))):
+            rows.append((customer, code, ts, f"P{product}", int(rng.integers(1, 4)), 2.5))
+    schema = ["customer_id", "order_id", "timestamp", "product_id", "quantity", "unit_price"]
+    df = pl.DataFrame(rows, orient="row", schema=schema)
+    df = pl.concat([df, df.gather(rng.integers(0, df.height, 30))])  # exact duplicates, at the end
+    return df.sample(fraction=1.0, shuffle=True, seed=3) if layout == "shuffled" else df
+
+
+def _expected(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Orders and order lines computed the plain way, keyed by the file's codes."""
+    df = df.with_row_index("_line").filter(pl.struct(pl.exclude("_line")).is_first_distinct())
+    orders = (
+        df.group_by("order_id").agg(pl.col("customer_id").first(), pl.col("timestamp").min())
+        .sort("timestamp", pl.col("order_id").cast(pl.String), "customer_id")
+        .with_row_index("seq")
+        .with_columns(order_number=pl.int_range(1, pl.len() + 1).over("customer_id"))
+    )
+    day = pl.col("timestamp").dt.date()
+    orders = orders.with_columns(
+        gap=(day - day.shift(1).over("customer_id")).dt.total_days().clip(0, 30),
+        last=pl.col("order_number") == pl.col("order_number").max().over("customer_id"),
+    )
+    lines = (
+        df.group_by("order_id", "product_id").agg(pl.col("_line").min(), pl.col("quantity").sum())
+        .join(orders.select("order_id", "customer_id", "seq"), on="order_id")
+        .with_columns(reordered=(pl.col("seq") > pl.col("seq").min().over("customer_id", "product_id")).cast(pl.Int8))
+        .with_columns(add_to_cart_order=pl.col("_line").rank("ordinal").over("order_id"))
+    )
+    return orders, lines
+
+
+@pytest.mark.parametrize(
+    "codes,layout,fmt",
+    [("int", "runs", "csv"), ("int", "shuffled", "csv"), ("text", "runs", "csv"), ("int", "runs", "parquet")],
+)
+def test_derived_tables_match_a_direct_computation(tmp_path, codes, layout, fmt):
+    df = _lines(codes, layout, sub_second=fmt == "parquet")  # the CSV formats have whole seconds
+    path = tmp_path / f"transactions.{fmt}"
+    df.write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S") if fmt == "csv" else df.write_parquet(path)
+    result = derive_snapshot(path)
+    snap = result.snapshot
+    exp_orders, exp_lines = _expected(df)
+    assert result.excluded["duplicate_line"] == df.height - df.unique().height
+
+    orders = snap.orders.with_columns(order_code=pl.col("order_code").cast(exp_orders["order_id"].dtype))
+    got = orders.join(exp_orders, left_on="order_code", right_on="order_id")
+    assert got.height == exp_orders.height == snap.orders.height
+    assert (got["user_id"] == got["customer_id"]).all()
+    assert (got["order_number"] == got["order_number_right"]).all()
+    assert got.select((pl.col("days_since_prior_order") == pl.col("gap")).fill_null(pl.col("gap").is_null()).all()).item()
+    # order ids follow time, ties by the code as text
+    assert got.sort("order_id")["seq"].to_list() == list(range(exp_orders.height))
+    assert got["eval_set"].to_list() == ["train" if last else "prior" for last in got["last"]]
+
+    lines = snap.order_products.join(snap.products.select("product_id", "product_code"), on="product_id").join(
+        orders.select("order_id", "order_code"), on="order_id")
+    got = lines.join(exp_lines, left_on=["order_code", "product_code"], right_on=["order_id", "product_id"])
+    assert got.height == exp_lines.height == snap.order_products.height
+    assert (got["reordered"] == got["reordered_right"]).all() and got["reordered"].sum() > 0
+    assert (got["add_to_cart_order"] == got["add_to_cart_order_right"]).all()
+    assert (got["quantity"] == got["quantity_right"]).all()
+    # lines in (order, file line) order
+    assert snap.order_products.select((pl.col("order_id").diff().fill_null(0) >= 0).all()).item()
+
+
+def test_wide_keys_sort_stably_too():
+    """Keys too wide to pack with their positions take an arg-sort: same answer, ties in position order."""
+    keys, perm = _sorted_with_positions(pl.Series([2**60, 5, 2**60, 0, 5], dtype=pl.UInt64))
+    assert perm.to_list() == [3, 1, 4, 0, 2]
+    assert keys.to_list() == [0, 5, 5, 2**60, 2**60]
+    narrow, perm = _sorted_with_positions(pl.Series([3, 1, 3, 0, 1]))
+    assert perm.to_list() == [3, 1, 4, 0, 2] and narrow.to_list() == [0, 1, 1, 3, 3]
