@@ -128,12 +128,15 @@ def invoke(name: str, data: dict) -> object:
     import inspect
 
     fn = getattr(importlib.import_module(f"insightflow_assets.{MODULES[name]}.assets"), name)
-    params = inspect.signature(fn.op.compute_fn.decorated_fn).parameters
+    # the function as written (run_asset's step reads upstream values through the IO manager)
+    body = inspect.unwrap(fn.op.compute_fn.decorated_fn)
+    params = inspect.signature(body).parameters
     kwargs = {p: data[p] for p in params if p not in ("context", "config")}
-    args = [_context()]
+    if "context" in params:
+        kwargs["context"] = _context()
     if "config" in params:
-        args.append(params["config"].annotation())
-    return _value(fn(*args, **kwargs))
+        kwargs["config"] = params["config"].annotation()
+    return _value(body(**kwargs))
 
 
 # --------------------------------------------------------------------------- #

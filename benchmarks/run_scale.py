@@ -69,7 +69,7 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
+def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path | None = None) -> dict:
     from dagster import DagsterEventType, DagsterInstance
 
     from insightflow_assets.definitions import make_definitions
@@ -77,7 +77,9 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
     from resources import CuratedIOManager, LocalStorage, RfmParams
 
     clean = cached_dataset(users, seed, missing_rate=0.05, test_share=0.364)
-    curated = Path(tempfile.mkdtemp(prefix="scale-curated-", dir=CACHE))
+    curated = keep or Path(tempfile.mkdtemp(prefix="scale-curated-", dir=CACHE))
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise SystemExit(f"--keep {keep}: not empty (a fresh folder keeps one run)")
     source, store = LocalStorage(root=str(clean)), LocalStorage(root=str(curated))
     defs = make_definitions({"source": source, "curated": store, "io_manager": CuratedIOManager(storage=store), "rfm": RfmParams()})
 
@@ -127,13 +129,15 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
         if row["stage"] == "instacart_snapshot":
             row["rows_in"] = sum(sum(1 for _ in open(p, "rb")) - 1 for p in clean.glob("*.csv"))
     selection = _selection_seconds(store, outcome.run_key)
+    quality = _holdout_quality(store, outcome.run_key)
     total = {
         "stage": "whole graph",
         "seconds": round(wall, 1),
         "cpu_s": round(sampler.cpu_seconds(t0, t0 + wall), 1),
         "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
     }
-    _rmtree(curated)
+    if keep is None:
+        _rmtree(curated)
     return {
         "users": users,
         "ok": "yes" if outcome.ok else "NO",
@@ -141,6 +145,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None) -> dict:
         "failed_checks": outcome.failed_error_checks,
         "stages": steps + [total],
         "model_selection_candidates": selection,
+        "quality": quality,
         "whole_graph_seconds": total["seconds"],
         "peak_rss_mb": total["peak_rss_mb"],
     }
@@ -156,6 +161,30 @@ def _selection_seconds(store, run_key: str) -> list[dict]:
         return []
     return [{"method": c["method"], "params": c["params"], "map@10": round(c["map@10"], 4), "seconds": c["seconds"]}
             for c in report["candidates"]]
+
+
+def _holdout_quality(store, run_key: str) -> dict:
+    """What the speed levers could cost: each method's holdout map@10 / recall@10 (the exported
+    one beside GP-TopFreq), ALS's chosen iterations and LightFM's final epochs."""
+    from resources.layout import artifact
+
+    def stored(asset: str, name: str) -> dict:
+        return json.loads(store.read_bytes(artifact(asset).keys(run_key)[name]))
+
+    try:
+        post = stored("als_postrank", "metrics.json")
+        als, lfm = stored("als_model", "params.json"), stored("lightfm_model", "params.json")
+        basket = stored("basket_eval", "metrics.json")["methods"]
+    except Exception:  # noqa: BLE001 - a failed run has no reports; the run's errors say why
+        return {}
+    return {
+        # LightFM's item vectors feed the basket blend: its hit@10 / mrr@10 move with LightFM's epochs
+        "basket_eval": {m: {k: round(v[k], 4) for k in ("hit@10", "mrr@10") if k in v} for m, v in basket.items()},
+        "exported_method": post["exported_method"]["method"],
+        "holdout": {m: {k: round(v[k], 4) for k in ("map@10", "recall@10")} for m, v in post["methods"].items()},
+        "als_model": {k: als.get(k) for k in ("iterations", "chosen_on", "fit_seconds")},
+        "lightfm_model": {k: lfm.get(k) for k in ("epochs_final", "best_epoch", "epochs_run", "chosen_on")},
+    }
 
 
 def _key(name: str):
@@ -198,6 +227,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=INSTACART_USERS)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--curve", action="store_true", help="also run at 10 %%, 25 %% and 50 %% of --users")
+    ap.add_argument("--keep", type=Path, help="store the run in this (new or empty) folder and keep it, "
+                    "e.g. for benchmarks/bench_serving.py --curated")
     ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: one curve point, JSON to this path
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS
@@ -209,7 +240,7 @@ def main() -> None:
 
     print(f"scale benchmark: whole graph at {args.users:,} users")
     load_start = os.getloadavg()  # the CPU is often shared: timings read against the load
-    result = run_once(args.users, args.seed)
+    result = run_once(args.users, args.seed, keep=args.keep)
     payload = {
         "benchmark": "scale",
         **result,
@@ -221,6 +252,7 @@ def main() -> None:
     write_results("scale", payload, COLUMNS)
     print("\nmodel_selection, per candidate (fit + score seconds, shared work split evenly):")
     print(markdown(result["model_selection_candidates"], ["method", "params", "map@10", "seconds"]))
+    print("holdout quality:", json.dumps(result["quality"], indent=1))
     print(f"load average at the end: {os.getloadavg()}")
     if args.curve:
         points = []

@@ -13,6 +13,8 @@ from threadpoolctl import threadpool_info
 from insightflow_assets.model.als import (
     DEFAULT_PARAMS,
     AlsModel,
+    AlsPath,
+    chosen_params,
     fit_als,
     fit_als_sampled,
     lists_from,
@@ -310,3 +312,45 @@ def test_sampled_fit_scores_every_user_from_a_sample_of_them():
     assert recs.select(own == pl.when(pl.col("product_id") < 200).then(1).otherwise(2)).to_series().all()
     full = fit_als_sampled(ratings, None, **params)  # no sample: the plain fit
     np.testing.assert_array_equal(full.user_factors, fit_als(ratings, **params).user_factors)
+
+
+def test_path_continued_fit_equals_one_fit_of_the_total_count():
+    """The selection's grid over iterations is one fit continued (AlsPath): 2 iterations then 3
+    more must be exactly implicit's own 5-iteration fit, or the grid would score other models."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    ratings = _block_ratings()
+    path = AlsPath(ratings, factors=4, regularization=5.0, num_threads=1)
+    path.at(2)
+    five = path.at(5)
+    mat, _, _ = user_item_matrix(ratings)
+    direct = AlternatingLeastSquares(factors=4, regularization=5.0, alpha=DEFAULT_PARAMS["alpha"], iterations=5,
+                                     use_cg=True, calculate_training_loss=False, random_state=42, num_threads=1)
+    direct.fit(mat, show_progress=False)
+    np.testing.assert_array_equal(five.item_factors, direct.item_factors)
+    np.testing.assert_array_equal(five.user_factors, direct.user_factors)
+    assert five.params["iterations"] == 5
+    # a smaller count after a larger one starts again: the same as a fresh 2-iteration fit
+    np.testing.assert_array_equal(path.at(2).item_factors, fit_als(ratings, factors=4, regularization=5.0,
+                                                                   iterations=2, num_threads=1).item_factors)
+
+
+def test_path_solves_only_the_users_asked_with_the_same_factors():
+    ratings = _block_ratings()
+    path = AlsPath(ratings, 20, seed=3, factors=8, regularization=5.0, num_threads=1)
+    every = path.at(3)
+    some = path.at(3, np.array([5, 40, 59, 999]))  # 999 has no ratings: not in the model
+    assert every.n_users == 60 and some.user_ids.tolist() == [5, 40, 59]
+    _, rows = every.user_index(some.user_ids)
+    np.testing.assert_allclose(some.user_factors, every.user_factors[rows], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(some.item_factors, every.item_factors)
+
+
+def test_stored_model_takes_the_selection_choice_and_config_overrides():
+    selection = {"best_fit": {"als": {"method": "als_postrank", "map@10": 0.2,
+                                      "params": {**DEFAULT_PARAMS, "iterations": 2, "fit_users": 50_000}}}}
+    params, source = chosen_params(selection, {})
+    assert params == {**DEFAULT_PARAMS, "iterations": 2} and "als_postrank" in source
+    params, source = chosen_params(selection, {"iterations": 7})
+    assert params["iterations"] == 7 and "iterations" in source
+    assert chosen_params({}, {})[0] == DEFAULT_PARAMS  # an older report without the choice

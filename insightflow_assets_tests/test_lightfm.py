@@ -258,3 +258,19 @@ def test_final_fit_epochs_capped_by_the_update_budget():
     assert final_epochs(5, 13_000_000, LightfmParams(final_update_budget=0)) == 5  # 0 = no cap
     with pytest.raises(ValueError, match="final_update_budget"):
         LightfmParams(final_update_budget=-1)
+
+
+def test_validation_runs_no_further_than_the_final_fit_may(split):
+    """An epoch the update budget would not let the final fit run is not worth validating."""
+    params = LightfmParams(epochs=8, patience=8, final_update_budget=2 * split["ratings"].height)
+    trained = train(split["ratings"], split["val_ratings"], split["truth"], split["products"], split["user_seg"], params)
+    assert len(trained.curve) == 2 and trained.embeddings.params["epochs_final"] == trained.best_epoch <= 2
+
+
+def test_a_one_epoch_budget_skips_the_validation_phase(split):
+    params = LightfmParams(epochs=8, final_update_budget=split["ratings"].height)
+    trained = train(split["ratings"], None, None, split["products"], split["user_seg"], params)
+    assert trained.curve == [] and trained.best_epoch == 1 and trained.embeddings.params["epochs_final"] == 1
+    assert "budget" in trained.embeddings.params["chosen_on"]
+    with pytest.raises(ValueError, match="validation split"):  # epochs to choose, but nothing to choose on
+        train(split["ratings"], None, None, split["products"], split["user_seg"], LightfmParams(epochs=3))

@@ -11,7 +11,8 @@ from insightflow_assets.ingest.loading import validate_snapshot
 from insightflow_assets.postrank.export import complete_lists
 from insightflow_assets.ratings.build import target_orders
 from insightflow_assets.recommenders.base import Candidate
-from insightflow_assets.selection.select import select, validation_split, validation_users
+from insightflow_assets.model.als import DEFAULT_PARAMS, recommend
+from insightflow_assets.selection.select import default_candidates, select, validation_split, validation_users
 
 CANDIDATES = [
     Candidate("baseline"),
@@ -101,3 +102,38 @@ def test_als_validation_fit_on_a_user_sample_still_scores_every_user(data):
     assert rec.recommend(users, 10)["user_id"].n_unique() == np.intersect1d(users, rec.model.user_ids).size == users.size
     row = select([cand], window, truth, users)["candidates"][0]
     assert row["params"]["fit_users"] == n // 4 and 0 < row["map@10"] <= 1
+
+
+def test_als_scored_from_the_validation_users_factors_only(data):
+    """A sampled validation fit solves the factors of the users it scores, not everyone's; the
+    lists are those of the model with every user solved."""
+    orders, lines = data
+    window, truth = validation_split(orders, lines)
+    users = validation_users(truth, window, None, 42)[::3]
+    n = window.ratings["user_id"].n_unique()
+    rec = Candidate("als", {"factors": 8, "iterations": 3, "fit_users": n // 4}).build().fit(window)
+    some = rec.recommend(users, 10)
+    assert rec.scoring_model(users).n_users == users.size < n
+    every = recommend(rec.model, None, users, 10)
+    assert some.select("user_id", "product_id").equals(every.select("user_id", "product_id"))
+
+
+def test_als_iterations_chosen_on_validation_for_the_stored_model(data):
+    """The grid's iteration counts share one fit; `best_fit` names the ALS-family candidate
+    with the best validation map@10, whose parameters `als_model` is fitted with."""
+    orders, lines = data
+    window, truth = validation_split(orders, lines)
+    users = validation_users(truth, window, None, 42)
+    grid = {"als": [{"iterations": i} for i in (1, 3, 6)],
+            "als_postrank": [{"iterations": i, "postrank_alpha": 0.3, "popularity_kind": "user"} for i in (1, 6)]}
+    cands = [c for c in default_candidates({**DEFAULT_PARAMS, "factors": 8}, grid) if c.method in grid]
+    report = select(cands, window, truth, users)
+    family = [r for r in report["candidates"] if r["method"] in grid]
+    best = max(family, key=lambda r: r["map@10"])  # first of equals, as the selection breaks ties
+    chosen = report["best_fit"]["als"]
+    assert chosen["method"] == best["method"] and chosen["params"]["iterations"] == best["params"]["iterations"]
+    assert "postrank_alpha" not in chosen["params"]  # the fit's parameters only
+    assert sorted({r["params"]["iterations"] for r in family}) == [1, 3, 6]
+    # one fit per count, continued: the 6-iteration model is reached once, shared by both methods
+    (path,) = [v for k, v in window._memo.items() if k.startswith("als_path:")]
+    assert path.done == 6

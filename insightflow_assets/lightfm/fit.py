@@ -48,9 +48,11 @@ class LightfmParams:
     # are chosen on a sample, only the final fit sees everyone (see benchmarks/bench_lightfm.py)
     validation_sample_users: int = 20_000
     # most interactions × epochs of the final fit (0 = no cap): at full scale an epoch over every
-    # user costs more than the validation phase, and 2 epochs scored as well as 5 there
-    # (benchmarks/bench_lightfm.py); smaller data keep the epochs chosen on validation
-    final_update_budget: int = 30_000_000
+    # user costs more than the validation phase, so the budget allows one there (13.2 M pairs at
+    # 206k; measured cost vs two epochs: holdout map@10 0.0817 -> 0.0768, README "LightFM"), and
+    # then no validation phase runs (`validation_ceiling`); smaller data keep the epochs chosen
+    # on validation
+    final_update_budget: int = 15_000_000
 
     def __post_init__(self) -> None:
         if self.loss not in ("warp", "bpr", "warp-kos", "logistic"):
@@ -143,9 +145,10 @@ def validation_curve_point(emb: LightfmEmbeddings, truth, users: np.ndarray, thr
 
 
 def fit_early_stopping(
-    problem: Problem, truth_basket: pl.DataFrame, params: LightfmParams, *, log=None
+    problem: Problem, truth_basket: pl.DataFrame, params: LightfmParams, *, log=None, ceiling: int | None = None
 ) -> tuple[int, list[dict[str, float]]]:
-    """Epochs on the validation problem until ``patience`` epochs bring no better precision@10.
+    """Epochs on the validation problem until ``patience`` epochs bring no better precision@10
+    (at most ``params.epochs``, and ``ceiling`` when given: the final fit's cap, see `train`).
 
     ``truth_basket``: ``user_id, product_id`` of each user's validation basket. Returns the best
     epoch (≥ 1) and the curve (one row per epoch run: epoch, precision@10, recall@10, seconds).
@@ -155,7 +158,7 @@ def fit_early_stopping(
         raise ValueError("LightFM early stopping: no user has a validation basket and history before it")
     truth = prepare_truth(truth_basket, users=users)
     model, curve, best = new_model(params), [], 0
-    for epoch in range(1, params.epochs + 1):
+    for epoch in range(1, min(params.epochs, ceiling or params.epochs) + 1):
         t0 = time.perf_counter()
         train_epochs(model, problem, 1, params)
         point = validation_curve_point(embeddings(model, problem, {}), truth, users, params.threads())
@@ -228,23 +231,40 @@ def final_epochs(best: int, interactions: int, params: LightfmParams) -> int:
     return max(1, min(best, params.final_update_budget // interactions))
 
 
+def validation_ceiling(interactions: int, params: LightfmParams) -> int:
+    """The most epochs worth trying on validation: the final fit never runs more than its update
+    budget allows, so a better epoch beyond that could not be used. 1 = nothing to choose."""
+    return final_epochs(params.epochs, interactions, params)
+
+
 def train(
     ratings: pl.DataFrame,
-    validation_ratings: pl.DataFrame,
-    validation_truth: pl.DataFrame,
+    validation_ratings: pl.DataFrame | None,
+    validation_truth: pl.DataFrame | None,
     products: pl.DataFrame | None,
     user_seg: pl.DataFrame | None,
     params: LightfmParams,
     *,
     log=None,
 ) -> Trained:
-    """Early stopping on the validation split, then the final fit on ``ratings`` (the training
-    window) for the best number of epochs; the curve and both phases' seconds go in params."""
+    """Early stopping on the validation split (up to `validation_ceiling` epochs), then the final
+    fit on ``ratings`` (the training window) for the best number of epochs; the curve and both
+    phases' seconds go in params. When the ceiling is one epoch (the update budget at full
+    scale) there is nothing to choose: no validation phase, and the split may be None."""
     t0 = time.perf_counter()
-    validation_ratings = _sampled(validation_ratings, params)
-    best, curve = fit_early_stopping(Problem.build(validation_ratings, products, user_seg), validation_truth, params, log=log)
+    ceiling = validation_ceiling(ratings.height, params)
+    if ceiling == 1:
+        best, curve = 1, []
+        budget = f"{params.final_update_budget:,}"
+        chosen_on = f"the final fit's update budget ({budget} updates: one epoch); no validation phase"
+    elif validation_ratings is None or validation_truth is None:
+        raise ValueError(f"LightFM: the validation split is needed to choose among {ceiling} epochs")
+    else:
+        validation_ratings = _sampled(validation_ratings, params)
+        problem = Problem.build(validation_ratings, products, user_seg)
+        best, curve = fit_early_stopping(problem, validation_truth, params, log=log, ceiling=ceiling)
+        chosen_on = "validation (each user's second-to-last basket)"
     validation_seconds = time.perf_counter() - t0
     emb, fit_seconds = fit_lightfm(Problem.build(ratings, products, user_seg), params, final_epochs(best, ratings.height, params))
-    emb.params.update(best_epoch=best, epochs_run=len(curve), validation_curve=curve,
-                      chosen_on="validation (each user's second-to-last basket)")
+    emb.params.update(best_epoch=best, epochs_run=len(curve), validation_curve=curve, chosen_on=chosen_on)
     return Trained(emb, best, curve, round(validation_seconds, 2), round(fit_seconds, 2))

@@ -1,11 +1,13 @@
 """Model: `als_model`, implicit's conjugate-gradient ALS on the ratings (factors + id maps, no pickle)."""
 
+from typing import Optional
+
 import numpy as np
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output
 import polars as pl
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.model.als import DEFAULT_PARAMS, AlsModel, fit_als
+from insightflow_assets.model.als import AlsModel, chosen_params, fit_als
 from resources.io_manager import ArtifactFolder
 from resources.layout import Artifact
 
@@ -13,27 +15,39 @@ GROUP = "model"
 
 
 class AlsConfig(Config):
-    factors: int = DEFAULT_PARAMS["factors"]
-    regularization: float = DEFAULT_PARAMS["regularization"]
-    alpha: float = DEFAULT_PARAMS["alpha"]
-    iterations: int = DEFAULT_PARAMS["iterations"]
-    random_state: int = DEFAULT_PARAMS["random_state"]
+    """ALS parameters; a value left unset (None) is the one model_selection chose on validation
+    (the best ALS-based candidate), or DEFAULT_PARAMS when its report has no ALS choice."""
+
+    factors: Optional[int] = None
+    regularization: Optional[float] = None
+    alpha: Optional[float] = None
+    iterations: Optional[int] = None
+    random_state: Optional[int] = None
 
 
 @run_asset(
     group=GROUP,
     storage=Artifact("recsys/models/als-{ts}", ("factors.npz", "params.json")),
     kinds={"implicit", "numpy"},
-    description="implicit ALS (CG solver): user/item factors and id maps in factors.npz, parameters in params.json.",
+    description=(
+        "implicit ALS (CG solver) with the parameters model_selection chose on validation (iterations included): "
+        "user/item factors and id maps in factors.npz, parameters in params.json."
+    ),
 )
-def als_model(context: AssetExecutionContext, config: AlsConfig, ratings: pl.DataFrame) -> Output[ArtifactFolder]:
+def als_model(
+    context: AssetExecutionContext, config: AlsConfig, ratings: pl.DataFrame, model_selection: dict
+) -> Output[ArtifactFolder]:
     current_run(context)
-    model = fit_als(ratings, **config.model_dump())
+    params, source = chosen_params(model_selection, {k: v for k, v in config.model_dump().items() if v is not None})
+    model = fit_als(ratings, **params)
+    model.params["chosen_on"] = source
     p = model.params
     return Output(
         ArtifactFolder(model.to_files()),
         metadata={
             "params": MetadataValue.json(p),
+            "chosen_on": source,
+            "iterations": int(p["iterations"]),
             "fit_seconds": float(p.get("fit_seconds", float("nan"))),
             "shape": f"{model.n_users} users × {model.n_items} items",
             "density": float(p.get("density", float("nan"))),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 
-from insightflow_assets.model.als import AlsModel, fit_als_sampled, recommend
+from insightflow_assets.model.als import DEFAULT_PARAMS, AlsModel, AlsPath, recommend
 from insightflow_assets.recommenders.base import Recommender, TrainingWindow, _ids, as_recs, register, with_source
 
 
@@ -15,16 +17,40 @@ class Als(Recommender):
 
     name, label = "als", "ALS"
     fit_family = "als"
+    # fitted state: a stored or fully solved model, or a path (AlsPath) and its iteration count
+    _model: AlsModel | None = None
+    _path: AlsPath | None = None
+    _iterations: int | None = None
 
     def fit(self, window: TrainingWindow) -> "Recommender":
         # ``fit_users``: item factors from a seeded sample of users (model selection's validation fit)
         params = dict(self.params)
-        self.model = fit_als_sampled(window.ratings, params.pop("fit_users", None), **params)
+        fit_users, iterations = params.pop("fit_users", None), params.pop("iterations", DEFAULT_PARAMS["iterations"])
+        # configurations that differ only in iterations share one fit, continued (AlsPath)
+        key = "als_path:" + json.dumps({**params, "fit_users": fit_users}, sort_keys=True, default=str)
+        self._path = window.memo(key, lambda: AlsPath(window.ratings, fit_users, **params))
+        self._iterations, self._model = iterations, None
         return self
 
     def adopt(self, fitted: "Recommender", window: TrainingWindow) -> "Recommender":
-        self.model = fitted.model
+        self._path, self._iterations, self._model = fitted._path, fitted._iterations, fitted._model
         return self
+
+    @property
+    def model(self) -> AlsModel:
+        """The fitted model, every user's factor included."""
+        if self._model is None:
+            self._model = self._path.at(self._iterations)
+        return self._model
+
+    @model.setter
+    def model(self, model: AlsModel) -> None:
+        self._model = model
+
+    def scoring_model(self, users: np.ndarray) -> AlsModel:
+        """A model that scores ``users``: after a fit on a user sample, only their factors are
+        solved (model selection scores 20,000 validation users, not every user)."""
+        return self._model if self._model is not None else self._path.at(self._iterations, users)
 
     @classmethod
     def from_model(cls, model: AlsModel) -> "Als":
@@ -39,14 +65,16 @@ class Als(Recommender):
         return rec.adopt(_Fitted(AlsModel.from_files(stored["als_model"].files)), window)
 
     def _recommend(self, users: np.ndarray, n: int) -> pl.DataFrame:
-        return with_source(recommend(self.model, None, users, n, filter_already_bought=False), "als")
+        return with_source(recommend(self.scoring_model(users), None, users, n, filter_already_bought=False), "als")
 
 
 class _Fitted:
     """A stored ALS model in the shape `adopt` takes."""
 
+    _path = _iterations = None
+
     def __init__(self, model: AlsModel) -> None:
-        self.model = model
+        self._model = model
 
 
 @register
@@ -67,8 +95,7 @@ class AlsPostrank(Als):
         return self.with_window(window)
 
     def adopt(self, fitted: "Recommender", window: TrainingWindow) -> "Recommender":
-        self.model = fitted.model
-        return self.with_window(window)
+        return super().adopt(fitted, window).with_window(window)
 
     def with_window(self, window: TrainingWindow) -> "AlsPostrank":
         """Keep the training ratings, for the popularity the re-ranking mixes in."""
@@ -88,7 +115,8 @@ class AlsPostrank(Als):
         return self._rerank(self._candidates(users, n), users, n)
 
     def _candidates(self, users: np.ndarray, n: int) -> pl.DataFrame:
-        return recommend(self.model, None, users, max(self.postrank["candidates"], n), filter_already_bought=False)
+        depth = max(self.postrank["candidates"], n)
+        return recommend(self.scoring_model(users), None, users, depth, filter_already_bought=False)
 
     def recommend_from(self, candidates: pl.DataFrame, users, n: int) -> pl.DataFrame:
         """`recommend` on this model's top-``max(candidates, n)`` lists scored elsewhere (the
@@ -101,7 +129,7 @@ class AlsPostrank(Als):
         pools: dict[tuple, pl.DataFrame] = {}
         out = []
         for rec in recs:
-            key = (id(rec.model), max(rec.postrank["candidates"], n))
+            key = (id(rec._model), id(rec._path), rec._iterations, max(rec.postrank["candidates"], n))
             if key not in pools:
                 pools[key] = rec._candidates(users, n)
             out.append(rec._rerank(pools[key], users, n))
@@ -111,16 +139,17 @@ class AlsPostrank(Als):
         from insightflow_assets.postrank.rerank import postrank
 
         p = self.postrank
+        model = self.scoring_model(users)
         out = postrank(
             candidates,
             k=n,
-            users=np.intersect1d(users, self.model.user_ids),
+            users=np.intersect1d(users, model.user_ids),
             popularity=self.popularity,
             alpha=p["alpha"],
             mmr_lambda=p["mmr_lambda"],
             similarity="factors",
-            item_factors=self.model.item_factors,
-            item_ids=self.model.item_ids,
+            item_factors=model.item_factors,
+            item_ids=model.item_ids,
             popularity_kind=p["popularity_kind"],
             user_popularity=self.ratings if p["popularity_kind"] == "user" else None,
         )
