@@ -1,20 +1,26 @@
-"""Basket → complements benchmark: `basket_pairs` at full scale, query latency, and the PerNIR
-evaluation on generated data and on UCI Online Retail.
+"""Basket → complements benchmark: `basket_pairs` (with the profile choice) and `basket_eval`'s
+work at full scale, query latency, and the PerNIR evaluation on generated data and on UCI
+Online Retail.
 
-    .venv/bin/python benchmarks/bench_basket.py [--users 206209] [--eval-users 2000] [--sample 1000] [--skip-full]
+    .venv/bin/python benchmarks/bench_basket.py [--users 206209] [--eval-users 2000] [--sample 1000] [--skip-full] [--skip-eval]
 
-1. Speed at ``--users`` (generated, seed 42): `window_lines` + `build_pairs` (target ≤ 30 s on
-   2 cores), then one query of each basket size 1–10 (random popular products, segment given
-   and detected in turn): p50/p99 in process (target ≤ 2 ms p99). The item embeddings are
-   random here (the latency does not depend on their values).
-2. Quality, on generated data (``--eval-users``) and UCI (the transactions form): every method
-   of `basket_eval`. The profile weights were tuned on the *validation* split (each customer's
-   second-to-last basket, every model built from the baskets before it); the holdout table
-   (target baskets, models built before them) is what we report. LightFM embeddings: the
-   project's fit (`lightfm.fit.fit_lightfm`, default parameters, 10 epochs, no early stopping).
+1. Speed at ``--users`` (generated, seed 42; item embeddings random, the cost does not depend
+   on their values): `basket_pairs`' work (`window_lines` + `choose.pairs_and_profile`: the
+   pairs and the profile chosen on 300 validation baskets; target ≤ 30 s on 2 cores), the same
+   without the choice (`build_pairs`), `basket_eval`'s work (model, queries of 300 target
+   baskets, every method) and, for reference, implicit's BM25 item-item fit over every product
+   (what `basket_eval` did before it computed only the evaluated items' rows). Then one query
+   of each basket size 1–10 (random popular products, segment given and detected in turn):
+   p50/p99 wall and thread CPU time in process (target ≤ 2 ms p99).
+2. Quality, on generated data (``--eval-users``) and UCI (the transactions form), as a run
+   does it: LightFM fitted on the training window (the project's `fit_lightfm`, default
+   parameters, ``--epochs``), `pairs_and_profile` chooses the profile on the validation split
+   (each customer's second-to-last basket, pairs counted before it), then every method of
+   `basket_eval` on the holdout (target baskets, ``--sample`` of them). The validation rows are
+   the choice's own numbers (hit@10, MRR@10 of each profile).
 
 Results: benchmarks/results/2026-11-30-basket.{json,md}. The CPU is shared: the load average
-is recorded beside each timing.
+is recorded beside each timing, and CPU seconds beside wall seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, Stages, machine, markdown  # noqa: E402
 from insightflow_assets.basket import evaluate as ev  # noqa: E402
-from insightflow_assets.basket import profiles as prof  # noqa: E402
 from insightflow_assets.basket.assets import methods  # noqa: E402
-from insightflow_assets.basket.pairs import PairParams, build_pairs, window_lines  # noqa: E402
+from insightflow_assets.basket.choose import pairs_and_profile  # noqa: E402
+from insightflow_assets.basket.pairs import build_pairs, window_lines  # noqa: E402
 from insightflow_assets.basket.recommender import BasketModel  # noqa: E402
 from insightflow_assets.ratings.build import build_ratings  # noqa: E402
 
 UCI = Path(__file__).resolve().parents[2] / "shared" / "data" / "online_retail" / "online_retail.parquet"
 NAME = "2026-11-30-basket"
-EVAL_COLUMNS = ["data", "split", "method", "hit@10", "mrr@10", "recall_rest@10", "hit@20", "mrr@20", "queries"]
+EVAL_COLUMNS = ["data", "split", "method", "chosen", "hit@10", "mrr@10", "recall_rest@10", "hit@20", "mrr@20", "queries"]
 
 
 def load_generated(users: int, seed: int = 42):
@@ -84,18 +91,53 @@ def load_avg() -> str:
 def speed(users: int, stages: Stages) -> dict:
     orders, lines, products = load_generated(users)
     seg = orders.select(pl.col("user_id").unique().cast(pl.Int32)).with_columns(segment=(pl.col("user_id") % 6).cast(pl.Int8))
-    with stages.stage("basket_pairs (window_lines + build_pairs)", users=users, load=load_avg()) as row:
-        cpu = time.process_time()
-        pairs, items, info = build_pairs(window_lines(orders, lines, seg))
-        # CPU seconds of every thread: what the step costs whatever the other processes do
-        row.update(stored_pairs=pairs.height, pair_occurrences=info["pair_occurrences"], cpu_seconds=round(time.process_time() - cpu, 1))
-    del orders, lines
     rng = np.random.default_rng(0)
     ids = np.sort(products["product_id"].to_numpy())
-    with stages.stage("BasketModel.build", load=load_avg()):
-        model = BasketModel.build(pairs, items, products, item_ids=ids, item_vectors=rng.normal(size=(ids.size, 32)).astype(np.float32))
+    vectors = rng.normal(size=(ids.size, 32)).astype(np.float32)
+    # CPU seconds of every thread: what a step costs whatever the other processes do
+    with stages.stage("basket_pairs: window_lines + pairs_and_profile", users=users, load=load_avg()) as row:
+        cpu = time.process_time()
+        pairs, items, info = pairs_and_profile(window_lines(orders, lines, seg), orders, products,
+                                               item_ids=ids, item_vectors=vectors)
+        row.update(stored_pairs=pairs.height, pair_occurrences=info["pair_occurrences"], cpu_seconds=round(time.process_time() - cpu, 1),
+                   chosen=info["profile_choice"]["active"], choice_queries=info["profile_choice"]["queries"])
+    with stages.stage("  the same without the choice (build_pairs)", users=users, load=load_avg()) as row:
+        cpu = time.process_time()
+        build_pairs(window_lines(orders, lines, seg))
+        row.update(cpu_seconds=round(time.process_time() - cpu, 1))
+    ratings = build_ratings(orders, lines)
+    with stages.stage("basket_eval: model + queries + every method", users=users, load=load_avg()) as row:
+        cpu = time.process_time()
+        model = BasketModel.build(pairs, items, products, item_ids=ids, item_vectors=vectors, profiles=info["profiles"])
+        qs = ev.queries(ev.target_baskets(orders, lines, seg), ev.EvalParams(sample_baskets=300))
+        ev.evaluate(methods(model, ratings), qs)
+        row.update(cpu_seconds=round(time.process_time() - cpu, 1), queries=len(qs))
+    with stages.stage("  of which item-item (the evaluated items' rows)", users=users, load=load_avg()) as row:
+        cpu = time.process_time()
+        ev.item_item_lists(ratings, qs, 20, model.ids[model.popular[-1][:500]])
+        row.update(cpu_seconds=round(time.process_time() - cpu, 1))
+    with stages.stage("  reference: implicit BM25 fit over every product", users=users, load=load_avg()) as row:
+        cpu = time.process_time()
+        full_item_item_fit(ratings)
+        row.update(cpu_seconds=round(time.process_time() - cpu, 1))
+    del orders, lines, ratings
+    return {"pairs_info": info, "latency": latency(model, rng)}
+
+
+def full_item_item_fit(ratings: pl.DataFrame) -> None:
+    """What `basket_eval` fitted before: the similarity of every product."""
+    from implicit.nearest_neighbours import BM25Recommender
+
+    matrix, _ = ev.user_item_matrix(ratings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # implicit's note that BM25 weighting hands it a COO matrix
+        BM25Recommender(K=100, num_threads=1).fit(matrix, show_progress=False)
+
+
+def latency(model: BasketModel, rng) -> list[dict]:
+    """p50/p99 of one query per basket size, wall and thread CPU (1,000 queries each)."""
     pool = model.ids[model.popular[-1][:5000]]
-    latency = []
+    out = []
     for size in range(1, 11):
         wall, cpu = [], []
         for q in range(1000):
@@ -105,72 +147,42 @@ def speed(users: int, stages: Stages) -> dict:
             wall.append((time.perf_counter() - t0) * 1000)
             cpu.append((time.thread_time() - c0) * 1000)
         # wall time includes waiting for a core on a shared machine; the thread's CPU time does not
-        latency.append({"size": size, "p50_ms": float(np.percentile(wall, 50)), "p99_ms": float(np.percentile(wall, 99)),
-                        "cpu_p50_ms": float(np.percentile(cpu, 50)), "cpu_p99_ms": float(np.percentile(cpu, 99)),
-                        "load": load_avg()})
-        print(f"  size {size:>2}: p50 {latency[-1]['p50_ms']:.3f} ms  p99 {latency[-1]['p99_ms']:.3f} ms  "
-              f"cpu p99 {latency[-1]['cpu_p99_ms']:.3f} ms", flush=True)
-    return {"pairs_info": info, "latency": latency}
+        out.append({"size": size, "p50_ms": float(np.percentile(wall, 50)), "p99_ms": float(np.percentile(wall, 99)),
+                    "cpu_p50_ms": float(np.percentile(cpu, 50)), "cpu_p99_ms": float(np.percentile(cpu, 99)),
+                    "load": load_avg()})
+        print(f"  size {size:>2}: p50 {out[-1]['p50_ms']:.3f} ms  p99 {out[-1]['p99_ms']:.3f} ms  "
+              f"cpu p99 {out[-1]['cpu_p99_ms']:.3f} ms", flush=True)
+    return out
 
 
 # --- 2. quality ------------------------------------------------------------------------------
 
 
-def models_for(orders, lines, products, seg, back: int, epochs: int):
+def quality(data: str, orders, lines, products, sample: int, epochs: int) -> tuple[list[dict], dict]:
+    """As a run does it: LightFM on the training window, the profile chosen on validation by
+    `pairs_and_profile`, then every `basket_eval` method on the holdout."""
     from insightflow_assets.lightfm.fit import LightfmParams, Problem, fit_lightfm
 
-    ratings = build_ratings(orders, lines, back=back)
-    pairs, items, _ = build_pairs(window_lines(orders, lines, seg, back=back), PairParams())
+    t0 = time.perf_counter()
+    seg = segments(orders, lines, products, orders.select(pl.col("user_id").unique()))
+    ratings = build_ratings(orders, lines)
     emb, _ = fit_lightfm(Problem.build(ratings, products, seg), LightfmParams(), epochs)
-    model = BasketModel.build(pairs, items, products, item_ids=emb.item_ids, item_vectors=emb.item_vectors)
-    return model, ratings
-
-
-# coordinate search on the validation split, from the shipped precision_pair_heavy default set
-GRID = {"W_POPG": (0.0, 0.1, 0.3, 0.6), "W_PAIR": (0.3, 0.6, 1.0), "W_POPP": (0.0, 0.1, 0.2, 0.5),
-        "W_EMB": (0.0, 0.1, 0.3, 0.6), "W_COVER": (0.0, 0.1, 0.3)}
-
-
-def tune(model: BasketModel, qs: list) -> tuple[dict, list[dict]]:
-    """Weights chosen on validation queries by hit@10 + mrr@10 (one weight at a time)."""
-    best = {k: v for k, v in prof.load()["precision_pair_heavy"]["default"].items() if k in GRID}
-    trail = []
-
-    def value(params):
-        m = ev.averaged(ev.score_lists(qs, ev.model_lists(model, qs, 10, prof.single(**params)), ks=(10,)))
-        trail.append({**params, "hit@10": m["hit@10"], "mrr@10": m["mrr@10"]})
-        return m["hit@10"] + m["mrr@10"]
-
-    score = value(best)
-    for name, values in GRID.items():
-        for v in values:
-            if v != best[name]:
-                trial = {**best, name: v}
-                got = value(trial)
-                if got > score:
-                    best, score = trial, got
-    return best, trail
-
-
-def quality(data: str, orders, lines, products, sample: int, epochs: int) -> tuple[list[dict], dict]:
-    users = orders.select(pl.col("user_id").unique())
-    seg = segments(orders, lines, products, users)
-    rows, tuned = [], {}
-    for split, back in (("validation", 1), ("holdout", 0)):
-        t0 = time.perf_counter()
-        model, ratings = models_for(orders, lines, products, seg, back, epochs)
-        qs = ev.queries(ev.target_baskets(orders, lines, seg, back=back), ev.EvalParams(sample_baskets=sample))
-        if split == "validation":
-            tuned["weights"], tuned["trail"] = tune(model, qs)
-            print(f"  {data}: tuned on validation {tuned['weights']}", flush=True)
-        runs = methods(model, ratings)
-        runs["blend:tuned on validation"] = lambda q, k: ev.model_lists(model, q, k, prof.single(**tuned["weights"]))
-        result = ev.evaluate(runs, qs)
-        for name, m in result["methods"].items():
-            rows.append({"data": data, "split": split, "method": name, **m})
-        print(f"  {data} {split}: {len(qs)} queries, {time.perf_counter() - t0:.1f} s (load {load_avg()})", flush=True)
-        print(table([r for r in rows if r["split"] == split and r["data"] == data], EVAL_COLUMNS), flush=True)
-    return rows, tuned
+    pairs, items, info = pairs_and_profile(window_lines(orders, lines, seg), orders, products,
+                                           item_ids=emb.item_ids, item_vectors=emb.item_vectors)
+    choice = info["profile_choice"]
+    print(f"  {data}: chose {choice['active']!r} on {choice['queries']} validation queries", flush=True)
+    rows = [{"data": data, "split": "validation", "method": f"blend:{name}", "chosen": "yes" if name == choice["active"] else "",
+             **m, "queries": choice["queries"]} for name, m in choice["validation"].items()]
+    model = BasketModel.build(pairs, items, products, item_ids=emb.item_ids, item_vectors=emb.item_vectors,
+                              profiles=info["profiles"])
+    qs = ev.queries(ev.target_baskets(orders, lines, seg), ev.EvalParams(sample_baskets=sample))
+    result = ev.evaluate(methods(model, ratings), qs)
+    for name, m in result["methods"].items():
+        chosen = "yes" if name == f"blend:{choice['active']}" else ""
+        rows.append({"data": data, "split": "holdout", "method": name, "chosen": chosen, **m})
+    print(f"  {data}: {len(qs)} holdout queries, {time.perf_counter() - t0:.1f} s (load {load_avg()})", flush=True)
+    print(table([r for r in rows if r["data"] == data], EVAL_COLUMNS), flush=True)
+    return rows, choice
 
 
 def main() -> None:
@@ -191,25 +203,29 @@ def main() -> None:
         last = json.loads((RESULTS / f"{NAME}.json").read_text())
         payload.update({k: last[k] for k in ("pairs_info", "latency", "speed_load") if k in last})
         stages.rows = last.get("stages", [])
-    rows, tuned = [], {}
+    rows, chosen = [], {}
     datasets = ((f"generated {args.eval_users}", lambda: load_generated(args.eval_users)), ("UCI online retail", load_uci))
     if args.skip_eval and (RESULTS / f"{NAME}.json").exists():  # keep the last evaluation
         last = json.loads((RESULTS / f"{NAME}.json").read_text())
-        rows, tuned, datasets = last["eval"], last["tuned"], ()
+        rows, chosen, datasets = last["eval"], last.get("chosen", {}), ()
+        payload["eval_load"] = last.get("eval_load", "?") + " (kept from the previous run)"
+    eval_start = load_avg()
     for data, tables in datasets:
-        got, tuned[data] = quality(data, *tables(), args.sample, args.epochs)
+        got, chosen[data] = quality(data, *tables(), args.sample, args.epochs)
         rows += got
-    payload.update(stages=stages.rows, eval=rows, tuned=tuned, load_end=load_avg())
+    if datasets:
+        payload["eval_load"] = f"{eval_start} at its start, {load_avg()} at its end"
+    payload.update(stages=stages.rows, eval=rows, chosen=chosen, load_end=load_avg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{NAME}.json").write_text(json.dumps(payload, indent=2, default=str))
     md = [f"Load average (1/5/15 min) at start {payload['load_start']}, at end {payload['load_end']} on {os.cpu_count()} cores"
           f" (speed part: at its start {payload.get('speed_load', '?')}).", ""]
     if stages.rows:
-        md += [markdown(stages.rows, ["stage", "users", "seconds", "cpu_seconds", "peak_rss_mb", "load"]), "",
+        md += [markdown(stages.rows, ["stage", "users", "seconds", "cpu_seconds", "peak_rss_mb", "chosen", "load"]), "",
                table(payload["latency"], ["size", "p50_ms", "p99_ms", "cpu_p50_ms", "cpu_p99_ms", "load"]), ""]
-    md.append(table(rows, EVAL_COLUMNS))
-    md += ["", "Weights tuned on validation (coordinate search, hit@10 + mrr@10):", ""]
-    md += [f"- {data}: {json.dumps(t['weights'])}" for data, t in tuned.items()]
+    md += [f"Evaluation: load average {payload.get('eval_load', '?')}.", "", table(rows, EVAL_COLUMNS)]
+    md += ["", "Profile chosen on the validation split (hit@10 + MRR@10, pairs counted before the validation baskets):", ""]
+    md += [f"- {data}: `{c['active']}` ({c['queries']} queries of {c['baskets']} baskets)" for data, c in chosen.items()]
     (RESULTS / f"{NAME}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

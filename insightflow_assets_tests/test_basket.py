@@ -240,6 +240,13 @@ def test_basket_pairs_read_back_match_a_rebuild(small_run):
     assert set(stored["segment"].unique()) == {ANY, *frames["user_seg"]["segment"].unique()}
     params = json.loads(_path(small_run, "basket_pairs", "params.json").read_text())
     assert params["distinct_pairs"] == info["distinct_pairs"]
+    # the run's profile, chosen on validation: named in profiles.json, its numbers in params.json
+    choice = params["profile_choice"]
+    stored = json.loads(_path(small_run, "basket_pairs", "profiles.json").read_text())
+    assert stored["active"] == choice["active"] == small_run.outcome.materialized["basket_pairs"]["active_profile"]
+    assert set(choice["validation"]) == set(prof.validate(stored)) and choice["queries"] > 0 and choice["embeddings"]
+    table = choice["validation"]
+    assert max(table, key=lambda n: table[n]["hit@10"] + table[n]["mrr@10"]) == choice["active"]
 
 
 def test_basket_eval_read_back(small_run):
@@ -253,6 +260,10 @@ def test_basket_eval_read_back(small_run):
     assert _path(small_run, "basket_eval", "basket_eval.png").read_bytes()[:4] == b"\x89PNG"
     meta = small_run.outcome.materialized["basket_eval"]
     assert isinstance(meta["blend_precision_pair_heavy_hit@10"], float)
+    # the headline is the profile basket_pairs chose on validation, reported with its numbers
+    active = json.loads(_path(small_run, "basket_pairs", "profiles.json").read_text())["active"]
+    assert metrics["headline"] == f"blend:{active}" and metrics["active_profile"] == meta["active_profile"] == active
+    assert metrics["profile_choice"]["active"] == active
     checks = {c["check"]: c["passed"] for c in small_run.outcome.checks if c["asset"] == "basket_eval"}
     assert checks["basket_queries_return_k_new_products"] is True
     assert "basket_blend_not_worse_than_pairs" in checks

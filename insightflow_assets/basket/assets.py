@@ -10,7 +10,8 @@ from pydantic import Field
 
 from insightflow_assets.basket import evaluate as ev
 from insightflow_assets.basket import profiles as prof
-from insightflow_assets.basket.pairs import PairParams, build_pairs, window_lines
+from insightflow_assets.basket.choose import ChoiceParams, pairs_and_profile
+from insightflow_assets.basket.pairs import PairParams, window_lines
 from insightflow_assets.basket.recommender import BasketModel
 from insightflow_assets.basket.report import CHART_FILE, blend_vs_pairs, chart, query_problems
 from insightflow_assets.common import current_run, run_asset, run_check
@@ -19,24 +20,29 @@ from resources.io_manager import ArtifactFolder
 from resources.layout import Artifact
 
 GROUP = "basket"
-PAIRS_FILES = ("pairs.parquet", "items.parquet", "params.json")
+# profiles.json: the profiles this run was built and evaluated with, its "active" one chosen on
+# validation (choose.py), published for serving
+PAIRS_FILES = ("pairs.parquet", "items.parquet", "params.json", "profiles.json")
 
 
 class BasketPairsConfig(Config):
     window: int = Field(5, description="B counts after A when added at most this many positions later (the pair cap).")
     min_support: int = Field(3, description="Baskets a pair needs before its lift is trusted.")
     max_neighbours: int = Field(100, description="Followers and predecessors kept per (segment, product).")
+    choice_baskets: int = Field(300, description="Seeded sample of validation baskets the run's profile is chosen on (0 = all).")
+    seed: int = 42
 
 
 @run_asset(
     group=GROUP,
-    storage=Artifact("recsys/basket/pairs-{ts}", PAIRS_FILES),
+    storage=Artifact("recsys/basket/pairs-{ts}", PAIRS_FILES, latest="recsys/basket/latest"),
     kinds={"numpy", "polars", "parquet"},
     description=(
         "Directional basket pairs A→B (B added within `window` cart positions after A) over the training window, "
         "overall (segment -1) and per user_seg segment, with confidence, lift and npmi (min support; lift ≤ 1 dropped); "
         "each product's best followers (direction 0) and predecessors (direction 1, the reverse index) by npmi, "
-        "plus baskets per (segment, product)."
+        "plus baskets per (segment, product). profiles.json: the basket profiles, with the run's `active` one chosen "
+        "on the validation split (second-to-last baskets, pairs counted before them; the holdout is not read)."
     ),
 )
 def basket_pairs(
@@ -45,17 +51,27 @@ def basket_pairs(
     orders_imputed: pl.DataFrame,
     raw_order_products: pl.DataFrame,
     user_seg: pl.DataFrame,
+    products: pl.DataFrame,
+    lightfm_model: ArtifactFolder,
 ) -> Output[ArtifactFolder]:
     current_run(context)
     t0 = time.perf_counter()
     params = PairParams(window=config.window, min_support=config.min_support, max_neighbours=config.max_neighbours)
-    lines = window_lines(orders_imputed, raw_order_products, user_seg)
-    pairs, items, info = build_pairs(lines, params)
+    emb = LightfmEmbeddings.from_files(lightfm_model.files)
+    pairs, items, info = pairs_and_profile(
+        window_lines(orders_imputed, raw_order_products, user_seg), orders_imputed, products,
+        item_ids=emb.item_ids, item_vectors=emb.item_vectors, pair_params=params,
+        choice=ChoiceParams(baskets=config.choice_baskets, seed=config.seed),
+    )
+    choice = info["profile_choice"]
+    context.log.info(f"basket_pairs: profile {choice['active']!r} chosen on {choice['queries']} validation queries")
+    profiles = info.pop("profiles")  # profiles.json, not params.json
     info["seconds"] = round(time.perf_counter() - t0, 2)
     info["cart_order_missing_lines"] = int(raw_order_products["add_to_cart_order"].null_count()) \
         if "add_to_cart_order" in raw_order_products.columns else raw_order_products.height
     return Output(
-        ArtifactFolder.of({"pairs.parquet": pairs, "items.parquet": items, "params.json": info}),
+        ArtifactFolder.of({"pairs.parquet": pairs, "items.parquet": items, "params.json": info,
+                           "profiles.json": profiles}),
         metadata={
             "seconds": float(info["seconds"]),
             "stored_pairs": pairs.height,
@@ -63,6 +79,8 @@ def basket_pairs(
             "pairs_at_min_support": info["pairs_at_min_support"],
             "cart_order_missing_lines": info["cart_order_missing_lines"],
             "params": MetadataValue.json(params.__dict__),
+            "active_profile": choice["active"],
+            "profile_choice": MetadataValue.json(choice),
         },
     )
 
@@ -73,15 +91,17 @@ class BasketEvalConfig(Config):
     sample_baskets: int = Field(300, description="Seeded sample of target baskets (0 = all); ~4 queries each.")
     seed: int = 42
     segment_mode: str = Field("user", description="user: the customer's user_seg segment; auto: detected from the basket.")
-    headline_profile: str = "precision_pair_heavy"
+    headline_profile: str = Field("", description="The blend reported as the headline; empty: the run's active profile (chosen on validation).")
 
 
 def load_model(basket_pairs: ArtifactFolder, products: pl.DataFrame, lightfm_model: ArtifactFolder | None) -> BasketModel:
-    """The basket recommender from the stored artifacts (what a serving process loads)."""
+    """The basket recommender from the stored artifacts (what a serving process loads), its
+    default profile the run's active one."""
     emb = LightfmEmbeddings.from_files(lightfm_model.files) if lightfm_model is not None else None
     return BasketModel.build(
         basket_pairs.frame("pairs.parquet"), basket_pairs.frame("items.parquet"), products,
         item_ids=emb.item_ids if emb else None, item_vectors=emb.item_vectors if emb else None,
+        profiles=basket_pairs.json("profiles.json") if "profiles.json" in basket_pairs.files else None,
     )
 
 
@@ -93,7 +113,7 @@ def load_model(basket_pairs: ArtifactFolder, products: pl.DataFrame, lightfm_mod
         "Basket completion, PerNIR protocol: each prefix of M items (add-to-cart order) of a sample of target baskets "
         "predicts the next item (hit/MRR@K) and the rest (recall/hit@K), K = 10, 20, basket items excluded, averaged per M "
         "then over M; global popularity, pairs only, implicit BM25 item-item, LightFM embeddings only, and the blend of "
-        "each profile."
+        "each profile; the headline is the run's active profile (chosen on validation by basket_pairs)."
     ),
 )
 def basket_eval(
@@ -112,36 +132,53 @@ def basket_eval(
         raise ValueError(f"basket_eval config: segment_mode must be 'user' or 'auto', got {config.segment_mode!r}")
     t0 = time.perf_counter()
     model = load_model(basket_pairs, products, lightfm_model)
+    headline = config.headline_profile or model.active
+    if headline not in model.profiles:
+        raise ValueError(f"basket_eval config: headline_profile {headline!r} is not one of {sorted(model.profiles)}")
     params = ev.EvalParams(m_min=config.m_min, m_max=config.m_max, sample_baskets=config.sample_baskets, seed=config.seed)
     qs = ev.queries(ev.target_baskets(orders_imputed, raw_order_products, user_seg), params)
     if config.segment_mode == "auto":
         qs = [ev.Query(q.user_id, None, q.prefix, q.next_item, q.rest) for q in qs]
     result = ev.evaluate(methods(model, ratings), qs)
-    result.update(headline=f"blend:{config.headline_profile}", eval_config=config.model_dump(),
-                  seconds=round(time.perf_counter() - t0, 2))
+    result.update(headline=f"blend:{headline}", active_profile=model.active,
+                  profile_choice=basket_pairs.json("params.json").get("profile_choice"),
+                  eval_config=config.model_dump(), seconds=round(time.perf_counter() - t0, 2))
     metrics = {k: v for k, v in result.items() if k != "by_size"}
     context.log.info(f"basket_eval: {len(qs)} queries in {result['seconds']} s")
-    headline = {f"{_label(name)}_{key}": float(v) for name, m in result["methods"].items()
-                for key, v in m.items() if key in ("hit@10", "mrr@10", "recall_rest@10")}
+    numbers = {f"{_label(name)}_{key}": float(v) for name, m in result["methods"].items()
+               for key, v in m.items() if key in ("hit@10", "mrr@10", "recall_rest@10")}
     return Output(
         ArtifactFolder.of({"metrics.json": metrics, "by_size.json": result["by_size"], CHART_FILE: chart(result["by_size"])}),
-        metadata={"queries": len(qs), "seconds": float(result["seconds"]), **headline},
+        metadata={"queries": len(qs), "seconds": float(result["seconds"]), "active_profile": model.active,
+                  "headline": result["headline"], **numbers},
     )
 
 
 def methods(model: BasketModel, ratings: pl.DataFrame) -> dict:
-    """Every method of the comparison, by name: a function of (queries, K) to top-K lists."""
+    """Every method of the comparison, by name: a function of (queries, K) to top-K lists.
+    Pairs only and the blends share their candidate pools (one pool per query for all)."""
     fallback = model.ids[model.popular[-1][:500]]
     pairs_only = prof.single(W_PAIR=1.0, W_EMB=0.0, W_POPP=0.0, W_POPG=1e-4, W_COVER=0.0, PAIR_QUOTA=0)
     emb_only = prof.single(W_PAIR=0.0, W_EMB=1.0, W_POPP=0.0, W_POPG=1e-4, W_COVER=0.0, PAIR_QUOTA=0, TOP_POPG=2000)
+    shared = {"pairs": pairs_only, **{f"blend:{name}": name for name in model.profiles}}
+    memo: dict = {}
+
+    def pooled(name: str):
+        def run(qs, k):
+            key = (id(qs), k)
+            if key not in memo:  # qs kept in the memo: its id cannot be reused meanwhile
+                memo.clear()
+                memo[key] = (qs, dict(zip(shared, ev.profile_lists(model, qs, k, list(shared.values())))))
+            return memo[key][1][name]
+        return run
+
     out = {
         "popularity": lambda qs, k: ev.popularity_lists(model, qs, k),
-        "pairs": lambda qs, k: ev.model_lists(model, qs, k, pairs_only),
+        "pairs": pooled("pairs"),
         "item_item": lambda qs, k: ev.item_item_lists(ratings, qs, k, fallback),
         "embeddings": lambda qs, k: ev.model_lists(model, qs, k, emb_only),
     }
-    for name in model.profiles:
-        out[f"blend:{name}"] = lambda qs, k, name=name: ev.model_lists(model, qs, k, name)
+    out.update({name: pooled(name) for name in shared if name != "pairs"})
     return out
 
 

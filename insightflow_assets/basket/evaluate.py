@@ -14,8 +14,6 @@ see only the training window: pairs, item counts and embeddings are built before
 
 from __future__ import annotations
 
-import warnings
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +21,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from insightflow_assets.basket.pairs import ANY, cart_lines
+from insightflow_assets.basket.pairs import ANY, cart_lines, dense_items
 from insightflow_assets.ratings.build import target_orders
 from insightflow_assets.basket.recommender import BasketModel
 
@@ -51,9 +49,14 @@ def target_baskets(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataF
     """``user_id, segment, products`` (list, add-to-cart order) of each customer's target basket
     (``back=1``: the validation basket)."""
     targets = target_orders(orders, lines, back).select("order_id", "user_id")
+    return baskets_of(cart_lines(targets, lines, user_seg), targets)
+
+
+def baskets_of(carts: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
+    """``user_id, segment, products`` of the ``targets`` (``order_id, user_id``) among `cart_lines`' rows."""
     return (
-        cart_lines(targets, lines, user_seg)
-        .join(targets.with_columns(pl.col("user_id").cast(pl.Int32)), on="order_id", how="left")
+        carts.join(targets.select("order_id", pl.col("user_id").cast(pl.Int32)), on="order_id", how="inner",
+                   maintain_order="left")  # each cart stays in add-to-cart order
         .group_by("order_id", maintain_order=True)
         .agg(pl.col("user_id").first(), pl.col("segment").first(), products=pl.col("product_id"))
         .select("user_id", "segment", "products")
@@ -101,8 +104,14 @@ def averaged(by_size: dict[int, dict[str, float]]) -> dict[str, float]:
 
 
 def model_lists(model: BasketModel, qs: list[Query], k: int, profile, *, use_segment: bool = True) -> list[np.ndarray]:
-    return [np.asarray(model.recommend(q.prefix, k, segment=q.segment if use_segment else None, profile=profile).product_ids)
-            for q in qs]
+    return profile_lists(model, qs, k, [profile], use_segment=use_segment)[0]
+
+
+def profile_lists(model: BasketModel, qs: list[Query], k: int, profiles: list, *, use_segment: bool = True) -> list[list[np.ndarray]]:
+    """Each profile's top-``k`` list of every query (`BasketModel.recommend_profiles`: one
+    candidate pool per query for the profiles that share pool parameters)."""
+    got = [model.recommend_profiles(q.prefix, k, segment=q.segment if use_segment else None, profiles=profiles) for q in qs]
+    return [[np.asarray(r[i].product_ids) for r in got] for i in range(len(profiles))]
 
 
 def popularity_lists(model: BasketModel, qs: list[Query], k: int) -> list[np.ndarray]:
@@ -111,36 +120,71 @@ def popularity_lists(model: BasketModel, qs: list[Query], k: int) -> list[np.nda
 
 
 def item_item_lists(ratings: pl.DataFrame, qs: list[Query], k: int, fallback: np.ndarray, neighbours: int = 100) -> list[np.ndarray]:
-    """implicit's BM25 item-item model fitted on the window's customers × products; a prefix is
-    scored as a one-row user (its items), its own items filtered; short lists topped up from
-    ``fallback`` (global popularity)."""
-    from implicit.nearest_neighbours import BM25Recommender
+    """implicit's BM25 item-item model over the window's customers × products; a prefix is scored
+    as a one-row user (its items) by implicit's scorer, its own items filtered; short lists
+    topped up from ``fallback`` (global popularity).
+
+    A one-row user made of the prefix reads only the similarity rows of the prefix's items, so
+    only those rows are computed (`knn_rows`, implicit's BM25 weighting and top-``neighbours``
+    rule): the lists equal those of a fit over every product, at the cost of the evaluated
+    baskets' items instead of the whole catalogue."""
+    from implicit.nearest_neighbours import BM25Recommender, NearestNeighboursScorer, bm25_weight
     from threadpoolctl import threadpool_limits
 
-    ids = np.unique(ratings["product_id"].to_numpy())
-    users, u = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
-    matrix = sp.csr_matrix(
-        (ratings["purchases"].to_numpy().astype(np.float32), (u, np.searchsorted(ids, ratings["product_id"].to_numpy()))),
-        shape=(users.size, ids.size),
-    )
-    with threadpool_limits(1, "blas"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # implicit's note that BM25 weighting hands it a COO matrix
-        model = BM25Recommender(K=neighbours, num_threads=1)
-        model.fit(matrix, show_progress=False)
+    matrix, ids = user_item_matrix(ratings)
     rows, cols = [], []
     for r, q in enumerate(qs):
         j = np.searchsorted(ids, q.prefix)
         ok = (j < ids.size) & (ids[np.minimum(j, ids.size - 1)] == q.prefix)
         rows += [r] * int(ok.sum())
         cols += j[ok].tolist()
+    model = BM25Recommender(K=neighbours, num_threads=1)
+    weighted = bm25_weight(matrix.T, model.K1, model.B).T.tocsr()  # what BM25Recommender.fit weighs
+    model.similarity = knn_rows(weighted, np.unique(np.asarray(cols, np.int64)), neighbours)
+    model.scorer = NearestNeighboursScorer(model.similarity)  # as ItemItemRecommender.fit sets it
     queries_m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(qs), ids.size))
-    got, scores = model.recommend(np.arange(len(qs)), queries_m, N=k, filter_already_liked_items=True)
+    with threadpool_limits(1, "blas"):  # the house rule for implicit
+        got, scores = model.recommend(np.arange(len(qs)), queries_m, N=k, filter_already_liked_items=True)
     out = []
     for q, row, sc in zip(qs, got, scores):
         mine = ids[row[(row >= 0) & (sc > -np.inf) & (sc > 0)]]
         fill = fallback[~np.isin(fallback, np.concatenate([q.prefix, mine]))]
         out.append(np.concatenate([mine, fill])[:k])
     return out
+
+
+def user_item_matrix(ratings: pl.DataFrame) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Customers × products purchase counts (CSR) and the product id of each column."""
+    users, u = dense_items(ratings["user_id"].to_numpy())
+    ids, col = dense_items(ratings["product_id"].to_numpy())
+    data = ratings["purchases"].to_numpy().astype(np.float32)
+    return sp.csr_matrix((data, (u, col)), shape=(users.size, ids.size)), ids
+
+
+def knn_rows(weighted: sp.csr_matrix, items: np.ndarray, neighbours: int, chunk: int = 256) -> sp.csr_matrix:
+    """The item × item similarity of implicit's `all_pairs_knn` (dot products of the columns of
+    ``weighted``, each row's ``neighbours`` best, the item itself included), for the rows
+    ``items`` only; the other rows are empty."""
+    n = weighted.shape[1]
+    left = weighted.tocsc()[:, items].T.tocsr()
+    indptr, indices, data = [0], [], []
+    # rows in chunks: one chunk's products stay small whatever the number of items
+    for lo in range(0, items.size, chunk):
+        block = (left[lo: lo + chunk] @ weighted).tocsr()
+        for r in range(block.shape[0]):
+            a, b = block.indptr[r], block.indptr[r + 1]
+            cols, vals = block.indices[a:b], block.data[a:b]
+            if vals.size > neighbours:
+                top = np.argpartition(-vals, neighbours - 1)[:neighbours]
+                cols, vals = cols[top], vals[top]
+            indices.append(cols)
+            data.append(vals)
+            indptr.append(indptr[-1] + cols.size)
+    counts = np.zeros(n + 1, np.int64)
+    counts[items + 1] = np.diff(indptr)
+    return sp.csr_matrix(
+        (np.concatenate(data) if data else np.empty(0), np.concatenate(indices) if indices else np.empty(0, np.int32),
+         np.cumsum(counts)), shape=(n, n))
 
 
 def evaluate(methods: dict[str, Callable[[list[Query], int], list[np.ndarray]]], qs: list[Query], ks=KS) -> dict:

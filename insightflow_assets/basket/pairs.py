@@ -179,8 +179,10 @@ def dense_items(product_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int32), item.astype(np.int32).ravel()
 
 
-def normalise(pairs: pl.DataFrame, items: pl.DataFrame, totals: dict[int, int], params: PairParams, n_items: int) -> pl.DataFrame:
-    """Confidence / lift / npmi of the supported pairs, and the top ``max_neighbours`` each way.
+def normalise(pairs: pl.DataFrame, items: pl.DataFrame, totals: dict[int, int], params: PairParams, n_items: int,
+              only: np.ndarray | None = None) -> pl.DataFrame:
+    """Confidence / lift / npmi of the supported pairs, and the top ``max_neighbours`` each way
+    (of the items marked in ``only`` when given).
 
     Pairs with lift ≤ 1 (npmi ≤ 0) are dropped: bought together less than chance, they are no
     complements. Numpy lookups by item index, not joins: this runs on ~10 M pairs."""
@@ -200,7 +202,9 @@ def normalise(pairs: pl.DataFrame, items: pl.DataFrame, totals: dict[int, int], 
         a, b, count, lift, npmi = a[keep], b[keep], count[keep], lift[keep], npmi[keep]
         scored = dict(count=count, confidence=count / per[a], lift=lift, npmi=npmi)
         for direction, (item, neighbour) in ((FORWARD, (a, b)), (REVERSE, (b, a))):
-            order, rank = _top(item, npmi, params.max_neighbours)
+            rows = np.flatnonzero(only[item]) if only is not None else slice(None)
+            order, rank = _top(item[rows], npmi[rows], params.max_neighbours)
+            order = rows[order] if only is not None else order
             out.append(pl.DataFrame({
                 "segment": np.full(order.size, s, np.int8), "direction": np.full(order.size, direction, np.int8),
                 "product_id": item[order], "neighbour_id": neighbour[order],
@@ -227,34 +231,121 @@ def _top(item: np.ndarray, npmi: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     return order[keep], rank[keep].astype(np.int16)
 
 
-def build_pairs(baskets: pl.DataFrame, params: PairParams = PairParams()) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """``(pairs, items, info)`` from `window_lines`' frame: `PAIRS_SCHEMA` rows, `ITEMS_SCHEMA` rows
-    (baskets per segment and product) and the counts behind them."""
-    if params.window < 1 or params.min_support < 1 or params.max_neighbours < 1:
-        raise ValueError(f"basket pairs: window, min_support and max_neighbours must be >= 1, got {params}")
-    ids, item = dense_items(baskets["product_id"].to_numpy())
-    order_id = baskets["order_id"].to_numpy()
-    segment = baskets["segment"].to_numpy().astype(np.int8)
-    n_items = max(len(ids), 1)
-    counted, stats = segment_pairs(order_id, item, segment, n_items, params.window, params.min_support)
+@dataclass
+class Counted:
+    """The supported pair counts of a set of baskets before normalising (dense item indices):
+    ``pairs`` (segment, a, b, count), ``items`` (segment, a, baskets), baskets per segment."""
+
+    pairs: pl.DataFrame
+    items: pl.DataFrame
+    totals: dict[int, int]
+    stats: dict
+
+
+def count_baskets(order_id: np.ndarray, item: np.ndarray, segment: np.ndarray, n_items: int, window: int,
+                  min_support: int) -> Counted:
+    """`Counted` of the lines (grouped by order, in cart order)."""
+    pairs, stats = segment_pairs(order_id, item, segment, n_items, window, min_support)
     first = np.ones(order_id.size, bool)
     first[1:] = order_id[1:] != order_id[:-1]
     items, totals = basket_counts(item, segment, first, n_items)
-    pairs = normalise(counted, items, totals, params, n_items)
+    return Counted(pairs, items, totals, stats)
+
+
+def minus(total: Counted, part: Counted, min_support: int, focus: np.ndarray, n_items: int) -> Counted:
+    """``total − part`` (``part``: a subset of the baskets, counted without a minimum support)
+    for the pairs touching a ``focus`` item, at ``min_support``.
+
+    Counts are additive over baskets, so the pairs before the validation baskets are the window's
+    minus theirs: no second pass over the window. A pair under the support in ``total`` is under
+    it in any subset, so ``total``'s supported pairs are enough. Numpy codes, not a join: the
+    window has millions of pairs; its row order is kept (npmi ties rank by it, as in a direct count)."""
+    mark = np.zeros(n_items, bool)
+    mark[focus] = True
+    bits = max(int(n_items).bit_length(), 1)
+
+    def near(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        seg, a, b, count = (frame[c].to_numpy() for c in ("segment", "a", "b", "count"))
+        keep = mark[a] | mark[b]
+        seg, a, b = seg[keep], a[keep], b[keep]
+        code = ((seg.astype(np.int64) + 1) << (2 * bits)) | (a.astype(np.int64) << bits) | b
+        return code, seg, np.stack([a, b]), count[keep]
+
+    code, seg, ab, count = near(total.pairs)
+    part_code, _, _, part_count = near(part.pairs)
+    order = np.argsort(part_code, kind="stable")
+    part_code, part_count = part_code[order], part_count[order]
+    at = np.minimum(np.searchsorted(part_code, code), max(part_code.size - 1, 0))
+    found = (part_code[at] == code) if part_code.size else np.zeros(code.size, bool)
+    count = count - np.where(found, part_count[at] if part_code.size else 0, 0)
+    keep = count >= min_support
+    pairs = pl.DataFrame({"segment": seg[keep], "a": ab[0][keep], "b": ab[1][keep], "count": count[keep].astype(np.int32)})
+    items = (
+        total.items.join(part.items.rename({"baskets": "_part"}), on=["segment", "a"], how="left", maintain_order="left")
+        .select("segment", "a", (pl.col("baskets") - pl.col("_part").fill_null(0)).alias("baskets"))
+        .filter(pl.col("baskets") > 0)
+    )
+    totals = {s: n - part.totals.get(s, 0) for s, n in total.totals.items()}
+    return Counted(pairs, items, totals, {})
+
+
+def _encoded(baskets: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ids, item = dense_items(baskets["product_id"].to_numpy())
+    return ids, item, baskets["order_id"].to_numpy(), baskets["segment"].to_numpy().astype(np.int8)
+
+
+def _finish(counted: Counted, ids: np.ndarray, params: PairParams, only: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`PAIRS_SCHEMA` and `ITEMS_SCHEMA` frames (product ids) of the counts (neighbours of the
+    items marked in ``only`` when given)."""
+    pairs = normalise(counted.pairs, counted.items, counted.totals, params, max(len(ids), 1), only)
     to_id = pl.Series(ids.astype(np.int32))
     pairs = pairs.with_columns(product_id=to_id.gather(pairs["product_id"]), neighbour_id=to_id.gather(pairs["neighbour_id"]))
-    items = items.select("segment", to_id.gather(items["a"]).alias("product_id"), "baskets").sort("segment", "product_id")
-    info = {
-        "lines": baskets.height,
-        "baskets": totals,
-        "products": int(len(ids)),
-        **stats,
-        "stored_rows": pairs.height,
-        **params.__dict__,
-    }
+    items = counted.items.select("segment", to_id.gather(counted.items["a"]).alias("product_id"), "baskets").sort("segment", "product_id")
     return pairs.select([pl.col(c).cast(t) for c, t in PAIRS_SCHEMA.items()]), items.select(
         [pl.col(c).cast(t) for c, t in ITEMS_SCHEMA.items()]
-    ), info
+    )
+
+
+def _check(params: PairParams) -> None:
+    if params.window < 1 or params.min_support < 1 or params.max_neighbours < 1:
+        raise ValueError(f"basket pairs: window, min_support and max_neighbours must be >= 1, got {params}")
+
+
+def _info(baskets: pl.DataFrame, ids: np.ndarray, counted: Counted, pairs: pl.DataFrame, params: PairParams) -> dict:
+    return {"lines": baskets.height, "baskets": counted.totals, "products": int(len(ids)), **counted.stats,
+            "stored_rows": pairs.height, **params.__dict__}
+
+
+def build_pairs(baskets: pl.DataFrame, params: PairParams = PairParams()) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """``(pairs, items, info)`` from `window_lines`' frame: `PAIRS_SCHEMA` rows, `ITEMS_SCHEMA` rows
+    (baskets per segment and product) and the counts behind them."""
+    _check(params)
+    ids, item, order_id, segment = _encoded(baskets)
+    counted = count_baskets(order_id, item, segment, max(len(ids), 1), params.window, params.min_support)
+    pairs, items = _finish(counted, ids, params)
+    return pairs, items, _info(baskets, ids, counted, pairs, params)
+
+
+def build_pairs_split(
+    baskets: pl.DataFrame, held_out: np.ndarray, focus: np.ndarray, params: PairParams = PairParams()
+) -> tuple[tuple[pl.DataFrame, pl.DataFrame, dict], tuple[pl.DataFrame, pl.DataFrame]]:
+    """`build_pairs` of the whole window, and the ``(pairs, items)`` of the window without the
+    ``held_out`` lines (a boolean per line: the validation baskets), kept for the ``focus``
+    product ids only (the items of the queries that will be asked of them: their neighbours
+    are complete)."""
+    _check(params)
+    ids, item, order_id, segment = _encoded(baskets)
+    n_items = max(len(ids), 1)
+    counted = count_baskets(order_id, item, segment, n_items, params.window, params.min_support)
+    m = held_out
+    part = count_baskets(order_id[m], item[m], segment[m], n_items, params.window, 1)
+    pos = np.searchsorted(ids, focus)
+    keep = pos[(pos < ids.size) & (ids[np.minimum(pos, ids.size - 1)] == focus)] if ids.size else pos[:0]
+    only = np.zeros(n_items, bool)
+    only[keep] = True
+    before = _finish(minus(counted, part, params.min_support, keep.astype(np.int64), n_items), ids, params, only)
+    pairs, items = _finish(counted, ids, params)
+    return (pairs, items, _info(baskets, ids, counted, pairs, params)), before
 
 
 def expected_npmi(count: int, n_a: int, n_b: int, total: int) -> float:

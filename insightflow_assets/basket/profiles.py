@@ -1,7 +1,8 @@
 """Basket-size profiles: the basket recommender's parameters, one set per basket size (pure).
 
 A profile is ``{"basket_params_by_size": {"1": {...}, "2": {...}, "5+": {...}, "default": {...}}}``
-(the peer system's format): a size uses its own key, else the largest ``"N+"`` with N ≤ size,
+(the peer system's format), plus an optional top-level ``"active": "<name>"`` (the profile a
+query uses unless told; a run stores the one it chose on validation there): a size uses its own key, else the largest ``"N+"`` with N ≤ size,
 else ``"default"``; each set only names what differs from `DEFAULTS`. A bad key or parameter
 is refused in one line naming the profile and the key.
 """
@@ -43,6 +44,8 @@ _INT = {"TOP_PAIRS", "TOP_REV", "TOP_POPP", "TOP_POPG", "PAIR_QUOTA", "DIVERSIFY
 _SIZE_KEY = re.compile(r"^[1-9][0-9]*\+?\Z")
 
 PROFILES_FILE = Path(__file__).with_name("profiles.json")
+ACTIVE = "active"  # the top-level key naming the default profile, not a profile
+FALLBACK = "precision_pair_heavy"  # the default when a file names none
 
 
 class ProfileError(ValueError):
@@ -55,13 +58,26 @@ def validate(profiles: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]
         raise ProfileError("basket profiles: expected a JSON object of named profiles")
     out = {}
     for name, body in profiles.items():
+        if name == ACTIVE:
+            continue
         sets = body.get("basket_params_by_size") if isinstance(body, dict) else None
         if not isinstance(sets, dict) or not sets:
             raise ProfileError(f"basket profile {name!r}: missing the basket_params_by_size object")
         out[name] = {key: _params(name, key, values) for key, values in sets.items()}
         if sum(k.endswith("+") for k in out[name]) > 1:
             raise ProfileError(f"basket profile {name!r}: more than one \"N+\" key ({', '.join(k for k in out[name] if k.endswith('+'))})")
+    if not out:
+        raise ProfileError("basket profiles: no profile besides \"active\"")
+    if ACTIVE in profiles and (not isinstance(profiles[ACTIVE], str) or profiles[ACTIVE] not in out):
+        raise ProfileError(f"basket profiles: key \"active\" names {profiles[ACTIVE]!r}, not one of the profiles ({', '.join(out)})")
     return out
+
+
+def active(profiles: dict[str, Any]) -> str:
+    """The default profile of a profiles JSON: its ``"active"`` key, else `FALLBACK` when
+    present, else the first."""
+    names = [n for n in profiles if n != ACTIVE]
+    return profiles.get(ACTIVE) or (FALLBACK if FALLBACK in names else names[0])
 
 
 def _params(profile: str, key: str, values: Any) -> dict[str, float]:
@@ -89,14 +105,18 @@ def for_size(profile: dict[str, dict[str, float]], size: int) -> tuple[str, dict
     return ("default", profile["default"]) if "default" in profile else ("defaults", dict(DEFAULTS))
 
 
-def load(path: str | Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """The validated profiles of a JSON file (the package's `PROFILES_FILE` by default)."""
+def raw(path: str | Path | None = None) -> dict[str, Any]:
+    """The JSON of a profiles file as written (the package's `PROFILES_FILE` by default)."""
     path = Path(path or PROFILES_FILE)
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    return validate(raw)
+
+
+def load(path: str | Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """The validated profiles of a JSON file (the package's `PROFILES_FILE` by default)."""
+    return validate(raw(path))
 
 
 def single(**params: float) -> dict[str, dict[str, float]]:

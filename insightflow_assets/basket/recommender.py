@@ -21,6 +21,7 @@ temperature; the mix is reported in the result.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,9 @@ from insightflow_assets.basket.pairs import ANY, FORWARD, REVERSE
 SOURCES = ("pair", "pair_any", "reverse_pair", "segment_popular", "global_popular")
 _SOURCE_NAMES = np.array(SOURCES, dtype=object)
 _POP_DEPTH = 5000  # popular items kept sorted per segment (pool and filling)
+_POOL_PARAMS = ("TOP_PAIRS", "TOP_PAIRS_ANY_FRAC", "TOP_REV", "TOP_POPP", "TOP_POPG")  # what the pool depends on
+_EMPTY_I, _EMPTY_F = np.empty(0, np.int32), np.empty(0, np.float32)
+_SCRATCH = threading.local()  # per-thread scratch arrays of the query path (serving answers from threads)
 
 
 @dataclass
@@ -58,10 +62,14 @@ class _Neighbours:
     indices: np.ndarray
     scores: np.ndarray
 
-    def of(self, item: int, top: int) -> tuple[np.ndarray, np.ndarray]:
-        lo = self.indptr[item]
-        hi = min(self.indptr[item + 1], lo + top)
-        return self.indices[lo:hi], self.scores[lo:hi]
+    def gather(self, items: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best ``top`` neighbours of each of ``items``, concatenated: (neighbours, scores,
+        position in ``items`` of the item each belongs to)."""
+        lo = self.indptr[items]
+        n = np.minimum(self.indptr[items + 1] - lo, top)
+        ends = np.cumsum(n)
+        at = np.arange(int(ends[-1]) if n.size else 0) + np.repeat(lo - (ends - n), n)
+        return self.indices[at], self.scores[at], np.repeat(np.arange(items.size, dtype=np.int32), n)
 
 
 @dataclass
@@ -77,6 +85,8 @@ class BasketModel:
     seg_centroids: np.ndarray | None = None
     global_centroid: np.ndarray | None = None
     profiles: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    active: str = "precision_pair_heavy"  # the profile a query uses unless told (the run's choice)
+    _index: dict[int, int] = field(default_factory=dict, repr=False)  # product id → item index
 
     # --- building --------------------------------------------------------------------
 
@@ -90,16 +100,18 @@ class BasketModel:
         item_ids: np.ndarray | None = None,
         item_vectors: np.ndarray | None = None,
         profiles: dict | None = None,
+        active: str | None = None,
     ) -> "BasketModel":
         """From `pairs.build_pairs`' frames, the products (``product_id``, ``aisle_id`` or
-        ``department_id``, optional ``is_private_label``) and optional embeddings."""
+        ``department_id``, optional ``is_private_label``) and optional embeddings; ``profiles``
+        as in profiles.json (the package's file by default); ``active`` overrides its default."""
         ids = np.unique(np.concatenate([products["product_id"].to_numpy(), items["product_id"].to_numpy()]).astype(np.int32))
         n = ids.size
         segments = sorted(int(s) for s in items["segment"].unique())
-        neighbours = {
-            (s, d): _csr(pairs.filter((pl.col("segment") == s) & (pl.col("direction") == d)), ids)
-            for s in segments for d in (FORWARD, REVERSE)
-        }
+        # one pass over the pairs (stored by product, then rank: each part is already in CSR order)
+        parts = pairs.partition_by("segment", "direction", as_dict=True, maintain_order=True)
+        empty = pairs.clear()
+        neighbours = {(s, d): _csr(parts.get((s, d), empty), ids) for s in segments for d in (FORWARD, REVERSE)}
         popularity, popular = {}, {}
         for s in segments:
             part = items.filter(pl.col("segment") == s)
@@ -119,8 +131,14 @@ class BasketModel:
         if "is_private_label" in products.columns:
             pl_flag = np.zeros(n, bool)
             pl_flag[meta["_i"].to_numpy()] = meta["is_private_label"].fill_null(False).cast(pl.Boolean).to_numpy()
+        raw = profiles or prof.raw()
+        sets = prof.validate(raw)
+        active = active or prof.active(raw)
+        if active not in sets:
+            raise prof.ProfileError(f"basket profiles: the active profile {active!r} is not one of {sorted(sets)}")
         model = cls(ids=ids, neighbours=neighbours, popularity=popularity, popular=popular, aisle=aisle,
-                    private_label=pl_flag, vectors=None, profiles=prof.validate(profiles) if profiles else prof.load())
+                    private_label=pl_flag, vectors=None, profiles=sets, active=active)
+        model._index = dict(zip(ids.tolist(), range(n)))  # built here, not on a first query
         if item_ids is not None and item_vectors is not None:
             model._set_vectors(np.asarray(item_ids), np.asarray(item_vectors, np.float32), segments)
         return model
@@ -144,12 +162,13 @@ class BasketModel:
 
     def index_of(self, product_ids) -> tuple[np.ndarray, list[int]]:
         """Item indices of the known ids (order kept, duplicates dropped), and the unknown ids."""
-        q = np.asarray(list(product_ids), np.int64)
-        pos = np.searchsorted(self.ids, q)
-        known = (pos < self.ids.size) & (self.ids[np.minimum(pos, self.ids.size - 1)] == q)
-        idx = pos[known]
-        _, first = np.unique(idx, return_index=True)
-        return idx[np.sort(first)].astype(np.int64), [int(x) for x in q[~known]]
+        if len(self._index) != self.ids.size:
+            self._index = dict(zip(self.ids.tolist(), range(self.ids.size)))
+        # a dict: a basket is a few ids, and numpy's per-call cost would dominate
+        q = [int(x) for x in product_ids]
+        idx = [self._index.get(x) for x in q]
+        known = list(dict.fromkeys(i for i in idx if i is not None))
+        return np.array(known, np.int64), [x for x, i in zip(q, idx) if i is None]
 
     def segment_mix(self, basket: np.ndarray, topk: int, temperature: float) -> dict[int, float]:
         """Softmax over the cosine of the basket centroid to each segment centroid, top-k."""
@@ -165,30 +184,47 @@ class BasketModel:
         w /= w.sum()
         return {int(self.seg_ids[t]): float(x) for t, x in zip(top, w)}
 
-    def recommend(self, product_ids, k: int = 10, *, segment: int | None = None, profile: str | dict = "precision_pair_heavy") -> BasketResult:
-        """The top-``k`` complements of a basket (ids in the order they were added)."""
+    def recommend(self, product_ids, k: int = 10, *, segment: int | None = None, profile: str | dict | None = None) -> BasketResult:
+        """The top-``k`` complements of a basket (ids in the order they were added), with the
+        named profile (or a `profiles.single` one; the model's active profile by default)."""
+        return self.recommend_profiles(product_ids, k, segment=segment, profiles=[profile])[0]
+
+    def recommend_profiles(self, product_ids, k: int = 10, *, segment: int | None = None, profiles=(None,)) -> list[BasketResult]:
+        """`recommend` of one basket under each of ``profiles``: profiles with the same pool
+        parameters share one candidate pool (what choosing a profile asks of every query)."""
         basket, unknown = self.index_of(product_ids)
-        sets = self.profiles[profile] if isinstance(profile, str) else profile
-        size_key, params = prof.for_size(sets, int(basket.size))
-        detected = segment is None
-        if segment is not None:
-            mix = {int(segment): 1.0} if int(segment) in self.popularity else {}
-        else:
-            mix = self.segment_mix(basket, params["SEGMIX_TOPK"], params["SEGMIX_TEMP"])
-        if basket.size == 0:
-            return self._popular_only(k, mix, detected, unknown, size_key)
-        cand, parts = self._candidates(basket, mix, params)
+        pools: dict[tuple, tuple] = {}
+        out = []
+        for profile in profiles:
+            sets = self.profiles[profile or self.active] if not isinstance(profile, dict) else profile
+            size_key, params = prof.for_size(sets, int(basket.size))
+            if segment is not None:
+                mix = {int(segment): 1.0} if int(segment) in self.popularity else {}
+            else:
+                mix = self.segment_mix(basket, params["SEGMIX_TOPK"], params["SEGMIX_TEMP"])
+            detected = segment is None and bool(mix)
+            if basket.size == 0:
+                out.append(self._popular_only(k, mix, detected, unknown, size_key))
+                continue
+            key = (tuple(mix.items()), *(params[p] for p in _POOL_PARAMS))
+            if key not in pools:
+                pools[key] = self._candidates(basket, mix, params)
+            cand, parts = pools[key]
+            items, scores, sources = self._top(basket, cand, parts, mix, params, k)
+            out.append(BasketResult(self.ids[items].tolist(), scores.tolist(), sources, mix, detected, unknown, size_key))
+        return out
+
+    def _top(self, basket, cand, parts, mix, params, k: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Items, scores and sources of the list: scored, selected, topped up from global
+        popularity when the pool is tiny."""
         score = self._score(basket, cand, parts, mix, params)
         chosen = self._select(cand, score, parts, k, params)
-        if chosen.size < k:  # a tiny pool: fill from global popularity
-            chosen_items = self._fill(np.concatenate([basket, cand[chosen]]), k - chosen.size)
-            items = np.concatenate([cand[chosen], chosen_items])
-            scores = np.concatenate([score[chosen], np.zeros(chosen_items.size)])
-            srcs = parts["source"][chosen].tolist() + ["global_popular"] * chosen_items.size
-        else:
-            items, scores, srcs = cand[chosen], score[chosen], parts["source"][chosen].tolist()
-        return BasketResult([int(x) for x in self.ids[items]], [float(s) for s in scores], srcs, mix, detected and bool(mix),
-                            unknown, size_key)
+        items, scores, sources = cand[chosen], score[chosen], _SOURCE_NAMES[parts["source"][chosen]].tolist()
+        if chosen.size < k:
+            extra = self._fill(np.concatenate([basket, items]), k - chosen.size)
+            items, scores = np.concatenate([items, extra]), np.concatenate([scores, np.zeros(extra.size)])
+            sources += ["global_popular"] * extra.size
+        return items, np.asarray(scores, np.float64), sources
 
     def _popular_only(self, k, mix, detected, unknown, size_key) -> BasketResult:
         seg = max(mix, key=mix.get) if mix else None
@@ -207,51 +243,51 @@ class BasketModel:
         return pool[~np.isin(pool, exclude)][:n]
 
     def _candidates(self, basket: np.ndarray, mix: dict[int, float], params: dict) -> tuple[np.ndarray, dict]:
-        """Candidate items and, per candidate, each pair component, links and source."""
+        """Candidate items and, per candidate, each pair component, links and source code
+        (index into `SOURCES`). Vectorised over the basket: a few numpy calls per neighbour
+        table, whatever the basket size."""
         top = int(params["TOP_PAIRS"])
         plans = [(0, s, FORWARD, top, w) for s, w in mix.items()]
         plans += [(1, ANY, FORWARD, max(int(round(top * params["TOP_PAIRS_ANY_FRAC"])), 0), 1.0),
                   (2, ANY, REVERSE, int(params["TOP_REV"]), 1.0)]
-        nbs, scs, comps, poss, sizes = [], [], [], [], []  # one entry per (component, basket item) slice
+        nbs, scs, poss, comps = [_EMPTY_I], [_EMPTY_F], [_EMPTY_I], [_EMPTY_I]
         for comp, s, d, depth, w in plans:
             table = self.neighbours.get((s, d))
-            if table is None or depth <= 0:
-                continue
-            for pos, x in enumerate(basket):
-                nb, sc = table.of(int(x), depth)
-                if nb.size:
-                    nbs.append(nb)
-                    scs.append(sc * w if w != 1.0 else sc)
-                    comps.append(comp)
-                    poss.append(pos)
-                    sizes.append(nb.size)
-        pop = [self.popular[s][: int(params["TOP_POPP"])] for s in mix if s in self.popular]
-        pop_g = self.popular[ANY][: int(params["TOP_POPG"])]
-        nb = np.concatenate(nbs).astype(np.int64) if nbs else np.empty(0, np.int64)
-        cand = np.unique(np.concatenate([nb, *pop, pop_g]).astype(np.int64))
-        cand = cand[~self._marked(basket, cand)]
-        j = np.searchsorted(cand, nb)
-        ok = (j < cand.size) & (cand[np.minimum(j, max(cand.size - 1, 0))] == nb) if cand.size else np.zeros(nb.size, bool)
-        pair = np.zeros((3, cand.size))
-        links = np.zeros(cand.size, np.int64)
-        if nbs and ok.any():
-            j, sc = j[ok], np.concatenate(scs)[ok]
-            comp, pos = np.repeat(comps, sizes)[ok], np.repeat(poss, sizes)[ok]
-            for c in range(3):
-                mask = comp == c
-                pair[c] = np.bincount(j[mask], weights=sc[mask], minlength=cand.size)
-            # distinct basket items linking each candidate
-            links = np.bincount(np.unique(j * basket.size + pos) // basket.size, minlength=cand.size)
-        pair /= basket.size  # the mean over the basket: comparable across sizes
-        in_segpop = self._marked(np.concatenate(pop), cand) if pop else np.zeros(cand.size, bool)
+            if table is not None and depth > 0:
+                nb, sc, pos = table.gather(basket, depth)
+                nbs.append(nb)
+                scs.append(sc * w if w != 1.0 else sc)
+                poss.append(pos)
+                comps.append(np.full(nb.size, comp, np.int32))
+        pops = [self.popular[s][: int(params["TOP_POPP"])] for s in mix if s in self.popular]
+        nb = np.concatenate(nbs)
+        n_pop = sum(p.size for p in pops)
+        cand, inv = self._unique_inverse(np.concatenate([nb, *pops, self.popular[ANY][: int(params["TOP_POPG"])]]))
+        j, n = inv[: nb.size], cand.size
+        # the three pair components summed per candidate in one bincount, in pooling order
+        pair = np.bincount(np.concatenate(comps) * n + j, weights=np.concatenate(scs), minlength=3 * n).reshape(3, n)
+        # distinct basket items linking each candidate
+        links = (np.bincount(j * basket.size + np.concatenate(poss), minlength=n * basket.size) > 0).reshape(n, basket.size).sum(axis=1)
+        in_segpop = np.zeros(n, bool)
+        in_segpop[inv[nb.size: nb.size + n_pop]] = True
+        keep = ~(cand[:, None] == basket).any(axis=1)  # basket items out (a basket is small)
+        # pair scores: the mean over the basket, comparable across sizes
+        cand, pair, links, in_segpop = cand[keep], pair[:, keep] / basket.size, links[keep], in_segpop[keep]
         source = np.where(pair[0] > 0, 0, np.where(pair[1] > 0, 1, np.where(pair[2] > 0, 2, np.where(in_segpop, 3, 4))))
-        return cand, {"pair": pair, "links": links, "source": _SOURCE_NAMES[source], "is_pair": source <= 2}
+        return cand, {"pair": pair, "links": links, "source": source, "is_pair": source <= 2}
 
-    def _marked(self, items: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """``np.isin(cand, items)`` through a catalog-sized mask: a query's sets are small."""
-        mark = np.zeros(self.ids.size, bool)
-        mark[items] = True
-        return mark[cand]
+    def _unique_inverse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``np.unique(x, return_inverse=True)`` for item indices, through a catalog-sized
+        scratch array of this thread (cleared after use): no sort of the ~2,000 pooled ids."""
+        slot = getattr(_SCRATCH, "slot", None)
+        if slot is None or slot.size != self.ids.size:
+            slot = _SCRATCH.slot = np.full(self.ids.size, -1, np.int64)
+        slot[x] = 0
+        cand = np.flatnonzero(slot == 0)
+        slot[cand] = np.arange(cand.size)
+        inv = slot[x]
+        slot[cand] = -1
+        return cand, inv
 
     def _score(self, basket, cand, parts, mix, params) -> np.ndarray:
         """The linear score. Each component is scaled to [0, 1] over this query's candidates
@@ -263,7 +299,7 @@ class BasketModel:
             centre = self.vectors[basket].sum(axis=0)
             norm = float(np.linalg.norm(centre))
             if norm > 0:
-                cos = self.vectors[cand] @ (centre / norm)
+                cos = np.take(self.vectors, cand, axis=0) @ (centre / norm)  # take: about half the cost of v[cand]
                 score += params["W_EMB"] * _unit(cos - cos.min())
         if params["W_POPP"] > 0 and mix:
             score += params["W_POPP"] * _unit(sum(w * self.popularity[s][cand] for s, w in mix.items() if s in self.popularity))
@@ -305,21 +341,22 @@ class BasketModel:
         rel = score[pool] / max(float(np.abs(score[pool]).max()), 1e-12)
         vec = self.vectors[cand[pool]] if self.vectors is not None and lam < 1.0 else None
         max_sim = np.zeros(pool.size)
-        taken = np.zeros(pool.size, bool)
+        blocked = np.zeros(pool.size, bool)  # taken, or of an aisle at its cap
         per_aisle: dict[int, int] = {}
         aisles = self.aisle[cand[pool]]
         chosen = []
         while len(chosen) < k:
-            value = lam * rel - (1 - lam) * max_sim
-            value[taken] = -np.inf
-            if cap:
-                value[[i for i, a in enumerate(aisles) if a >= 0 and per_aisle.get(int(a), 0) >= cap]] = -np.inf
+            value = lam * rel - (1 - lam) * max_sim if vec is not None else rel.copy()
+            value[blocked] = -np.inf
             best = int(np.argmax(value))
             if not np.isfinite(value[best]):
                 break
-            taken[best] = True
+            blocked[best] = True
             chosen.append(best)
-            per_aisle[int(aisles[best])] = per_aisle.get(int(aisles[best]), 0) + 1
+            a = int(aisles[best])
+            per_aisle[a] = per_aisle.get(a, 0) + 1
+            if cap and a >= 0 and per_aisle[a] >= cap:
+                blocked |= aisles == a
             if vec is not None:
                 max_sim = np.maximum(max_sim, vec @ vec[best])
         return pool[np.array(chosen, np.int64)] if chosen else np.empty(0, np.int64)
@@ -342,7 +379,9 @@ class BasketModel:
 
 
 def _csr(part: pl.DataFrame, ids: np.ndarray) -> _Neighbours:
-    part = part.sort("product_id", "rank")
+    key = part["product_id"].cast(pl.Int64) * (1 << 16) + part["rank"].cast(pl.Int64)
+    if not key.is_sorted():  # stored pairs are in this order already; a sort only for other frames
+        part = part.sort("product_id", "rank")
     row = np.searchsorted(ids, part["product_id"].to_numpy())
     indptr = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=ids.size)))).astype(np.int64)
     return _Neighbours(indptr, np.searchsorted(ids, part["neighbour_id"].to_numpy()).astype(np.int32),
