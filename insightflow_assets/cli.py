@@ -12,6 +12,8 @@
     insightflow promote RUN_KEY               point latest/ at a run (rollback included)
     insightflow latest [--repair]             print what latest/ holds (and fix it: an interrupted
                                               promotion, objects not matching the manifest)
+    insightflow serve [--host H] [--port P] [--watch-seconds N] [--profile NAME]
+                                              the HTTP API over latest/ (one worker; README "Serving")
 """
 
 from __future__ import annotations
@@ -190,6 +192,19 @@ def cmd_latest(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from insightflow_assets.serving.app import create_app
+    from resources import storages
+
+    _, curated = storages(resolve=True)
+    app = create_app(curated, watch_seconds=args.watch_seconds, profile=args.profile)
+    # One worker: the bundle and the Prometheus counters live in this process.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="insightflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -245,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         "from the manifest and remove stale temp files",
     )
     la.set_defaults(func=cmd_latest)
+
+    sv = sub.add_parser("serve", help="serve recommendations over HTTP from latest/ (FastAPI + uvicorn, one worker)")
+    sv.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--watch-seconds", type=float, default=30.0, help="poll the manifest this often (0: only /admin/reload)")
+    sv.add_argument("--profile", default=None, help="basket profile to serve (default: the active one in the run's profiles.json)")
+    sv.add_argument("--log-level", default="info")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

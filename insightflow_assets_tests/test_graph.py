@@ -97,6 +97,7 @@ def test_written_tree_is_the_layout(local_run):
         "recsys/eval/als-postrank-TS/metrics.json",
         "recsys/eval/als-postrank-TS/coverage.json",
         "recsys/recos/run-TS/user_recos.parquet",
+        "recsys/promoted/run-TS/index.json",  # the manifest it was promoted with, kept for rollbacks
     } <= tree
 
 

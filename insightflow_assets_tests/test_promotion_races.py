@@ -20,6 +20,7 @@ import pytest
 from insightflow_assets.publish.promotion import (
     PromotionError,
     promote,
+    promoted_artifacts,
     read_journal,
     read_manifest,
     repair,
@@ -37,9 +38,14 @@ EXE = str(Path(sys.executable).parent / "insightflow")
 
 def fake_run(store, run_key: str, marker: str) -> None:
     """Store every promoted artifact of a run, each file's content naming the run."""
-    for name in ("user_seg", "segment_popularity", "eval_charts"):
+    for name in promoted_artifacts():
         for key in ARTIFACTS[name].keys(run_key).values():
             store.write_bytes(key, f"{marker}:{key}".encode())
+
+
+def latest_keys() -> list[str]:
+    """Every promoted object's latest/ key, in the order a promotion copies them."""
+    return [key for name in promoted_artifacts() for key in ARTIFACTS[name].latest_keys().values()]
 
 
 def assert_consistent(store, run_key: str, marker: str) -> dict:
@@ -139,7 +145,7 @@ def test_s3_lock_taken_over_after_expiry_stops_the_stale_holder(moto_endpoint, s
     stalled.go.set()
     t1.join(WAIT)
     assert isinstance(out1.get("error"), PromotionError)
-    assert str(out1["error"]).startswith(f"promotion of {OLD} stopped after 2/10 objects: ")
+    assert str(out1["error"]).startswith(f"promotion of {OLD} stopped after 2/{len(latest_keys())} objects: ")
     assert "taken over by another promotion" in str(out1["error"])
     manifest = assert_consistent(setup, NEW, "new")
     assert manifest["previous_run_key"] == OLD
@@ -202,7 +208,8 @@ def test_kill_between_copies_then_repair_completes(tmp_path):
     store = killed_promotion(tmp_path)
     done = repair(store)
     assert done[0] == f"completed the interrupted promotion of {NEW}"
-    assert any(d.startswith("removed stale temp file recsys/eval_charts/latest/.recall_trend.png.") for d in done)
+    folder, name = latest_keys()[3].rsplit("/", 1)  # the fourth object copied, half written when killed
+    assert any(d.startswith(f"removed stale temp file {folder}/.{name}.") for d in done)
     manifest = assert_consistent(store, NEW, "new")
     assert manifest["previous_run_key"] == OLD
     assert list(tmp_path.rglob("*.tmp")) == []

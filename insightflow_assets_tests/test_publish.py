@@ -14,18 +14,18 @@ import pytest
 from dagster import AssetCheckResult, Definitions, asset_check
 
 from insightflow_assets.partitions import runs_partitions
-from insightflow_assets.publish.promotion import PromotionError, promote, read_manifest, verify_manifest
+from insightflow_assets.publish.promotion import PromotionError, promote, promoted_artifacts, read_manifest, verify_manifest
 from insightflow_assets.runner import run_graph
 from insightflow_assets_tests.conftest import _free_port, local_defs
 from resources import LocalStorage, S3Storage
-from resources.layout import ARTIFACTS, LATEST_MANIFEST
+from resources.layout import ARTIFACTS, LATEST_MANIFEST, promoted_manifest_key
 
 OLD, NEW = "run-20260101-000000", "run-20260102-000000"
 
 
 def fake_run(store, run_key: str, marker: str) -> None:
     """Store every promoted artifact of a run, each file's content naming the run."""
-    for name in ("user_seg", "segment_popularity", "eval_charts"):
+    for name in promoted_artifacts():
         for key in ARTIFACTS[name].keys(run_key).values():
             store.write_bytes(key, f"{marker}:{key}".encode())
 
@@ -47,6 +47,8 @@ def test_promote_copies_then_writes_manifest(tmp_path):
     assert "recsys/eval_charts/latest/index.json" in keys
     assert all(v.startswith(b"old:") for v in latest_contents(store).values())
     assert verify_manifest(store, manifest) == []
+    # the run keeps its own copy of the manifest, for rollbacks verified after latest/ moves on
+    assert json.loads(store.read_bytes(promoted_manifest_key(OLD))) == manifest
 
 
 def test_older_run_never_replaces_newer_but_rollback_can(tmp_path):

@@ -22,7 +22,7 @@ from resources.layout import ARTIFACTS, Artifact, artifact
 LAYOUT_BEFORE = {
     "raw_orders": ("recsys/raw/run-{ts}", ("orders.parquet",), None),
     "raw_order_products": ("recsys/raw/run-{ts}", ("order_products.parquet",), None),
-    "products": ("recsys/raw/run-{ts}", ("products.parquet",), None),
+    "products": ("recsys/raw/run-{ts}", ("products.parquet",), "recsys/products/latest"),  # latest/: serving
     "orders_imputed": ("after-MICE/run-{ts}", ("orders_imputed.parquet",), None),
     "mice_checks": ("after-MICE/run-{ts}", ("mice_checks.json", "mice_day30.png"), None),
     "ratings": ("recsys/ratings/run-{ts}", ("ratings.parquet",), None),
@@ -30,9 +30,9 @@ LAYOUT_BEFORE = {
     "als_model": ("recsys/models/als-{ts}", ("factors.npz", "params.json"), None),
     "als_eval": ("recsys/eval/als-{ts}", ("metrics.json", "coverage.json"), None),
     "als_postrank": ("recsys/eval/als-postrank-{ts}", ("metrics.json", "coverage.json"), None),
-    "model_selection": ("recsys/eval/selection-{ts}", ("selection.json",), None),
+    "model_selection": ("recsys/eval/selection-{ts}", ("selection.json",), "recsys/eval/selection/latest"),
     "nbr_model": ("recsys/models/nbr-{ts}", ("recs.parquet", "params.json"), None),
-    "user_recos": ("recsys/recos/run-{ts}", ("user_recos.parquet",), None),
+    "user_recos": ("recsys/recos/run-{ts}", ("user_recos.parquet",), "recsys/recos/latest"),
     "eval_charts": (
         "recsys/eval_charts/publish-{ts}",
         (
@@ -86,9 +86,9 @@ LAYOUT_ADDED = {
         "recsys/models/lightfm-{ts}",
         ("item_ids.npy", "item_vectors.npy", "item_biases.npy", "user_ids.npy", "user_vectors.npy", "user_biases.npy",
          "params.json", "recs.parquet"),
-        None,
+        "recsys/models/lightfm/latest",
     ),
-    "basket_pairs": ("recsys/basket/pairs-{ts}", ("pairs.parquet", "items.parquet", "params.json"), None),
+    "basket_pairs": ("recsys/basket/pairs-{ts}", ("pairs.parquet", "items.parquet", "params.json", "profiles.json"), "recsys/basket/latest"),
     "basket_eval": ("recsys/eval/basket-{ts}", ("metrics.json", "by_size.json", "basket_eval.png"), None),
     "als_candidates": ("recsys/candidates/als-{ts}", ("als_candidates.parquet",), None),
 }  # fmt: skip
@@ -132,7 +132,9 @@ def test_every_stage_collected():
 
 
 def test_promoted_are_the_latest_entries():
-    assert promoted_artifacts() == ["eval_charts", "segment_popularity", "user_seg"]
+    assert promoted_artifacts() == [
+        "basket_pairs", "eval_charts", "lightfm_model", "model_selection", "products", "segment_popularity", "user_recos", "user_seg",
+    ]  # fmt: skip
 
 
 @pytest.fixture

@@ -156,6 +156,14 @@ LATEST_MANIFEST = "recsys/latest/index.json"
 # journal of the promotion in progress (present only until its manifest is written).
 PROMOTION_LOCK = "recsys/latest/promotion.lock"
 PROMOTION_JOURNAL = "recsys/latest/promotion-journal.json"
+# Every manifest ever promoted, kept per run (immutable, like the run copies it lists): what a
+# rollback verifies a run's objects against after the latest manifest has moved on.
+PROMOTED_MANIFEST = "recsys/promoted/run-{ts}/index.json"
+
+
+def promoted_manifest_key(run_key: str) -> str:
+    """Where the manifest of ``run_key`` is kept once the run has been promoted."""
+    return PROMOTED_MANIFEST.format(ts=run_stamp(run_key))
 
 
 def artifact(name: str) -> Artifact:

@@ -68,7 +68,7 @@ class IngestConfig(Config):
     {
         "raw_orders": Artifact(_RAW, ("orders.parquet",)),
         "raw_order_products": Artifact(_RAW, ("order_products.parquet",)),
-        "products": Artifact(_RAW, ("products.parquet",)),
+        "products": Artifact(_RAW, ("products.parquet",), latest="recsys/products/latest"),
     }
 )
 @multi_asset(
@@ -99,14 +99,19 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
         key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version}
         for key in chosen.values()
     }
-    src = MetadataValue.json(provenance)
-    meta = {"source": src, "input_form": details["form"]}
+    meta = {"input_form": details["form"]}
+    # Each fact is recorded once: the source files on raw_orders (the three outputs come from
+    # one read), the line exclusions and the derivation on raw_order_products (they are per line).
+    lines = {}
     if "excluded" in details:
-        meta["excluded_lines"] = MetadataValue.json(details["excluded"])
-        meta["lines_in"] = details["lines_in"]
-        meta["derivation"] = MetadataValue.json(details["info"])
-    yield Output(snap.orders, "raw_orders", metadata={**meta, "users": snap.orders["user_id"].n_unique()})
-    yield Output(snap.order_products, "raw_order_products", metadata=meta)
+        lines = {
+            "excluded_lines": MetadataValue.json(details["excluded"]),
+            "lines_in": details["lines_in"],
+            "derivation": MetadataValue.json(details["info"]),
+        }
+    orders = {"source": MetadataValue.json(provenance), "users": snap.orders["user_id"].n_unique()}
+    yield Output(snap.orders, "raw_orders", metadata={**meta, **orders})
+    yield Output(snap.order_products, "raw_order_products", metadata={**meta, **lines})
     yield Output(snap.products, "products", metadata=meta)
 
 
@@ -122,7 +127,9 @@ def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str) 
     for stem, key in chosen.items():
         with source.local_path(key) as path:
             tables[stem] = read_table(path, stem, display_name=key, encoding=encoding)
-        context.log.info(f"read {source.uri(key)}: {tables[stem].height:,} rows")
+    # One line for the whole read (the source's files are in raw_orders' `source` metadata).
+    rows = ", ".join(f"{key} {tables[stem].height:,}" for stem, key in chosen.items())
+    context.log.info(f"read {source.uri()}: {rows} rows")
     return validate_snapshot(tables, names=chosen)
 
 

@@ -10,7 +10,7 @@ from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataVal
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.baselines import item_popularity
 from insightflow_assets.lightfm.embeddings import FILES, LightfmEmbeddings, encode_files
-from insightflow_assets.lightfm.fit import LightfmParams, top_n, train
+from insightflow_assets.lightfm.fit import LightfmParams, top_n, train, validation_ceiling
 from insightflow_assets.postrank.export import complete_lists
 from insightflow_assets.selection.select import validation_split
 from resources.io_manager import ArtifactFolder
@@ -35,7 +35,7 @@ class LightfmConfig(Config):
     num_threads: int = 0  # 0 = every usable core (not reproducible to the bit; 1 is)
     validation_users: int = 10_000  # users scored after each validation epoch; 0 = all
     validation_sample_users: int = 20_000  # users the validation phase is fitted on (seeded sample); 0 = all
-    final_update_budget: int = 30_000_000  # most interactions × epochs of the final fit; 0 = no cap
+    final_update_budget: int = 15_000_000  # most interactions × epochs of the final fit; 0 = no cap
     k: int = 20  # list length stored per user (≥ the largest evaluation K)
 
     def params(self) -> LightfmParams:
@@ -44,7 +44,7 @@ class LightfmConfig(Config):
 
 @run_asset(
     group=GROUP,
-    storage=Artifact("recsys/models/lightfm-{ts}", (*FILES, RECS_FILE)),
+    storage=Artifact("recsys/models/lightfm-{ts}", (*FILES, RECS_FILE), latest="recsys/models/lightfm/latest"),
     kinds={"lightfm", "numpy", "parquet"},
     description=(
         "LightFM hybrid (WARP): products = identity + aisle + department (the category in the transactions form), "
@@ -65,22 +65,31 @@ def lightfm_model(
     current_run(context)
     params = config.params()
     t0 = time.perf_counter()
-    window, truth = validation_split(orders_imputed, raw_order_products)
-    trained = train(ratings, window.ratings, truth, products, user_seg, params, log=context.log.info)
+    # when the update budget leaves one epoch there is nothing to validate, so no split either
+    needs_split = validation_ceiling(ratings.height, params) > 1
+    window, truth = validation_split(orders_imputed, raw_order_products) if needs_split else (None, None)
+    # No line per epoch: the curve is this materialization's `validation_curve` (one log line below).
+    trained = train(ratings, window.ratings if window else None, truth, products, user_seg, params)
     users = orders_imputed["user_id"].unique().sort()
     recs = complete_lists(top_n(trained.embeddings, users, config.k, params.threads()), users, config.k,
                           item_popularity(ratings))
     seconds = round(time.perf_counter() - t0, 2)
     trained.embeddings.params.update(k=config.k, seconds=seconds)
-    best = trained.curve[trained.best_epoch - 1]
+    # the validation scores of the chosen epoch, when there was a validation phase
+    best = trained.curve[trained.best_epoch - 1] if trained.curve else {}
+    context.log.info(
+        f"LightFM: {len(trained.curve)} validation epochs, best {trained.best_epoch} "
+        f"(precision@10 {best.get('precision@10', float('nan')):.4f}); "
+        f"final fit {int(trained.embeddings.params['epochs_final'])} epochs"
+    )
     return Output(
         ArtifactFolder(encode_files({**trained.embeddings.to_files(), RECS_FILE: recs})),
         metadata={
             "epochs_run": len(trained.curve),
             "best_epoch": trained.best_epoch,
             "epochs_final": int(trained.embeddings.params["epochs_final"]),
-            "validation_precision@10": best["precision@10"],
-            "validation_recall@10": best["recall@10"],
+            **{f"validation_{m}": best[m] for m in ("precision@10", "recall@10") if m in best},
+            "chosen_on": trained.embeddings.params["chosen_on"],
             "validation_curve": MetadataValue.md(_curve_markdown(trained.curve, trained.best_epoch)),
             "validation_seconds": float(trained.validation_seconds),
             "fit_seconds": float(trained.fit_seconds),

@@ -54,7 +54,7 @@ class PostrankConfig(EvalConfig):
 
 @run_asset(
     group=GROUP,
-    storage=Artifact("recsys/recos/run-{ts}", ("user_recos.parquet",)),
+    storage=Artifact("recsys/recos/run-{ts}", ("user_recos.parquet",), latest="recsys/recos/latest"),
     kinds={"numpy", "polars", "parquet"},
     description=(
         "Recommendations for every user from the method that won on validation (model_selection), "
@@ -154,7 +154,8 @@ def als_postrank(
             "diversity": MetadataValue.json(metrics["diversity"]),
             "baselines_reused_from_als_eval": same,
             "undefined_metrics": MetadataValue.json(undefined_metrics(metrics["methods"])),
-            **headline_metadata(metrics["methods"]),
+            # the methods als_eval evaluated are plotted there; here only what this step adds
+            **headline_metadata({m: v for m, v in metrics["methods"].items() if m not in reference["methods"]}),
             **{key: float(v) for key, v in cov.items() if key.startswith("coverage")},
         },
     )

@@ -19,9 +19,12 @@ GROUP = "publish"
     storage=None,
     # No storage kind: like every asset it writes where the curated resource points, local or S3.
     kinds={"json"},
-    deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks", "basket_eval"],
+    deps=["eval_charts", "user_seg", "segment_popularity", "rfm_charts", "exports", "als_postrank", "mice_checks", "basket_eval",
+          # what the serving API reads (insightflow_assets/serving)
+          "user_recos", "model_selection", "basket_pairs", "lightfm_model", "products"],
     description=(
-        "Promotes this run's user_seg, segment_popularity and eval_charts to latest/ and writes "
+        "Promotes this run's user_seg, segment_popularity, eval_charts and what serving reads (user_recos, model_selection, "
+        "basket_pairs, lightfm_model, products) to latest/ and writes "
         "recsys/latest/index.json last. Promotes only when every upstream blocking check has a "
         "passing evaluation recorded for this run (a check left out of the run fails the step); "
         "an older run never replaces a newer one."

@@ -33,7 +33,14 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from resources.layout import ARTIFACTS, LATEST_MANIFEST, PROMOTION_JOURNAL, PROMOTION_LOCK, parse_run_key
+from resources.layout import (
+    ARTIFACTS,
+    LATEST_MANIFEST,
+    PROMOTION_JOURNAL,
+    PROMOTION_LOCK,
+    parse_run_key,
+    promoted_manifest_key,
+)
 from resources.storage import Lease, LockLost, Storage, StorageError
 
 # Called at each step with the event name and its details; tests use it to force interleavings.
@@ -190,8 +197,11 @@ def _finish(storage: Storage, lease: Lease, journal: dict, version: str | None, 
         "objects": journal["objects"],
     }
     lease.check()
+    text = json.dumps(manifest, indent=2).encode()
+    # Kept per run first, so a run named by the latest manifest always has its own copy.
+    storage.write_bytes(promoted_manifest_key(manifest["run_key"]), text)
     # The manifest goes last: until it lands, readers of the manifest keep the previous run.
-    storage.write_if(LATEST_MANIFEST, json.dumps(manifest, indent=2).encode(), version)
+    storage.write_if(LATEST_MANIFEST, text, version)
     hook("manifest", run_key=manifest["run_key"])
     lease.check()
     storage.delete(PROMOTION_JOURNAL)

@@ -36,7 +36,7 @@ class SelectionConfig(Config):
 
 @run_asset(
     group=GROUP,
-    storage=Artifact("recsys/eval/selection-{ts}", ("selection.json",)),
+    storage=Artifact("recsys/eval/selection-{ts}", ("selection.json",), latest="recsys/eval/selection/latest"),
     kinds={"polars", "json"},
     description=(
         "Every recommender (baselines included) and its grid fitted on the baskets before each user's "
@@ -63,6 +63,7 @@ def model_selection(
             "validation_users": report["users"],
             # every method's best validation scores as floats: the UI plots them across runs
             **{f"validation_{m}_{metric}": float(v[metric]) for m, v in best.items() for metric in REPORTED},
-            "candidates": MetadataValue.json(report["candidates"]),
+            # the grid and every score are in the stored selection.json (path above)
+            "candidates": len(report["candidates"]),
         },
     )
