@@ -6,7 +6,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.exports.build import EXPORT_FILES, build_exports, jsonl_text, validate_bedrock_lines
+from insightflow_assets.exports.build import EXPORT_FILES, build_exports, jsonl_text, shortened, validate_bedrock_lines
 from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg
 from resources.io_manager import ArtifactFolder, markdown_table
@@ -58,7 +58,7 @@ def exports(
         metadata={
             "overview": MetadataValue.md(markdown_table(files["overview.csv"], n=files["overview.csv"].height)),
             "bedrock_lines": len(lines),
-            "bedrock_example": MetadataValue.json(lines[0] if lines else {}),
+            "bedrock_example": MetadataValue.json(shortened(lines[0]) if lines else {}),
         },
     )
 

@@ -522,3 +522,9 @@ def write_exports(exports: dict[str, Any], directory: str | Path) -> list[Path]:
             raise ValueError(f"unknown export type: {name}")
         written.append(path)
     return written
+
+
+def shortened(line: dict, n: int = 2) -> dict:
+    """A line of bedrock_inputs.jsonl with its lists cut to ``n`` items: the shape of what the
+    LLM gets, at a tenth of the event-log bytes (the whole line is in the stored file)."""
+    return {key: value[:n] if isinstance(value, list) else value for key, value in line.items()}

@@ -50,7 +50,9 @@ def user_seg(
     ratings: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     run = current_run(context)
-    diag = StepDiagnostics(echo=context.log.info)
+    # Its lines go to the stored driver_log.txt (the seed's); the chosen k and the segments are
+    # this materialization's metadata, so the run's log does not repeat them.
+    diag = StepDiagnostics()
     try:
         diag.record_schema(orders_imputed)
         diag.log(f"orders={orders_imputed.height} lines={raw_order_products.height} ratings_users={ratings['user_id'].n_unique()}")
