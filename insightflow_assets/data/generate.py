@@ -148,7 +148,7 @@ def _catalog(rng: np.random.Generator, n_products: int):
     """Products with popularity weights, plus an aisle-sorted cumulative index.
 
     Returns (products_df, aisle_idx per product (0-based), sampler) where the
-    sampler arrays let `_draw_products` pick a product by popularity either
+    sampler arrays let `draw_products` pick a product by popularity either
     globally or within one aisle with a single searchsorted.
     """
     n_aisles = len(AISLES)
@@ -197,7 +197,7 @@ def _catalog(rng: np.random.Generator, n_products: int):
     return products, aisle_idx, sampler
 
 
-def _draw_products(rng, sampler, aisle: np.ndarray) -> np.ndarray:
+def draw_products(rng, sampler, aisle: np.ndarray) -> np.ndarray:
     """Popularity-weighted product index per draw; aisle -1 means "any aisle"."""
     order, cum, lo_a, hi_a, last_a = sampler
     anywhere = aisle < 0
@@ -251,7 +251,7 @@ def generate_instacart(
     fav_u = rng.beta(2.0, 2.0, n_users)  # share of explorations inside favourite aisles
     # Favourite aisles = aisles of popularity-drawn products (popular aisles win).
     fav_aisles = aisle_of_product[
-        _draw_products(rng, sampler, np.full(n_users * _N_FAV_AISLES, -1))
+        draw_products(rng, sampler, np.full(n_users * _N_FAV_AISLES, -1))
     ].reshape(n_users, _N_FAV_AISLES)
     n_staples = np.maximum(2, np.rint(basket_u * rng.uniform(1.5, 4.0, n_users))).astype(np.int64)
     staple_start = np.concatenate([[0], np.cumsum(n_staples)[:-1]])
@@ -261,7 +261,7 @@ def generate_instacart(
         in_fav = rng.random(users.size) < fav_u[users]
         slot = rng.integers(0, _N_FAV_AISLES, users.size)
         aisle = np.where(in_fav, fav_aisles[users, slot], -1)
-        return _draw_products(rng, sampler, aisle)
+        return draw_products(rng, sampler, aisle)
 
     staples = taste_draw(np.repeat(np.arange(n_users), n_staples))
 
