@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 USERS  ?= 2000
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install system-deps run ui test check bench clean
+.PHONY: install system-deps spark-deps run ui serve test check bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ ui: install
 	$(BIN)/insightflow init
 	$(BIN)/dg dev -h 127.0.0.1 -p 3000
 
+# The HTTP API over what `make run` promoted to latest/ (README "Serving"): loopback and one
+# worker by default; INSIGHTFLOW_ADMIN_KEY in the environment enables POST /admin/reload.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: install
+	$(BIN)/insightflow serve --host $(HOST) --port $(PORT)
+
 # Debian's chromium for the UI test (no browser download); installed when we are root.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -42,7 +49,16 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install Debian's chromium package (the UI test needs it)"; fi; }
 
-test: install system-deps
+# Spark for the heavy stages (insightflow_assets/spark, README "Beyond one machine: Spark"):
+# Debian's Java 17 when java is missing (installed when we are root), then the `spark` extra.
+spark-deps: install
+	@command -v java >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
+		else echo "java is missing: install default-jre-headless (Java 17) for the Spark jobs"; fi; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,spark]"
+
+test: install system-deps spark-deps
 	$(BIN)/python -m pytest
 
 # Re-run every asset check of a stored run and print a table: make check RUN=run-YYYYMMDD-HHMMSS
@@ -53,11 +69,7 @@ check: install
 # Benchmarks at Instacart scale (minutes, not CI): foundation stages, the whole graph with its
 # scaling curve, the peers (pandas, Spark MLlib ALS; Java is installed here when missing), and
 # the bytes a run writes to the event log.
-bench: install
-	@command -v java >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
-		else echo "java is missing: install openjdk-17-jre-headless for the Spark comparison"; fi; }
+bench: spark-deps
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/run_scale.py --curve
