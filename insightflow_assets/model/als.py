@@ -382,10 +382,12 @@ class AlsPath:
         from implicit.cpu.als import AlternatingLeastSquares
 
         p = self.params
-        return AlternatingLeastSquares(
-            factors=p["factors"], regularization=p["regularization"], alpha=p["alpha"], iterations=1,
-            use_cg=True, calculate_training_loss=False, random_state=p["random_state"], num_threads=self.num_threads,
-        )
+        # implicit checks the BLAS threads when the model is built, not only when it fits
+        with threadpool_limits(1, "blas"):
+            return AlternatingLeastSquares(
+                factors=p["factors"], regularization=p["regularization"], alpha=p["alpha"], iterations=1,
+                use_cg=True, calculate_training_loss=False, random_state=p["random_state"], num_threads=self.num_threads,
+            )
 
     def _advance(self, more: int) -> None:
         model = self._model
