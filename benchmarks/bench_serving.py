@@ -53,9 +53,10 @@ def build_store(users: int) -> Path:
     from insightflow_assets.definitions import make_definitions
     from insightflow_assets.runner import run_graph
     from resources import CuratedIOManager, LocalStorage, RfmParams
+    from resources.layout import LATEST_MANIFEST
 
     curated = CACHE / f"serving-u{users}" / "curated"
-    if (curated / "recsys/latest/index.json").exists():
+    if (curated / LATEST_MANIFEST).exists():
         return curated
     source = LocalStorage(root=str(cached_dataset(users, 42, 0.05, 0.05)))
     store = LocalStorage(root=str(curated))

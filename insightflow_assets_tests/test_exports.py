@@ -272,3 +272,14 @@ def test_strict_parquet_refuses_drift_and_lenient_casts():
     assert fixed.schema == pl.Schema(schema) and fixed["user_id"].to_list() == [1, 2]
     with pytest.raises(SchemaDriftError, match="missing column hv"):
         conform(drifted.drop("hv"), schema, "user_seg.parquet", strict=False)
+
+
+def test_bedrock_example_in_metadata_keeps_the_shape_with_short_lists():
+    from insightflow_assets.exports.build import shortened
+
+    line = {"user_id": 7, "segment": {"id": 1, "label": "champions"}, "recommendations": [1, 2, 3, 4],
+            "top_products": [{"product_id": 9}, {"product_id": 8}, {"product_id": 5}]}
+    short = shortened(line)
+    assert short == {"user_id": 7, "segment": {"id": 1, "label": "champions"}, "recommendations": [1, 2],
+                     "top_products": [{"product_id": 9}, {"product_id": 8}]}
+    assert line["recommendations"] == [1, 2, 3, 4]  # the stored line is not touched

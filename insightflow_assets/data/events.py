@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from insightflow_assets.data.generate import draw_products, write_instacart
+from insightflow_assets.data.generate import build_sampler, draw_products, write_instacart
 from insightflow_assets.ingest.events import EVENT_TYPES  # the reader's contract: kind indexes it
 
 __all__ = ["EVENT_TYPES", "FULL_SIZE", "generate_events", "generate_events_tables", "summarize_events"]
@@ -144,17 +144,7 @@ def _items(rng: np.random.Generator, n_items: int, n_cats: int):
     cat = rng.permutation(cat).astype(np.int32)  # sizes give at least as many items as categories
     appeal = rng.lognormal(0.0, 0.8, n_cats)
     weight = (rng.permutation(n_items) + 20.0) ** -1.1 * appeal[cat]
-    return cat, _sampler(cat, weight, n_cats)
-
-
-def _sampler(group: np.ndarray, weight: np.ndarray, n_groups: int):
-    """The cumulative index `generate.draw_products` draws from: by weight, globally or in a group."""
-    order = np.argsort(group, kind="stable")
-    cum = np.cumsum(weight[order])
-    last = np.cumsum(np.bincount(group, minlength=n_groups)) - 1
-    hi = cum[last]
-    lo = np.concatenate([[0.0], hi[:-1]])
-    return order.astype(np.int32), cum, lo, hi, last
+    return cat, build_sampler(cat, weight, n_cats)
 
 
 def _events(rng: np.random.Generator, n_visitors: int, item_cat: np.ndarray, sampler):

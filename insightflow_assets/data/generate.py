@@ -165,13 +165,7 @@ def _catalog(rng: np.random.Generator, n_products: int):
     rank = rng.permutation(n_products)  # popularity rank unrelated to product_id
     weight = (rank + _ZIPF_OFFSET) ** -_ZIPF_ALPHA * appeal[aisle_idx]
 
-    order = np.argsort(aisle_idx, kind="stable")  # product indices grouped by aisle
-    cum = np.cumsum(weight[order])
-    counts = np.bincount(aisle_idx, minlength=n_aisles)
-    last = np.cumsum(counts) - 1  # position of each aisle's last product in `order`
-    hi = cum[last]
-    lo = np.concatenate([[0.0], hi[:-1]])
-    sampler = (order.astype(np.int32), cum, lo, hi, last)
+    sampler = build_sampler(aisle_idx, weight, n_aisles)
 
     dept = np.array([d for _, d in AISLES], np.int32)
     titles = pl.Series([a.title() for a, _ in AISLES])
@@ -195,6 +189,17 @@ def _catalog(rng: np.random.Generator, n_products: int):
         schema=SCHEMAS["products"],
     )
     return products, aisle_idx, sampler
+
+
+def build_sampler(group: np.ndarray, weight: np.ndarray, n_groups: int):
+    """The cumulative index `draw_products` draws from: by weight, globally or within a group
+    (products grouped by aisle here, items by category in the events generator)."""
+    order = np.argsort(group, kind="stable")  # indices grouped by group
+    cum = np.cumsum(weight[order])
+    last = np.cumsum(np.bincount(group, minlength=n_groups)) - 1  # each group's last position in `order`
+    hi = cum[last]
+    lo = np.concatenate([[0.0], hi[:-1]])
+    return order.astype(np.int32), cum, lo, hi, last
 
 
 def draw_products(rng, sampler, aisle: np.ndarray) -> np.ndarray:
