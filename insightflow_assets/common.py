@@ -24,14 +24,17 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetOut,
+    ConfigurableIOManager,
+    ConfigurableIOManagerFactory,
+    ConfigurableResource,
     MaterializeResult,
     Output,
     PreviewWarning,
+    ResourceDefinition,
     ResourceParam,
     asset,
     multi_asset,
 )
-from dagster._core.definitions.resource_annotation import get_resource_args  # 1.13: how @asset tells resources apart
 
 from insightflow_assets.partitions import runs_partitions
 from resources.io_manager import ALL_RUNS, CuratedIOManager
@@ -102,6 +105,22 @@ def _define(fn, ins: Mapping[str, AssetIn], options: dict, kwargs: dict, checks:
     )(body)
 
 
+def resource_params(fn) -> set[str]:
+    """Names of ``fn``'s parameters that Dagster passes as resources: annotated with a resource
+    class (``ConfigurableResource``, ``ConfigurableIOManager``, a ``ResourceDefinition``) or
+    ``ResourceParam[...]`` — the rule ``@asset`` applies, through public names only."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    kinds = (ConfigurableResource, ConfigurableIOManager, ConfigurableIOManagerFactory, ResourceDefinition)
+    marker = typing.get_args(ResourceParam[int])[1:]  # ResourceParam's Annotated metadata
+
+    def is_resource(hint) -> bool:
+        if isinstance(hint, type):
+            return issubclass(hint, kinds)
+        return typing.get_origin(hint) is typing.Annotated and typing.get_args(hint)[1:] == marker
+
+    return {name for name in inspect.signature(fn).parameters if is_resource(hints.get(name))}
+
+
 def lean_step(fn, ins: Mapping[str, AssetIn], checks: Sequence[StepCheck] = ()) -> tuple[Any, list[AssetDep]]:
     """``fn`` as an asset body that logs each value once, and the dependencies it reads.
 
@@ -116,7 +135,7 @@ def lean_step(fn, ins: Mapping[str, AssetIn], checks: Sequence[StepCheck] = ()) 
       checks are evaluated in its step, on what was just stored (`StepCheck.evaluate`).
     """
     params = inspect.signature(fn).parameters
-    passed = {p.name for p in get_resource_args(fn)} | {"context", "config"}
+    passed = resource_params(fn) | {"context", "config"}
     reads = {n: ins.get(n) or AssetIn(n) for n in params if n not in passed}
     if set(ins) - set(reads):
         raise TypeError(f"asset {fn.__name__}: ins {sorted(set(ins) - set(reads))} name no parameter")
