@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from insightflow_assets.ingest.transactions import _sorted_with_positions, derive_snapshot
+from insightflow_assets.ingest import transactions
+from insightflow_assets.ingest.transactions import _ranges, _sorted_with_positions, derive_snapshot
 
 
 def _lines(codes: str, layout: str, sub_second: bool) -> pl.DataFrame:
@@ -102,3 +103,45 @@ def test_wide_keys_sort_stably_too():
     assert keys.to_list() == [0, 5, 5, 2**60, 2**60]
     narrow, perm = _sorted_with_positions(pl.Series([3, 1, 3, 0, 1]))
     assert perm.to_list() == [3, 1, 4, 0, 2] and narrow.to_list() == [0, 1, 1, 3, 3]
+
+
+def test_concatenated_ranges_and_the_in_place_sort():
+    """`_ranges` (orders' line positions, positions in a cart) wraps within its type, so a
+    backward jump in unsigned or short integers still lands on the right value; an int64 array
+    is sorted in place with the same answer as a Series."""
+    got = _ranges(np.array([5, 0, 3]), np.array([2, 3, 1]), np.uint32)
+    assert got.dtype == np.uint32 and got.tolist() == [5, 6, 0, 1, 2, 3]
+    cart = _ranges(np.ones(3, dtype=np.int64), np.array([3, 1, 2]), np.int16)
+    assert cart.tolist() == [1, 2, 3, 1, 1, 2]
+    assert _ranges(np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.uint32).tolist() == []
+    keys = np.random.default_rng(5).integers(0, 50, 1_000)
+    in_place, perm = _sorted_with_positions(keys.copy())
+    expected = np.argsort(keys, kind="stable")
+    assert perm.to_list() == expected.tolist() and in_place.to_list() == keys[expected].tolist()
+
+
+def test_numpy_page_setting_is_restored(tmp_path, monkeypatch):
+    """The derivation asks numpy for plain pages while it runs; afterwards, and after a failure,
+    numpy's own setting is back."""
+    multiarray = pytest.importorskip("numpy._core.multiarray")
+    if not hasattr(multiarray, "_get_madvise_hugepage"):
+        pytest.skip("this numpy has no huge-page switch")
+    path = tmp_path / "transactions.csv"
+    _lines("int", "runs", sub_second=False).write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S")
+    before, seen, user_ids = multiarray._get_madvise_hugepage(), [], transactions._user_ids
+
+    def spy(customer):
+        seen.append(multiarray._get_madvise_hugepage())
+        return user_ids(customer)
+
+    monkeypatch.setattr(transactions, "_user_ids", spy)
+    derive_snapshot(path)
+    assert seen == [False] and multiarray._get_madvise_hugepage() == before
+
+    def fail(customer):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(transactions, "_user_ids", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        derive_snapshot(path)
+    assert multiarray._get_madvise_hugepage() == before

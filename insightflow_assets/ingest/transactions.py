@@ -21,11 +21,12 @@ silently; anything else wrong raises `InputError` naming the file and the column
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import polars as pl
@@ -501,6 +502,13 @@ def derive_snapshot(
     lines_in = df.height
     lines, excluded = usable_lines(df, spec, name)
     del df
+    with _plain_pages():
+        snap, info = _derive(lines, excluded, name)
+    return TransactionsResult(snap, excluded, lines_in, info)
+
+
+def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[Snapshot, dict]:
+    """The internal tables from the usable lines; counts the duplicate lines into ``excluded``."""
     users, user_info = _user_ids(lines["customer_id"])
     lines = lines.with_columns(users)
     (products, line_products), (orders, line_orders) = _in_parallel(lambda: _products(lines), lambda: _orders(lines, name))
@@ -509,7 +517,6 @@ def derive_snapshot(
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
         orders = orders.with_columns(pl.lit(None, dtype=pl.Int8).alias("order_hour_of_day"))
-    snap = Snapshot(orders=orders, order_products=order_products, products=products)
     info = {
         **user_info,
         "form": "transactions",
@@ -518,7 +525,23 @@ def derive_snapshot(
         "first_ts": str(orders["order_ts"].min()),
         "last_ts": str(orders["order_ts"].max()),
     }
-    return TransactionsResult(snap, excluded, lines_in, info)
+    return Snapshot(orders=orders, order_products=order_products, products=products), info
+
+
+@contextlib.contextmanager
+def _plain_pages() -> Iterator[None]:
+    """numpy asks the kernel for huge pages for its large arrays; where the kernel then compacts
+    memory at the first touch (THP defrag ``madvise``, a common default), a fresh array of tens
+    of millions of values costs several times its arithmetic in system time. The derivation
+    allocates many such arrays once each: plain pages while it runs (a private numpy switch;
+    without it nothing changes)."""
+    switch = getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
+    before = switch(False) if switch else None
+    try:
+        yield
+    finally:
+        if switch:
+            switch(before)
 
 
 _SHIFT = 1 << 32
@@ -547,15 +570,18 @@ _NUMBERED = {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
 
 
 def _lookup(keys: pl.Series, table: pl.Series, values: pl.Series) -> pl.Series:
-    """``values[i]`` for each key equal to ``table[i]`` (keys Int64 or Categorical).
+    """``values[i]`` for each key equal to ``table[i]`` (keys Int64 or Categorical); every key
+    is in the table (callers build it from the keys).
 
-    Small non-negative keys index a dense array (a gather); others go through a join.
+    Small non-negative keys index a dense array (a numpy take: no index cast, no validity);
+    others go through a join.
     """
     k, t = keys.to_physical(), table.to_physical()
     lo, hi = t.min(), t.max()
-    if lo is not None and lo >= 0 and hi < 2 * len(keys) + 1_000_000:
-        dense = pl.repeat(None, hi + 1, dtype=values.dtype, eager=True).scatter(t.cast(pl.Int64), values)
-        return dense.gather(k).alias(values.name)
+    if lo is not None and lo >= 0 and hi < 2 * len(keys) + 1_000_000 and not values.null_count() and not k.null_count():
+        dense = np.zeros(hi + 1, dtype=values.to_numpy().dtype)
+        dense[t.to_numpy()] = values.to_numpy()
+        return pl.Series(values.name, np.take(dense, k.to_numpy()), dtype=values.dtype)
     right = pl.DataFrame({"k": t, "v": values})
     return k.to_frame("k").join(right, on="k", how="left", maintain_order="left")["v"].alias(values.name)
 
@@ -651,9 +677,13 @@ def _text_order(ids: pl.Series) -> pl.Series:
     """For non-negative integers below 10**17, a key that sorts them as their decimal text
     ("10" < "9"): the digits left-aligned to a fixed width, then the length ("1" < "10")."""
     width = len(str(ids.max()))
-    x = ids.to_frame("x")
-    length = pl.sum_horizontal(pl.lit(1, pl.Int64), *((pl.col("x") >= 10**k).cast(pl.Int64) for k in range(1, width)))
-    return x.select((pl.col("x") * pl.lit(10, pl.Int64).pow(width - length)) * 32 + length).to_series()
+    x = ids.to_numpy()
+    length = np.searchsorted(10 ** np.arange(1, width, dtype=np.int64), x, side="right") + 1
+    key = (10 ** np.arange(width, -1, -1, dtype=np.int64))[length]  # 10 ** (width - length)
+    key *= x
+    key *= 32
+    key += length
+    return pl.Series(ids.name, key)
 
 
 def _order_groups(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -740,12 +770,18 @@ def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series)
     merged = duplicates = 0
     if len(repeated):
         lines, merged, duplicates = _merge_pairs(lines, repeated, kept)
-    out = lines.with_columns(
-        add_to_cart_order=_block_position((pl.col("order_id") != pl.col("order_id").shift(1)).fill_null(True)).cast(pl.Int16),
-    )
+    out = lines.with_columns(_cart_positions(lines["order_id"]))
     cast = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
     cast += [pl.col("unit_price")] if "unit_price" in out.columns else []
     return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *cast), merged, duplicates
+
+
+def _cart_positions(order_id: pl.Series) -> pl.Series:
+    """1.. within each order, for lines sorted by order."""
+    lengths = np.diff(_run_starts(order_id), append=len(order_id))
+    fits = len(lengths) == 0 or lengths.max() <= 32_767
+    positions = _ranges(np.ones(len(lengths), dtype=np.int64), lengths, np.int16 if fits else np.int32)
+    return pl.Series("add_to_cart_order", positions).cast(pl.Int16)  # an order too long fails here
 
 
 def _by_order(order_id: pl.Series) -> pl.Series:
@@ -760,9 +796,28 @@ def _by_order(order_id: pl.Series) -> pl.Series:
         runs = pl.DataFrame({"order_id": order_id.gather(starts), "_start": starts})
         runs = runs.with_columns(_end=pl.col("_start").shift(-1, fill_value=len(order_id)))
         runs = runs.gather(_stable_order(runs["order_id"]))
-        perm = runs.select(pl.int_ranges("_start", "_end")).to_series().explode()
+        lengths = (runs["_end"] - runs["_start"]).to_numpy()
+        perm = pl.Series(_ranges(runs["_start"].to_numpy(), lengths, _IDX))
     # gathers convert any other index type first, line by line
     return perm.cast(pl.get_index_type()).alias("_line")
+
+
+# numpy's type for polars' row positions (gathers take no other)
+_IDX = np.uint32 if pl.get_index_type() == pl.UInt32 else np.uint64
+
+
+def _ranges(firsts: np.ndarray, lengths: np.ndarray, dtype: type) -> np.ndarray:
+    """``firsts[0], firsts[0] + 1, ...`` (``lengths[0]`` values), then ``firsts[1], ...`` (lengths
+    positive), in one array of ``dtype``: a cumulative sum of steps, in place (modular in
+    ``dtype``, so exact for values that fit it). `pl.int_ranges` builds lists, several arrays."""
+    step = np.ones(int(lengths.sum()), dtype=dtype)
+    if len(lengths):
+        jumps = firsts.astype(np.int64)
+        jumps[1:] -= firsts[:-1] + lengths[:-1] - 1
+        step[np.cumsum(lengths[:-1])] = jumps[1:].astype(dtype)
+        step[0] = dtype(firsts[0])
+        np.cumsum(step, dtype=dtype, out=step)
+    return step
 
 
 def _in_parallel(background: Callable[[], T], foreground: Callable[[], U]) -> tuple[T, U]:
@@ -779,18 +834,26 @@ def _stable_order(key: pl.Series) -> pl.Series:
     return _sorted_with_positions(key)[1]
 
 
-def _sorted_with_positions(key: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """``key`` (non-negative integers) sorted, ties in position order, and the positions it came from.
+def _sorted_with_positions(key: pl.Series | np.ndarray) -> tuple[pl.Series, pl.Series]:
+    """``key`` (non-negative integers; an int64 array is sorted in place) sorted, ties in
+    position order, and the positions it came from.
 
-    Key and position packed into one integer sort several times faster than an arg-sort.
+    Key and position packed into one integer sort several times faster than an arg-sort. The
+    packing works in place in one array: on tens of millions of lines, each new array costs
+    more in page faults than its arithmetic.
     """
-    bits = max(1, (len(key) - 1).bit_length())
-    if key.max() < 2 ** (62 - bits):
-        packed = key.cast(pl.Int64) * (1 << bits) + pl.int_range(0, len(key), eager=True)
-        # the packed values are distinct, so any sort is stable: numpy's vectorised one is
-        # ~2x polars' here (the arithmetic stays in polars, whose allocator reuses memory)
-        packed = pl.Series(np.sort(packed.to_numpy()))
-        return packed // (1 << bits), (packed % (1 << bits)).cast(pl.get_index_type())
+    n = len(key)
+    bits = max(1, (n - 1).bit_length())
+    if int(key.max()) < 2 ** (62 - bits):
+        packed = key if isinstance(key, np.ndarray) else key.cast(pl.Int64).to_numpy(writable=True)
+        packed <<= bits
+        packed |= np.arange(n, dtype=np.uint32 if bits <= 32 else np.int64)
+        packed.sort()  # the packed values are distinct, so any sort is stable
+        pos = np.empty(n, dtype=_IDX)
+        np.bitwise_and(packed, (1 << bits) - 1, out=pos, casting="unsafe")
+        packed >>= bits
+        return pl.Series(getattr(key, "name", ""), packed), pl.Series(pos)
+    key = pl.Series(key)
     perm = key.to_frame("k").select(pl.arg_sort_by("k", pl.int_range(0, pl.len()))).to_series()
     return key.gather(perm), perm
 
@@ -803,22 +866,35 @@ def _pair_flags(lines: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     A stable sort by (customer, product) puts each customer's lines of a product together in
     order, so both answers come from comparing neighbours rather than hashing every line.
     """
+    up, perm = _sorted_with_positions(_user_product_key(lines))
+    key, pos = up.to_numpy(), perm.to_numpy()
+    order = lines["order_id"].gather(perm).to_numpy()
+    same_up = key[1:] == key[:-1]
+    same_pair = same_up & (order[1:] == order[:-1])  # the next line repeats this line's pair
+    del key, order, up
+    reo = np.zeros(len(pos), dtype=np.int8)
+    reo[1:] = same_up & ~same_pair  # a product the customer bought in an earlier order
+    reordered = np.empty(len(pos), dtype=np.int8)
+    reordered[pos] = reo
+    rep = np.zeros(len(pos), dtype=bool)
+    rep[1:] = same_pair
+    rep[:-1] |= same_pair
+    return pl.Series(pos[rep]), pl.Series("reordered", reordered)
+
+
+def _user_product_key(lines: pl.DataFrame) -> pl.Series | np.ndarray:
+    """customer * products + product, from 0: an int64 array built in place when the keys fit
+    it, else UInt64 (cannot overflow); `_sorted_with_positions` checks the range it packs."""
     span = int(lines["product_id"].max()) + 1
-    # unsigned: cannot overflow; `_sorted_with_positions` checks the range it packs
-    users = (lines["user_id"].cast(pl.Int64) - int(lines["user_id"].min())).cast(pl.UInt64)
-    up = users * span + lines["product_id"].cast(pl.UInt64)
-    up, perm = _sorted_with_positions(up)
-    keyed = pl.DataFrame({"_up": up, "_o": lines["order_id"].gather(perm), "_pos": perm})
-    same_up = pl.col("_up") == pl.col("_up").shift(1)
-    same_prev = same_up & (pl.col("_o") == pl.col("_o").shift(1))
-    same_next = (pl.col("_up") == pl.col("_up").shift(-1)) & (pl.col("_o") == pl.col("_o").shift(-1))
-    flags = keyed.select(
-        "_pos",
-        _rep=(same_prev | same_next).fill_null(False),
-        _reo=(same_up & ~same_prev).fill_null(False).cast(pl.Int8),
-    )
-    reordered = pl.repeat(0, lines.height, dtype=pl.Int8, eager=True).scatter(flags["_pos"], flags["_reo"])
-    return flags.filter("_rep")["_pos"], reordered.alias("reordered")
+    lo, hi = int(lines["user_id"].min()), int(lines["user_id"].max())
+    if (hi - lo + 1) * span < 2**62:
+        key = lines["user_id"].to_numpy().astype(np.int64)
+        key -= lo
+        key *= span
+        key += lines["product_id"].to_numpy()
+        return key
+    users = (lines["user_id"].cast(pl.Int64) - lo).cast(pl.UInt64)
+    return users * span + lines["product_id"].cast(pl.UInt64)
 
 
 def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
