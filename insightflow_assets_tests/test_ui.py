@@ -120,17 +120,10 @@ def test_headless_chromium_shows_the_asset_graph_and_an_asset_page(webserver):
     assert Path(CHROMIUM).exists(), "Debian's chromium is required (make test installs it as root)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        browser = _launch(p)
+        page = _new_page(browser, height=1000)
 
         page.goto(webserver + "/locations/insightflow/asset-groups/imputation", wait_until="networkidle")
-        skip = page.get_by_role("button", name="Skip")  # Dagster's one-time community prompt
-        if skip.count():
-            skip.first.click()
         page.get_by_text("orders_imputed").first.wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
         html = page.content()
@@ -182,11 +175,16 @@ def _launch(p):
     )
 
 
+def _new_page(browser, height: int):
+    """A page that dismisses Dagster's one-time community prompt whenever it shows up: on a busy
+    machine it can appear after the page has settled, and its backdrop then swallows clicks."""
+    page = browser.new_page(viewport={"width": 1600, "height": height})
+    page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.first.click())
+    return page
+
+
 def _open(page, url: str) -> None:
     page.goto(url, wait_until="networkidle")
-    skip = page.get_by_role("button", name="Skip")  # Dagster's one-time community prompt
-    if skip.count():
-        skip.first.click()
 
 
 def _columns_shown(page, last_column: str) -> list[tuple[str, str]]:
@@ -230,7 +228,7 @@ def test_asset_pages_show_the_columns_and_a_metrics_plot(webserver, ui_env):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = _launch(p)
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        page = _new_page(browser, height=1100)
 
         _open(page, webserver + "/assets/orders_imputed")
         shown = _columns_shown(page, columns[-1][0])
