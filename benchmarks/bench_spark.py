@@ -10,7 +10,9 @@ here). Per stage: wall seconds and peak RSS -- polars: this process's (VmHWM, re
 Spark: the summed RSS of the whole spark-submit process tree (JVM + Python driver), sampled
 every 200 ms. Spark's ``startup`` row is its total minus its stages: the JVM, the session, the
 application's shutdown. The user_seg that segment_popularity reads comes from polars' KMeans
-(untimed): KMeans stays on one machine.
+(untimed): KMeans stays on one machine. ``basket_counts`` is basket_pairs' counting (polars:
+window_lines + count_baskets; Spark: basket_pair_counts + basket_item_counts), not its
+normalising and profile choice.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from benchmarks._common import Stages, cached_dataset, machine, write_results  # noqa: E402
+from insightflow_assets.basket.pairs import count_baskets, dense_items, window_lines  # noqa: E402
 from insightflow_assets.ratings.build import build_holdout, build_ratings  # noqa: E402
 from insightflow_assets.segmentation.popularity import segment_popularity  # noqa: E402
 from insightflow_assets.segmentation.rfm import rfm_table, segment_users  # noqa: E402
@@ -39,14 +42,14 @@ COLUMNS = ["stage", "users", "engine", "seconds", "peak_rss_mb", "rows"]
 def parquet_inputs(users: int, seed: int = 42) -> dict[str, Path]:
     """orders (+ is_first_order), all lines and products of the cached dataset, as parquet."""
     clean = cached_dataset(users, seed, missing_rate=0.05, test_share=0.364)
-    out = clean / "spark-inputs"
+    out = clean / "spark-inputs-v2"  # v2: the lines keep add_to_cart_order (basket pair counts)
     paths = {name: out / f"{name}.parquet" for name in ("orders", "lines", "products")}
     if not all(p.exists() for p in paths.values()):
         out.mkdir(exist_ok=True)
         orders = pl.read_csv(clean / "orders.csv").with_columns(is_first_order=pl.col("order_number") == 1)
         orders.write_parquet(paths["orders"])
         parts = [pl.read_csv(p) for p in sorted(clean.glob("order_products__*.csv"))]
-        pl.concat(parts).select("order_id", "product_id").write_parquet(paths["lines"])
+        pl.concat(parts).select("order_id", "product_id", "add_to_cart_order").write_parquet(paths["lines"])
         pl.read_csv(clean / "products.csv").write_parquet(paths["products"])
     return paths
 
@@ -110,10 +113,21 @@ def run_polars(paths: dict[str, Path], users: int, out: Path) -> tuple[list[dict
     user_seg = segment_users(rfm, seed=42)[0]  # untimed: KMeans stays on one machine
     with stages.stage("segment_popularity", users=users, engine="polars") as row:
         row["rows"] = segment_popularity(user_seg, ratings).height
+    with stages.stage("basket_counts", users=users, engine="polars") as row:
+        row["rows"] = basket_counts(orders, lines, user_seg)
     side = {"ratings": str(out / "polars_ratings.parquet"), "user_seg": str(out / "polars_user_seg.parquet")}
     ratings.write_parquet(side["ratings"])
     user_seg.write_parquet(side["user_seg"])
     return stages.rows, side
+
+
+def basket_counts(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataFrame) -> int:
+    """basket_pairs' counting (window lines, pairs per segment at the default window and
+    support, baskets per product): the part the Spark stages do; returns the pair rows."""
+    wl = window_lines(orders, lines, user_seg)
+    ids, item = dense_items(wl["product_id"].to_numpy())
+    counted = count_baskets(wl["order_id"].to_numpy(), item, wl["segment"].to_numpy(), max(len(ids), 1), 5, 3)
+    return counted.pairs.height
 
 
 def run_on_spark(paths: dict[str, Path], side: dict[str, str], users: int, out: Path) -> list[dict]:
@@ -123,6 +137,8 @@ def run_on_spark(paths: dict[str, Path], side: dict[str, str], users: int, out: 
         {"stage": "holdout", "inputs": base, "output": str(out / "holdout.parquet")},
         {"stage": "rfm", "inputs": {**base, "products": str(paths["products"]), "users": side["ratings"]}, "output": str(out / "rfm.parquet")},
         {"stage": "segment_popularity", "inputs": side, "output": str(out / "segment_popularity.parquet")},
+        {"stage": "basket_pair_counts", "inputs": {**base, "user_seg": side["user_seg"]}, "output": str(out / "pairs.parquet")},
+        {"stage": "basket_item_counts", "inputs": {**base, "user_seg": side["user_seg"]}, "output": str(out / "items.parquet")},
     ]  # fmt: skip
     sampler = TreeRss()
     sampler.start()

@@ -12,7 +12,7 @@ from insightflow_assets.code_references import linked_to_source
 from insightflow_assets.executor import run_key_guarded
 from insightflow_assets.jobs import insightflow_checks, insightflow_run
 from insightflow_assets.stages import collect, stage_modules
-from resources import build_resources
+from resources import Compute, build_resources
 
 
 def make_definitions(resources: dict | None = None, modules: Sequence[ModuleType] | None = None) -> Definitions:
@@ -27,7 +27,8 @@ def make_definitions(resources: dict | None = None, modules: Sequence[ModuleType
         asset_checks=checks,
         jobs=[insightflow_run, insightflow_checks],
         sensors=[new_source_data, daily_retrain],
-        resources=resources if resources is not None else build_resources(),
+        # given resources without `compute` (benchmarks' own dicts) compute locally, as before it existed
+        resources={"compute": Compute(), **resources} if resources is not None else build_resources(),
         # One process per run: the stages are numpy/polars-parallel already, and a 2-core
         # machine gains nothing from a process per step but their memory. Guarded: a run of a
         # malformed run key (added in the UI, say) fails before any step starts.

@@ -16,7 +16,7 @@ from dagster import DagsterInstance  # noqa: E402
 
 from insightflow_assets.data.generate import generate_instacart, write_instacart  # noqa: E402
 from insightflow_assets.definitions import make_definitions  # noqa: E402
-from resources import CuratedIOManager, LocalStorage, RfmParams, S3Storage  # noqa: E402
+from resources import Compute, CuratedIOManager, LocalStorage, RfmParams, S3Storage  # noqa: E402
 
 SMALL_USERS = 300
 
@@ -40,10 +40,11 @@ def instance():
         yield inst
 
 
-def defs_for(source, curated, **rfm):
+def defs_for(source, curated, compute: Compute | None = None, **rfm):
     """The code location wired to the given stores (what build_resources does from env vars)."""
     return make_definitions(
-        {"source": source, "curated": curated, "io_manager": CuratedIOManager(storage=curated), "rfm": RfmParams(**rfm)}
+        {"source": source, "curated": curated, "io_manager": CuratedIOManager(storage=curated), "rfm": RfmParams(**rfm),
+         "compute": compute or Compute()}  # fmt: skip
     )
 
 

@@ -12,6 +12,7 @@ import json
 import re
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -22,12 +23,14 @@ pytestmark = pytest.mark.skipif(spark_missing() is not None, reason=f"Spark pari
 
 from dagster import AssetKey, AssetSpec, DagsterInstance, materialize, multi_asset  # noqa: E402
 
+from insightflow_assets.basket.pairs import count_baskets, dense_items, window_lines  # noqa: E402
 from insightflow_assets.ratings.build import build_holdout, build_ratings, order_days  # noqa: E402
 from insightflow_assets.segmentation.popularity import segment_popularity  # noqa: E402
 from insightflow_assets.segmentation.rfm import rfm_table, segment_users  # noqa: E402
 from insightflow_assets.spark.launch import run_spark, run_spark_pipes  # noqa: E402
 
 DECAY = {"half_life_days": 30.0, "min_item_interactions": 2, "min_user_interactions": 3}
+BASKET = {"window": 3, "min_support": 2}
 
 
 def _inputs(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -45,8 +48,12 @@ def _inputs(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
         quantity=(pl.col("product_id") % 5 + 1).cast(pl.Int32),
         unit_price=pl.when(pl.col("order_id") % 11 == 0).then(None).otherwise(pl.col("product_id") % 13 * 0.25 + 0.1),
     )
+    # cart positions partly unknown, lines shuffled: a null sorts after the known positions, in file order
+    cart_lines = lines.sample(fraction=1.0, shuffle=True, seed=3).with_columns(
+        add_to_cart_order=pl.when((pl.col("order_id") + pl.col("product_id")) % 6 == 0).then(None).otherwise("add_to_cart_order")
+    )
     return {"orders": orders, "lines": lines, "products": tables["products"], "priced": priced,
-            "dated": dated, "dated_lines": dated_lines}  # fmt: skip
+            "dated": dated, "dated_lines": dated_lines, "cart_lines": cart_lines}  # fmt: skip
 
 
 def _tasks(paths: dict[str, str], out) -> list[dict]:
@@ -64,6 +71,10 @@ def _tasks(paths: dict[str, str], out) -> list[dict]:
         task("rfm", "rfm_items", {"orders": o, "order_products": lines, "products": paths["products"]}),
         task("rfm", "rfm_dated", {"orders": paths["dated"], "order_products": paths["dated_lines"], "users": paths["ratings"]}),
         task("segment_popularity", "segment_popularity", {"user_seg": paths["user_seg"], "ratings": paths["ratings"]}, top_n=20),
+        task("basket_pair_counts", "basket_pair_counts", {"orders": o, "order_products": paths["cart_lines"],
+             "user_seg": paths["user_seg"]}, **BASKET),  # fmt: skip
+        task("basket_item_counts", "basket_item_counts", {"orders": o, "order_products": paths["cart_lines"],
+             "user_seg": paths["user_seg"]}),  # fmt: skip
     ]
 
 
@@ -134,6 +145,34 @@ def test_segment_popularity_matches_polars(spark_run):
     expected = segment_popularity(f["user_seg"], f["ratings"], top_n=20)
     assert expected["segment"].n_unique() == 3
     assert_frame_equal(_stored(spark_run, "segment_popularity"), expected, rel_tol=1e-9)
+
+
+def _basket_counts(f: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The polars counts (pairs.window_lines, pairs.count_baskets) in product ids."""
+    wl = window_lines(f["orders"], f["cart_lines"], f["user_seg"])
+    ids, item = dense_items(wl["product_id"].to_numpy())
+    counted = count_baskets(wl["order_id"].to_numpy(), item, wl["segment"].to_numpy().astype(np.int8), len(ids),
+                            BASKET["window"], BASKET["min_support"])  # fmt: skip
+    to_id = pl.Series(ids)
+    pairs = counted.pairs.select("segment", to_id.gather(counted.pairs["a"]).alias("product_id"),
+                                 to_id.gather(counted.pairs["b"]).alias("neighbour_id"), "count")  # fmt: skip
+    items = counted.items.select("segment", to_id.gather(counted.items["a"]).alias("product_id"), "baskets").with_columns(
+        segment_baskets=pl.col("segment").replace_strict(counted.totals, return_dtype=pl.Int32)
+    )
+    return pairs, items
+
+
+def test_basket_counts_match_polars(spark_run):
+    """Pairs within the cart window (nulls in add_to_cart_order last, in line order), per segment
+    and overall, at min_support; baskets per segment and product, and per segment."""
+    f = spark_run["frames"]
+    assert f["cart_lines"]["add_to_cart_order"].null_count() > 0  # the null ordering is exercised
+    pairs, items = _basket_counts(f)
+    assert pairs["segment"].n_unique() == 4 and pairs.height > 0  # three segments and ANY
+    for name, want, keys in (("basket_pair_counts", pairs, ["segment", "product_id", "neighbour_id"]),
+                             ("basket_item_counts", items, ["segment", "product_id"])):  # fmt: skip
+        got = _stored(spark_run, name)
+        assert_frame_equal(got, want.sort(keys), check_exact=True)  # integers only: no tolerance
 
 
 def test_pipes_reports_every_materialization(spark_run):

@@ -9,6 +9,7 @@
 | ``INSIGHTFLOW_CURATED_BUCKET`` / ``INSIGHTFLOW_CURATED_PREFIX`` | S3 curated root | — / ``""`` |
 | ``INSIGHTFLOW_S3_ENDPOINT_URL`` | MinIO, moto or another S3-compatible endpoint | AWS |
 | ``AWS_REGION`` | region of the buckets | boto3's default |
+| ``INSIGHTFLOW_COMPUTE`` | ``local`` or ``spark``: the engine of the heavy per-line stages (`Compute`) | ``local`` |
 
 Credentials come from the usual AWS chain (env vars, profile, instance role).
 """
@@ -20,12 +21,14 @@ import os
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
+from resources.compute import Compute, check_engine
 from resources.io_manager import ArtifactFolder, CuratedIOManager
 from resources.params import RfmParams
 from resources.storage import LocalStorage, ObjectInfo, S3Storage, Storage
 
 __all__ = [
     "ArtifactFolder",
+    "Compute",
     "CuratedIOManager",
     "LocalStorage",
     "ObjectInfo",
@@ -33,6 +36,7 @@ __all__ = [
     "S3Storage",
     "Storage",
     "build_resources",
+    "compute_resource",
     "storages",
     "storage_kind",
 ]
@@ -86,6 +90,12 @@ def storages(resolve: bool = False) -> tuple[Storage, Storage]:
     return source, curated
 
 
+def compute_resource() -> Compute:
+    """`Compute` with the engine of ``INSIGHTFLOW_COMPUTE`` (checked now, resolved at run time)."""
+    check_engine(os.getenv("INSIGHTFLOW_COMPUTE") or "local", "INSIGHTFLOW_COMPUTE")
+    return Compute(engine=_env("INSIGHTFLOW_COMPUTE", "local", resolve=False))
+
+
 def build_resources() -> dict:
     """The resources of the code location for the configured environment."""
     source, curated = storages()
@@ -94,4 +104,5 @@ def build_resources() -> dict:
         "curated": curated,
         "io_manager": CuratedIOManager(storage=curated),
         "rfm": RfmParams(),
+        "compute": compute_resource(),
     }

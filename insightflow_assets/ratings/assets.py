@@ -8,9 +8,14 @@ from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataVal
 
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.ratings.build import build_holdout, build_ratings
+from insightflow_assets.spark.engine import run_stage
+from resources.compute import Compute
 from resources.layout import Artifact
+from resources.storage import Storage
 
 GROUP = "ratings"
+# what the Spark job reads for both stages: its input name -> the upstream asset stored in this run
+LINES_INPUTS = {"orders": "orders_imputed", "order_products": "raw_order_products"}
 
 
 class RatingsConfig(Config):
@@ -25,25 +30,32 @@ class RatingsConfig(Config):
     group=GROUP,
     storage=Artifact("recsys/ratings/run-{ts}", ("ratings.parquet",)),
     kinds={"polars", "parquet"},
-    description="One row per (user, product) bought before the user's target order: purchases and rating.",
+    description=(
+        "One row per (user, product) bought before the user's target order: purchases and rating "
+        "(polars, or Spark under compute: spark)."
+    ),
 )
 def ratings(
-    context: AssetExecutionContext, config: RatingsConfig, orders_imputed: pl.DataFrame, raw_order_products: pl.DataFrame
+    context: AssetExecutionContext,
+    config: RatingsConfig,
+    compute: Compute,
+    curated: Storage,
+    orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
-    df = build_ratings(
-        orders_imputed,
-        raw_order_products,
-        half_life_days=config.half_life_days,
-        min_user_interactions=config.min_user_interactions,
-        min_item_interactions=config.min_item_interactions,
-    )
+    params = config.model_dump()
+    df, engine = run_stage(
+        context, compute, curated, "ratings", inputs=LINES_INPUTS, params=params,
+        local=lambda: build_ratings(orders_imputed, raw_order_products, **params),
+    )  # fmt: skip
     return Output(
         df,
         metadata={
             "users": df["user_id"].n_unique(),
             "products": df["product_id"].n_unique(),
-            "config": MetadataValue.json(config.model_dump()),
+            "config": MetadataValue.json(params),
+            **engine,
         },
     )
 
@@ -54,10 +66,19 @@ def ratings(
     kinds={"polars", "parquet"},
     description="Each user's target basket (the eval_set=train order, else the last order): the evaluation truth.",
 )
-def holdout(context: AssetExecutionContext, orders_imputed: pl.DataFrame, raw_order_products: pl.DataFrame) -> Output[pl.DataFrame]:
+def holdout(
+    context: AssetExecutionContext,
+    compute: Compute,
+    curated: Storage,
+    orders_imputed: pl.DataFrame,
+    raw_order_products: pl.DataFrame,
+) -> Output[pl.DataFrame]:
     current_run(context)
-    df = build_holdout(orders_imputed, raw_order_products)
-    return Output(df, metadata={"users": df["user_id"].n_unique()})
+    df, engine = run_stage(
+        context, compute, curated, "holdout", inputs=LINES_INPUTS, params={},
+        local=lambda: build_holdout(orders_imputed, raw_order_products),
+    )  # fmt: skip
+    return Output(df, metadata={"users": df["user_id"].n_unique(), **engine})
 
 
 @run_check(asset=ratings)

@@ -16,12 +16,16 @@ from insightflow_assets.segmentation.rfm import (
     rfm_table,
     segment_users,
 )
+from insightflow_assets.spark.engine import run_stage
+from resources.compute import Compute
 from resources.io_manager import markdown_table
 from resources.layout import Artifact, artifact
 from resources.params import RfmParams
 from resources.storage import Storage
 
 GROUP = "segmentation"
+# what the Spark job's R/F/M reads: its input name -> the upstream asset stored in this run
+RFM_INPUTS = {"orders": "orders_imputed", "order_products": "raw_order_products", "products": "products", "users": "ratings"}
 
 
 @run_asset(
@@ -37,12 +41,14 @@ GROUP = "segmentation"
     description=(
         "Per user R, F, M (Instacart: days before the target order, orders, items or spend; dated "
         "transactions: days since the last order, orders, spend), higher-is-better z-scores of their logs, "
-        "and a KMeans segment ordered by the centroid's high-value score, k chosen under a minimum segment share."
+        "and a KMeans segment ordered by the centroid's high-value score, k chosen under a minimum segment share. "
+        "R/F/M on polars, or Spark under compute: spark; KMeans on scikit-learn in the step either way."
     ),
 )
 def user_seg(
     context: AssetExecutionContext,
     rfm: RfmParams,
+    compute: Compute,
     curated: Storage,
     orders_imputed: pl.DataFrame,
     raw_order_products: pl.DataFrame,
@@ -63,7 +69,12 @@ def user_seg(
             diag.log(f"rfm.reference_date={rfm.reference_date!r} ignored: the Instacart form has no dates")
         diag.metrics.update(rfm_definition=definition, reference_time=reference and reference.isoformat())
         users = ratings.select("user_id").unique()
-        table = rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference)
+        # KMeans below stays in the step: it works on one row per customer, not per line
+        table, engine = run_stage(
+            context, compute, curated, "rfm", inputs=RFM_INPUTS,
+            params={"reference_time": reference and reference.isoformat()},
+            local=lambda: rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference),
+        )  # fmt: skip
         diag.metrics["seconds_rfm"] = round(time.perf_counter() - t0, 3)
         diag.log(f"rfm ({definition}) rows={table.height}; KMeans k={rfm.k or f'auto {rfm.k_min}-{rfm.k_max}'} seed={rfm.seed}")
         seg, centroids, info = segment_users(
@@ -89,6 +100,7 @@ def user_seg(
             "segments": MetadataValue.md(markdown_table(centroids, n=centroids.height)),
             "silhouette": float(info["silhouette"]) if info["silhouette"] is not None else float("nan"),
             "inertia": float(info["inertia"]),
+            **engine,
         },
     )
 
@@ -104,11 +116,19 @@ def user_seg(
     description="Top-N products per segment: buyers, purchases, share in segment, rank and lift over the overall share.",
 )
 def segment_popularity(
-    context: AssetExecutionContext, rfm: RfmParams, user_seg: pl.DataFrame, ratings: pl.DataFrame
+    context: AssetExecutionContext,
+    rfm: RfmParams,
+    compute: Compute,
+    curated: Storage,
+    user_seg: pl.DataFrame,
+    ratings: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
-    df = build_segment_popularity(user_seg, ratings, top_n=rfm.top_n)
-    return Output(df, metadata={"segments": df["segment"].n_unique(), "top_n": rfm.top_n})
+    df, engine = run_stage(
+        context, compute, curated, "segment_popularity", inputs={"user_seg": "user_seg", "ratings": "ratings"},
+        params={"top_n": rfm.top_n}, local=lambda: build_segment_popularity(user_seg, ratings, top_n=rfm.top_n),
+    )  # fmt: skip
+    return Output(df, metadata={"segments": df["segment"].n_unique(), "top_n": rfm.top_n, **engine})
 
 
 # --- checks --------------------------------------------------------------------------------

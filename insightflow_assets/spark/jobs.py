@@ -6,7 +6,10 @@ Each stage computes what its polars function computes, to the row (the parity te
 * ``ratings`` / ``holdout``: ``insightflow_assets.ratings.build.build_ratings`` / ``build_holdout``;
 * ``rfm``: ``insightflow_assets.segmentation.rfm.rfm_table`` (Instacart and dated forms; KMeans
   stays in ``segment_users``, on the one-row-per-user table);
-* ``segment_popularity``: ``insightflow_assets.segmentation.popularity.segment_popularity``.
+* ``segment_popularity``: ``insightflow_assets.segmentation.popularity.segment_popularity``;
+* ``basket_pair_counts`` / ``basket_item_counts``: the counts of ``insightflow_assets.basket.pairs``
+  (``window_lines`` then ``count_baskets``: pairs per segment and overall at ``min_support``, and
+  baskets per segment and product); the normalising, ranking and profile choice stay in polars.
 
 This file imports only pyspark and dagster-pipes (what a cluster has), so it restates those
 semantics in Spark rather than importing the polars modules.
@@ -308,6 +311,66 @@ def segment_popularity(user_seg: DataFrame, ratings_df: DataFrame, top_n: int | 
 
 
 # --------------------------------------------------------------------------- #
+# basket pair counts (basket/pairs.py: window_lines, segment_pairs, basket_counts)
+# --------------------------------------------------------------------------- #
+ANY_SEGMENT = -1  # every basket ("any segment"), and the segment of a customer without one
+
+
+def window_lines(orders: DataFrame, lines: DataFrame, user_seg: DataFrame | None, back: int = 0) -> DataFrame:
+    """order_id, segment, product_id, _key, _line of the lines of each customer's orders before
+    the target; (``_key``, ``_line``) orders a cart as pairs.cart_lines does: add_to_cart_order,
+    a null after the known ones, ties in the file's line order."""
+    targets = target_orders(order_days(orders), lines, back).select("user_id", F.col("order_number").alias("_t"))
+    window = (
+        orders.select("order_id", "user_id", "order_number").join(targets, "user_id")
+        .filter(F.col("order_number") < F.col("_t")).select("order_id", F.col("user_id").cast("int"))
+    )  # fmt: skip
+    if user_seg is not None:
+        window = window.join(user_seg.select(F.col("user_id").cast("int"), F.col("segment").cast("int")), "user_id", "left")
+    else:
+        window = window.withColumn("segment", F.lit(None).cast("int"))
+    cart = F.col("add_to_cart_order").cast("long") if "add_to_cart_order" in lines.columns else F.lit(None).cast("long")
+    # the line's place in the file, taken at the scan (one file's splits are numbered in order)
+    ordered = lines.select(
+        "order_id", "product_id", F.coalesce(cart, F.lit(1 << 40)).alias("_key"), F.monotonically_increasing_id().alias("_line")
+    )
+    return ordered.join(window.select("order_id", "segment"), "order_id").select(
+        "order_id", F.coalesce("segment", F.lit(ANY_SEGMENT)).alias("segment"), F.col("product_id").cast("int"), "_key", "_line"
+    )
+
+
+def _counts_per_segment_and_any(df: DataFrame, keys: list[str], name: str) -> DataFrame:
+    """Rows per (segment, keys) for the customers' segments, and per keys over every row as
+    segment ANY_SEGMENT (rows without a segment count there only): the sum of the segments'."""
+    per = df.groupBy("segment", *keys).agg(F.count(F.lit(1)).alias(name)).persist()
+    overall = per.groupBy(*keys).agg(F.sum(name).alias(name)).withColumn("segment", F.lit(ANY_SEGMENT))
+    both = per.filter(F.col("segment") != ANY_SEGMENT).unionByName(overall)
+    return both.select(F.col("segment").cast("byte"), *keys, F.col(name).cast("int"))
+
+
+def basket_pair_counts(wl: DataFrame, window: int, min_support: int) -> DataFrame:
+    """segment, product_id, neighbour_id, count: baskets where the neighbour was added at most
+    ``window`` positions after the product, pairs of at least ``min_support`` baskets."""
+    if window < 1 or min_support < 1:
+        raise ValueError(f"basket pairs: window and min_support must be >= 1, got {window}, {min_support}")
+    # one cart per row, in cart order: each line then meets the `window` lines after it in its
+    # own array, with no join (a self-join on order and position shuffled n * window rows)
+    carts = wl.groupBy("order_id", "segment").agg(F.sort_array(F.collect_list(F.struct("_key", "_line", "product_id"))).alias("_c"))
+    items = carts.select("segment", F.transform("_c", lambda x: x["product_id"]).alias("_p"))
+    lined = items.select("segment", "_p", F.posexplode("_p").alias("_i", "product_id"))
+    pairs = lined.select("segment", "product_id", F.explode(F.slice("_p", F.col("_i") + 2, F.lit(window))).alias("neighbour_id"))
+    counts = _counts_per_segment_and_any(pairs, ["product_id", "neighbour_id"], "count")
+    return counts.filter(F.col("count") >= min_support)
+
+
+def basket_item_counts(wl: DataFrame) -> DataFrame:
+    """segment, product_id, baskets (one line per product and basket), segment_baskets."""
+    items = _counts_per_segment_and_any(wl, ["product_id"], "baskets")
+    totals = _counts_per_segment_and_any(wl.select("order_id", "segment").distinct(), [], "segment_baskets")
+    return items.join(F.broadcast(totals), "segment").select("segment", "product_id", "baskets", "segment_baskets")
+
+
+# --------------------------------------------------------------------------- #
 # tasks
 # --------------------------------------------------------------------------- #
 def _lines(spark: SparkSession, inputs: dict) -> DataFrame:
@@ -348,6 +411,21 @@ def _task_segment_popularity(spark: SparkSession, inputs: dict, params: dict) ->
     return segment_popularity(user_seg, rated, top_n=params.get("top_n", 100))
 
 
+def _basket_window(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+    orders = read_input(spark, "orders", inputs["orders"])
+    user_seg = read_input(spark, "user_seg", inputs["user_seg"]) if inputs.get("user_seg") else None
+    return window_lines(orders, _lines(spark, inputs), user_seg, int(params.get("back", 0)))
+
+
+def _task_basket_pair_counts(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+    window, support = int(params.get("window", 5)), int(params.get("min_support", 3))  # pairs.PairParams' defaults
+    return basket_pair_counts(_basket_window(spark, inputs, params), window, support)
+
+
+def _task_basket_item_counts(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+    return basket_item_counts(_basket_window(spark, inputs, params))
+
+
 def _as_list(paths: str | list[str]) -> list[str]:
     return [paths] if isinstance(paths, str) else list(paths)
 
@@ -357,6 +435,8 @@ TASKS: dict[str, Callable[[SparkSession, dict, dict], DataFrame]] = {
     "holdout": _task_holdout,
     "rfm": _task_rfm,
     "segment_popularity": _task_segment_popularity,
+    "basket_pair_counts": _task_basket_pair_counts,
+    "basket_item_counts": _task_basket_item_counts,
 }
 
 
@@ -366,6 +446,8 @@ ORDER = {
     "holdout": ("user_id", "product_id"),
     "rfm": ("user_id",),
     "segment_popularity": ("segment", "rank"),
+    "basket_pair_counts": ("segment", "product_id", "neighbour_id"),
+    "basket_item_counts": ("segment", "product_id"),
 }
 
 
@@ -377,6 +459,9 @@ def run_task(spark: SparkSession, task: dict, pipes: Any | None) -> dict[str, An
     t0 = time.perf_counter()
     df = TASKS[stage](spark, task["inputs"], task.get("params") or {})
     write_single_parquet(spark, df, task["output"], ORDER[stage])
+    # a cached frame keeps its share of the heap (up to spark.memory.storageFraction) from the
+    # next task's execution memory: with 2g, the basket item counts after the pairs ran out
+    spark.catalog.clearCache()
     stored = spark.read.parquet(task["output"])
     meta: dict[str, Any] = {"rows": stored.count(), "path": task["output"], "engine": "spark"}
     if "user_id" in stored.columns:
@@ -386,6 +471,8 @@ def run_task(spark: SparkSession, task: dict, pipes: Any | None) -> dict[str, An
         pipes.log.info(f"spark {stage}: {meta['rows']} rows -> {task['output']}")
         if task.get("asset_key"):
             pipes.report_asset_materialization(asset_key=task["asset_key"], metadata=meta)
+        else:  # the launching asset stores the output itself (insightflow_assets.spark.engine)
+            pipes.report_custom_message({"stage": stage, **meta})
     return meta
 
 
