@@ -23,11 +23,13 @@ GROUP = "evaluation"
 class SelectionConfig(Config):
     """Which candidates are tried, on how many validation users."""
 
-    sample_users: Optional[int] = Field(20_000, description="validation users scored (seeded sample); None = all")
+    # 10,000 validation users at 206k chose the same winner and parameters as 20,000 (map@10
+    # within 0.001 for every method) for 38 fewer CPU s (README "Model selection")
+    sample_users: Optional[int] = Field(10_000, description="validation users scored (seeded sample); None = all")
     seed: int = 42
     als: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_PARAMS), description="ALS parameters of the ALS-based candidates")
     als_fit_users: Optional[int] = Field(
-        50_000, description="ALS-based candidates: item factors fitted on a seeded sample of this many users (None = all)"
+        25_000, description="ALS-based candidates: item factors fitted on a seeded sample of this many users (None = all)"
     )
     grid: Optional[dict[str, list[dict[str, Any]]]] = Field(
         None, description="method -> list of parameter sets; None = the default grid (selection.select.DEFAULT_GRID)"
