@@ -9,6 +9,8 @@ import polars as pl
 
 Frame = pl.DataFrame | pl.LazyFrame
 
+F32_TINY = 1.1754943508222875e-38  # smallest positive normal Float32: a decayed rating never underflows to 0
+
 
 def lazy(frame: Frame) -> pl.LazyFrame:
     return frame.lazy() if isinstance(frame, pl.DataFrame) else frame

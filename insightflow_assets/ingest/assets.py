@@ -2,14 +2,20 @@
 
 One step reads and validates the whole input set before yielding anything, so bad input
 stops the run with nothing written. Snapshotting per run means that re-materializing an old
-run later reads that run's inputs, not today's. Two input forms are accepted: Instacart's
-files, or one `transactions` table of order lines (see `ingest.transactions`).
+run later reads that run's inputs, not today's. Three input forms are accepted: Instacart's
+files, one `transactions` table of order lines (see `ingest.transactions`), or an event log of
+views, carts and purchases (`ingest.events`, turned into sessions by `ingest.events_orders`).
 """
+
+import contextlib
+from datetime import datetime
 
 from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 from pydantic import Field
 
 from insightflow_assets.common import CODE_VERSION, OWNERS, current_run, metadata_on_materialization, stored
+from insightflow_assets.ingest.events import events_keys, read_events_form
+from insightflow_assets.ingest.events_orders import events_to_snapshot
 from insightflow_assets.ingest.loading import (
     InputError,
     Snapshot,
@@ -25,7 +31,7 @@ from insightflow_assets.ingest.transactions import (
     derive_snapshot,
 )
 from insightflow_assets.partitions import runs_partitions
-from resources.layout import TRANSACTIONS_TABLE, Artifact
+from resources.layout import SOURCE_SUFFIXES, SOURCE_TABLES, TRANSACTIONS_TABLE, Artifact
 from resources.storage import Storage
 
 _OUT = dict(kinds={"polars", "parquet"}, owners=OWNERS, code_version=CODE_VERSION)
@@ -33,7 +39,7 @@ _RAW = "recsys/raw/run-{ts}"  # the run's input snapshot, one folder for the thr
 
 
 class IngestConfig(Config):
-    """How to read the transactions form (ignored for Instacart files)."""
+    """How to read the transactions and events forms (ignored for Instacart files)."""
 
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -54,6 +60,24 @@ class IngestConfig(Config):
             "encoding is refused with its line and column."
         ),
     )
+
+    cutoff: str | None = Field(
+        default=None,
+        description=(
+            "Events form: the cut-off time (ISO 8601, UTC when no zone is given); events before it "
+            "train, carts and purchases after it are the target. Default: the last 15 % of the log's time span."
+        ),
+    )
+    holdout_days: float | None = Field(default=None, description="Events form: length of the holdout window after the cut-off (default: to the end of the log).")
+    session_gap_minutes: float = Field(default=30.0, description="Events form: a visitor's events with no longer gap are one session (one order).")
+
+    def cutoff_time(self) -> datetime | None:
+        if self.cutoff is None:
+            return None
+        try:
+            return datetime.fromisoformat(self.cutoff)
+        except ValueError:
+            raise InputError(f"instacart_snapshot config: cutoff {self.cutoff!r} is not an ISO 8601 time") from None
 
     def spec(self) -> TransactionsSpec:
         return TransactionsSpec(
@@ -89,20 +113,25 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
     current_run(context)
     _check_encoding(config.encoding)
     listing = {o.key: o for o in source.list("")}
-    chosen = pick_source_files(list(listing), source.uri())
-    if TRANSACTIONS_TABLE in chosen:
-        snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec(), config.encoding)
+    events = _events_files(list(listing), source.uri())
+    if events is not None:
+        snap, details = _events(context, source, events, config)
+        used = [events["events"], *events["item_properties"], events["category_tree"]]
     else:
-        snap, details = _instacart(context, source, chosen, config.encoding), {"form": "instacart"}
+        chosen = pick_source_files(list(listing), source.uri())
+        used = list(chosen.values())
+        if TRANSACTIONS_TABLE in chosen:
+            snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec(), config.encoding)
+        else:
+            snap, details = _instacart(context, source, chosen, config.encoding), {"form": "instacart"}
 
-    provenance = {
-        key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version}
-        for key in chosen.values()
-    }
+    provenance = {key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version} for key in used}
     meta = {"input_form": details["form"]}
     # Each fact is recorded once: the source files on raw_orders (the three outputs come from
     # one read), the line exclusions and the derivation on raw_order_products (they are per line).
     lines = {}
+    if "derivation" in details:
+        lines = {"derivation": MetadataValue.json(details["derivation"])}
     if "excluded" in details:
         lines = {
             "excluded_lines": MetadataValue.json(details["excluded"]),
@@ -144,3 +173,32 @@ def _transactions(context, source: Storage, key: str, spec: TransactionsSpec, en
     if not result.info["time_of_day"]:
         context.log.warning(f"{key}: timestamps carry no time of day; order_hour_of_day is unknown")
     return result.snapshot, {"form": "transactions", "excluded": excluded, "lines_in": result.lines_in, "info": result.info}
+
+
+def _events_files(keys: list[str], where: str) -> dict | None:
+    """The events form's files, or None; refused beside another form's files."""
+    events = events_keys(keys, where)
+    if events is not None:
+        others = sorted(k for k in keys for stem in (*SOURCE_TABLES, TRANSACTIONS_TABLE) if k in {stem + s for s in SOURCE_SUFFIXES})
+        if others:
+            raise InputError(f"{where}: holds both {events['events']} and {others[0]}; keep one input form")
+    return events
+
+
+def _events(context, source: Storage, files: dict, config: IngestConfig) -> tuple[Snapshot, dict]:
+    cutoff = config.cutoff_time()
+    with contextlib.ExitStack() as stack:
+        local = {
+            "events": stack.enter_context(source.local_path(files["events"])),
+            "item_properties": [stack.enter_context(source.local_path(k)) for k in files["item_properties"]],
+            "category_tree": stack.enter_context(source.local_path(files["category_tree"])),
+        }
+        events = read_events_form(local, encoding=config.encoding)
+    snap, info = events_to_snapshot(
+        events, cutoff=cutoff, holdout_days=config.holdout_days, session_gap_minutes=config.session_gap_minutes
+    )
+    context.log.info(
+        f"read {source.uri()}: {info.get('events', 0):,} events, {info['sessions']:,} sessions before "
+        f"{info['cutoff']}, {info['targets']:,} visitors with a target"
+    )
+    return snap, {"form": "events", "derivation": info}

@@ -68,6 +68,21 @@ class EventsSnapshot:
         """item_id, category_id: each item's latest category not after ``cutoff``."""
         return _latest(self.category_history, cutoff, "category_id")
 
+    def paths_at(self, cutoff: datetime | int) -> pl.DataFrame:
+        """``product_id`` Int32, ``category_path`` (category ids root first, the item's own last)
+        of every item with a category as of ``cutoff``. An item whose category the tree lacks
+        (RetailRocket has a few) gets the one-element path of its category."""
+        cats = self.categories.select("category_id", "path")
+        return (
+            self.category_at(cutoff)
+            .join(cats, on="category_id", how="left")
+            .select(
+                pl.col("item_id").cast(pl.Int32).alias("product_id"),
+                pl.coalesce(pl.col("path"), pl.concat_list(pl.col("category_id"))).alias("category_path"),
+            )
+            .sort("product_id")
+        )
+
 
 def read_events_form(source: str | Path | Mapping[str, object], encoding: str = "utf-8") -> EventsSnapshot:
     """Read and validate an events-form folder (or ``{"events": path, "item_properties":
@@ -107,17 +122,33 @@ def find_events_files(source: str | Path | Mapping[str, object]) -> dict[str, ob
                 raise InputError(f"events form: missing file {key}.csv")
         return out
     folder = Path(source)
+    keys = events_keys([p.name for p in folder.iterdir() if p.is_file()], str(folder))
+    if keys is None:
+        raise InputError(f"{folder}: missing file events.csv")
+    return {k: [folder / p for p in v] if isinstance(v, list) else folder / v for k, v in keys.items()}
 
-    def one(stem: str) -> Path:
-        found = [folder / (stem + s) for s in _SUFFIXES if (folder / (stem + s)).is_file()]
-        if not found:
-            raise InputError(f"{folder}: missing file {stem}.csv")
-        return found[0]
 
-    parts = sorted(p for p in folder.glob("item_properties*") if p.name.endswith(_SUFFIXES))
+def events_keys(keys: list[str], where: str) -> dict[str, object] | None:
+    """The events form's files among the top-level ``keys`` of a location (None when there is no
+    events file): ``{"events": key, "item_properties": [keys, sorted], "category_tree": key}``."""
+    top = {k for k in keys if "/" not in k}
+
+    def one(stem: str) -> str | None:
+        found = [stem + s for s in _SUFFIXES if stem + s in top]
+        if len(found) > 1:
+            raise InputError(f"{where}: {stem} is there as {' and '.join(found)}; keep one")
+        return found[0] if found else None
+
+    events = one("events")
+    if events is None:
+        return None
+    parts = sorted(k for k in top if k.startswith("item_properties") and k.endswith(_SUFFIXES))
     if not parts:
-        raise InputError(f"{folder}: missing file item_properties.csv (or item_properties_part1.csv, _part2.csv, ...)")
-    return {"events": one("events"), "item_properties": parts, "category_tree": one("category_tree")}
+        raise InputError(f"{where}: missing file item_properties.csv (or item_properties_part1.csv, _part2.csv, ...)")
+    tree = one("category_tree")
+    if tree is None:
+        raise InputError(f"{where}: missing file category_tree.csv")
+    return {"events": events, "item_properties": parts, "category_tree": tree}
 
 
 # ---- reading -------------------------------------------------------------------------------

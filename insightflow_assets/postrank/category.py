@@ -52,19 +52,9 @@ ADAPTIVE_WEIGHTS = ((5, 0.3, 0.7), (20, 0.5, 0.5))
 
 
 def item_paths_at(snapshot: Any, cutoff: datetime | int) -> pl.DataFrame:
-    """``product_id`` Int32, ``path`` (category ids root first, the item's own last) of every item
-    as of ``cutoff``, from an `ingest.events.EventsSnapshot`. An item whose category the tree
-    lacks (RetailRocket has a few) gets the one-element path of its category."""
-    cats = snapshot.categories.select("category_id", "path")
-    return (
-        snapshot.category_at(cutoff)
-        .join(cats, on="category_id", how="left")
-        .select(
-            pl.col("item_id").cast(pl.Int32).alias("product_id"),
-            pl.coalesce(pl.col("path"), pl.concat_list(pl.col("category_id"))).alias("path"),
-        )
-        .sort("product_id")
-    )
+    """``product_id`` Int32, ``path`` of every item as of ``cutoff``, from an
+    `ingest.events.EventsSnapshot` (its `paths_at`, under the name this module reads)."""
+    return snapshot.paths_at(cutoff).rename({"category_path": "path"})
 
 
 def check_alpha_beta(alpha: float, beta: float) -> None:
@@ -135,12 +125,13 @@ def category_rerank(
 
 
 def _unavailable(available: pl.DataFrame | None) -> pl.DataFrame:
-    """product_id of the items with ``available == 0`` (empty without an availability table)."""
+    """product_id of the items with ``available == 0`` (empty without an availability table);
+    null means never stated, which blocks nothing."""
     if available is None:
         return pl.DataFrame({"product_id": []}, schema={"product_id": pl.Int32})
     frame = available.rename({"item_id": "product_id"}) if "item_id" in available.columns else available
     need_columns(frame, "available", ("product_id", "available"))
-    bad = frame.filter(~pl.col("available").is_in([0, 1]).fill_null(False))
+    bad = frame.filter(pl.col("available").is_not_null() & ~pl.col("available").is_in([0, 1]))
     if bad.height:
         raise ValueError(f"available: column available: value {bad['available'][0]!r} is not 0 or 1 ({bad.height} row(s))")
     return frame.filter(pl.col("available") == 0).select(pl.col("product_id").cast(pl.Int32)).unique()

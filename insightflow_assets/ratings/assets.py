@@ -5,9 +5,12 @@ from typing import Optional
 
 import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output
+from pydantic import Field
 
 from insightflow_assets.common import current_run, run_asset, run_check
+from insightflow_assets.ingest.events_schema import is_events_form
 from insightflow_assets.ratings.build import build_holdout, build_ratings
+from insightflow_assets.ratings.events import DEFAULT_WEIGHTS
 from insightflow_assets.spark.engine import run_stage
 from resources.compute import Compute
 from resources.layout import Artifact
@@ -19,11 +22,16 @@ LINES_INPUTS = {"orders": "orders_imputed", "order_products": "raw_order_product
 
 
 class RatingsConfig(Config):
-    """Purchase counts, optionally time-decayed; the filters drop rare users and items."""
+    """Purchase counts (events form: weighted event counts), optionally time-decayed; the
+    filters drop rare users and items."""
 
     half_life_days: Optional[float] = None
     min_user_interactions: int = 1
     min_item_interactions: int = 1
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="Events form only: weight of each event type in a rating (view, addtocart, transaction).",
+    )
 
 
 @run_asset(
@@ -45,6 +53,11 @@ def ratings(
 ) -> Output[pl.DataFrame]:
     current_run(context)
     params = config.model_dump()
+    if is_events_form(raw_order_products):
+        if compute.engine_name() != "local":
+            raise RuntimeError("ratings: the events form runs on compute.engine local (the Spark job has no event weights)")
+    else:
+        params.pop("event_weights")  # only the events form has event counts
     df, engine = run_stage(
         context, compute, curated, "ratings", inputs=LINES_INPUTS, params=params,
         local=lambda: build_ratings(orders_imputed, raw_order_products, **params),

@@ -18,6 +18,12 @@ from the user's first order (first order = day 0; a null gap, or any gap on an
 order flagged ``is_first_order``, counts as 0). ``days_before_target`` of an
 order is ``target day - order day`` (>= 0).
 
+**Events form** (`ingest.events_schema`): the order lines are a visitor's sessions with view /
+cart / purchase counts, and the ``train`` order holds what the visitor carted or bought after
+the cut-off. The target is that order only (a visitor without one has no target), the ratings
+come from **every** visitor's sessions (all of them are before the cut-off), and a rating is the
+weighted sum of the counts (`ratings.events.DEFAULT_WEIGHTS`, view 1 / cart 4 / purchase 8).
+
 Every function accepts eager ``pl.DataFrame`` or ``pl.LazyFrame`` inputs,
 builds one lazy query (joins / group_by, no dense matrices, no Python loops
 over users) and returns a collected ``pl.DataFrame``.
@@ -29,13 +35,15 @@ import math
 
 import polars as pl
 
+from insightflow_assets.frames import F32_TINY as _F32_TINY
 from insightflow_assets.frames import lazy as _lazy
+from insightflow_assets.ingest.events_schema import COUNT_OF_EVENT, is_events_form
+from insightflow_assets.ratings.events import DEFAULT_WEIGHTS, check_weights
 
 Frame = pl.DataFrame | pl.LazyFrame
 
 _SHIFT = 1 << 32
 _OFFSET = 1 << 31
-_F32_TINY = 1.1754943508222875e-38  # smallest positive normal Float32
 
 __all__ = [
     "order_days",
@@ -99,6 +107,8 @@ def _targets_lazy(
         "order_number"
     ).cast(pl.Int32)
     chosen = key == key.max().over("user_id") if back == 0 else key.rank("ordinal", descending=True).over("user_id") == back + 1
+    if back == 0 and is_events_form(order_products):  # the target is what came after the cut-off, or nothing
+        chosen = chosen & (pl.col("eval_set") == "train")
     return (
         days.join(_lazy(order_products).select("order_id"), on="order_id", how="semi")
         .filter(chosen)
@@ -164,6 +174,7 @@ def build_ratings(
     min_user_interactions: int = 1,
     min_item_interactions: int = 1,
     back: int = 0,
+    event_weights: dict[str, float] | None = None,
 ) -> pl.DataFrame:
     """Implicit-feedback ratings from the orders before each user's target.
 
@@ -199,6 +210,10 @@ def build_ratings(
     003's 5/5 thresholds came from sparse e-commerce click/cart events, where
     low-count users/items are mostly noise; both thresholds stay configurable.
 
+    Events form (module docstring): ``purchases`` counts the sessions with the item and
+    ``rating`` sums ``event_weights`` (default view 1 / cart 4 / purchase 8) times the counts,
+    decayed per session like purchases; ``event_weights`` is ignored on the other forms.
+
     Sorted by ``user_id, product_id``.
     """
     if half_life_days is not None and not half_life_days > 0:
@@ -206,35 +221,23 @@ def build_ratings(
     if min_user_interactions < 1 or min_item_interactions < 1:
         raise ValueError("min_user_interactions and min_item_interactions must be >= 1")
 
-    days = _order_days_lazy(orders_imputed)
-    targets = _targets_lazy(days, order_products, back).select(
-        "user_id",
-        pl.col("order_number").alias("_t_number"),
-        pl.col("day").alias("_t_day"),
-    )
-    train_orders = (
-        days.join(targets, on="user_id", how="inner")
-        .filter(pl.col("order_number") < pl.col("_t_number"))
-        .select(
-            "order_id",
-            "user_id",
-            (pl.col("_t_day") - pl.col("day")).clip(lower_bound=0.0).alias("_dbt"),
-        )
-    )
+    events = is_events_form(order_products)
+    weights = check_weights(event_weights if event_weights is not None else DEFAULT_WEIGHTS) if events else None
+    train_orders = _training_orders(orders_imputed, order_products, back, events)
     lines = (
         _lazy(order_products)
-        .select("order_id", "product_id")
+        .select("order_id", "product_id", *(COUNT_OF_EVENT.values() if events else ()))
         .join(train_orders, on="order_id", how="inner")
     )
-
-    if half_life_days is None:
+    # a line's value: 1 purchase, or its weighted event counts
+    value = sum(pl.col(c).cast(pl.Float64) * weights[e] for e, c in COUNT_OF_EVENT.items()) if events else pl.lit(1.0)
+    if half_life_days is not None:
+        # 0.5 ** (d / h) == exp(-d * ln2 / h), per line before the group_by: the aggregation stays a sum
+        value = value * (pl.col("_dbt").cast(pl.Float64) * (-math.log(2.0) / half_life_days)).exp()
+    if half_life_days is None and not events:
         rating = pl.len().cast(pl.Float32)
     else:
-        # weight per purchase, computed before the group_by so the aggregation
-        # stays a plain sum: 0.5 ** (d / h) == exp(-d * ln2 / h)
-        lines = lines.with_columns(
-            _w=(pl.col("_dbt").cast(pl.Float64) * (-math.log(2.0) / half_life_days)).exp()
-        )
+        lines = lines.with_columns(_w=value)
         # floor: very old purchases with a short half-life would underflow
         # Float32 to 0, and every bought pair must stay a positive signal
         rating = pl.col("_w").sum().clip(lower_bound=_F32_TINY).cast(pl.Float32)
@@ -293,6 +296,29 @@ def build_ratings(
     )
 
 
+def _training_orders(orders_imputed: Frame, order_products: Frame, back: int, events: bool) -> pl.LazyFrame:
+    """``order_id, user_id, _dbt`` (days before the target) of the orders ratings learn from."""
+    days = _order_days_lazy(orders_imputed)
+    if events and back == 0:  # every session is before the cut-off; days before the visitor's last
+        return days.filter(pl.col("eval_set") != "train").select(
+            "order_id", "user_id", (pl.col("day").max().over("user_id") - pl.col("day")).alias("_dbt")
+        )
+    targets = _targets_lazy(days, order_products, back).select(
+        "user_id",
+        pl.col("order_number").alias("_t_number"),
+        pl.col("day").alias("_t_day"),
+    )
+    return (
+        days.join(targets, on="user_id", how="inner")
+        .filter(pl.col("order_number") < pl.col("_t_number"))
+        .select(
+            "order_id",
+            "user_id",
+            (pl.col("_t_day") - pl.col("day")).clip(lower_bound=0.0).alias("_dbt"),
+        )
+    )
+
+
 def training_baskets(orders_imputed: Frame, order_products: Frame, *, back: int = 0) -> pl.DataFrame:
     """The baskets before each user's target (``back=1``: before the validation basket).
 
@@ -301,12 +327,15 @@ def training_baskets(orders_imputed: Frame, order_products: Frame, *, back: int 
     (e.g. TIFU-KNN) learns from, the same window as `build_ratings`.
     """
     days = _order_days_lazy(orders_imputed)
-    targets = _targets_lazy(days, order_products, back).select("user_id", pl.col("order_number").alias("_t"))
-    orders = (
-        days.join(targets, on="user_id", how="inner")
-        .filter(pl.col("order_number") < pl.col("_t"))
-        .select("order_id", "user_id", "order_number")
-    )
+    if back == 0 and is_events_form(order_products):  # every visitor's sessions, as for ratings
+        orders = days.filter(pl.col("eval_set") != "train").select("order_id", "user_id", "order_number")
+    else:
+        targets = _targets_lazy(days, order_products, back).select("user_id", pl.col("order_number").alias("_t"))
+        orders = (
+            days.join(targets, on="user_id", how="inner")
+            .filter(pl.col("order_number") < pl.col("_t"))
+            .select("order_id", "user_id", "order_number")
+        )
     return (
         _lazy(order_products)
         .select("order_id", "product_id")

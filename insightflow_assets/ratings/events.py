@@ -40,7 +40,7 @@ from typing import Mapping
 import polars as pl
 
 from insightflow_assets.ingest.events import EVENT_TYPES, as_utc
-from insightflow_assets.ratings.build import _F32_TINY  # a decayed pair never underflows to 0
+from insightflow_assets.frames import F32_TINY as _F32_TINY
 
 __all__ = [
     "DEFAULT_WEIGHTS", "TARGET_EVENTS", "CutoffSplit", "event_ratings", "cutoff_split", "split_cutoff",
