@@ -130,6 +130,10 @@ def test_unavailable_items_are_never_recommended():
     assert order(out, 7) == [30, 12]
     # item 12 has no availability value: kept
     assert out.filter(pl.col("user_id") == 7)["source"].to_list() == ["fallback", "fallback"]
+    # a null value (the snapshot's "never stated") blocks nothing either
+    stated = pl.DataFrame({"product_id": [11, 12], "available": [0, None]}, schema={"product_id": pl.Int32, "available": pl.Int8})
+    kept = category_rerank(cand, HISTORY, PATHS, alpha=0.5, beta=0.5, n=3, popular=POPULAR, available=stated, users=[1, 7])
+    assert 12 in order(kept) and 11 not in order(kept)
 
 
 @pytest.mark.parametrize(
