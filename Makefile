@@ -28,6 +28,22 @@ run: install
 	fi
 	$(BIN)/insightflow run
 
+# The events form (README "Form 3"): a RetailRocket-shaped log of $(VISITORS) visitors in a clean
+# location of its own (data/clean holds the Instacart files, and a location holds one form).
+# generate-events always (re)writes it; run-events generates it only if it is empty, then runs
+# the whole graph on it like `make run` (same DAGSTER_HOME, same curated store and latest/).
+.PHONY: generate-events run-events
+VISITORS   ?= 20000
+EVENTS_DIR ?= data/clean-events
+generate-events: install
+	$(BIN)/insightflow generate --form events --users $(VISITORS) --out $(EVENTS_DIR)
+
+run-events: install
+	@if [ -z "$$(ls -A $(EVENTS_DIR) 2>/dev/null)" ]; then \
+		$(BIN)/insightflow generate --form events --users $(VISITORS) --out $(EVENTS_DIR); \
+	fi
+	INSIGHTFLOW_SOURCE_DIR=$(abspath $(EVENTS_DIR)) $(BIN)/insightflow run
+
 # `insightflow init` sets up a fresh DAGSTER_HOME under its lock first: `dg dev` opens the
 # instance in several processes without one, and may race a `make run` started alongside.
 # `dg dev` serves the code location that [tool.dg] in pyproject.toml names, with .venv's python.

@@ -1,6 +1,8 @@
 """``insightflow``: what the Dagster CLI does not do for this project.
 
     insightflow generate --users N [--seed S] [--missing-rate R] --out DIR
+    insightflow generate --form events --users N [--seed S] --out DIR
+                                              a RetailRocket-shaped event log (N visitors)
     insightflow init                          set up DAGSTER_HOME's storage (once, under a lock)
     insightflow new-run [--tag TAG]          register a run partition, print its key
     insightflow run [--run KEY | --tag TAG] [--config FILE] [--select ASSET ...]
@@ -40,19 +42,46 @@ def cmd_init(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from insightflow_assets.data.generate import generate_instacart, summarize, write_instacart
+# Options of one form only: dest -> (flag, default when not given).
+_INSTACART_ONLY = {"missing_rate": ("--missing-rate", 0.0), "test_share": ("--test-share", 0.0)}
+_EVENTS_ONLY = {"opaque_properties": ("--opaque-properties", 5)}
 
+
+def cmd_generate(args) -> int:
+    from insightflow_assets.data.generate import write_instacart
+
+    _check_form_options(args)
     t0 = time.perf_counter()
-    tables = generate_instacart(args.users, seed=args.seed, missing_rate=args.missing_rate, test_share=args.test_share)
+    if args.form == "events":
+        from insightflow_assets.data.events import generate_events_tables, summarize_events
+
+        tables = generate_events_tables(args.users, seed=args.seed, opaque_properties=args.opaque_properties)
+        summary, who = summarize_events(tables), "visitors"
+    else:
+        from insightflow_assets.data.generate import generate_instacart, summarize
+
+        tables = generate_instacart(args.users, seed=args.seed, missing_rate=args.missing_rate, test_share=args.test_share)
+        summary, who = summarize(tables), "users"
     paths = write_instacart(tables, args.out, fmt=args.format)
-    summary = summarize(tables)
-    print(f"generated {args.users:,} users in {time.perf_counter() - t0:.1f}s → {Path(args.out).resolve()}")
+    print(f"generated {args.users:,} {who} ({args.form}) in {time.perf_counter() - t0:.1f}s → {Path(args.out).resolve()}")
     for k, v in summary.items():
-        print(f"  {k:>22}: {v:,.3f}" if isinstance(v, float) else f"  {k:>22}: {v:,}")
+        print(f"  {k:>26}: {v:,.3f}" if isinstance(v, float) else f"  {k:>26}: {v:,}")
     for p in paths:
         print(f"  {p}")
     return 0
+
+
+def _check_form_options(args) -> None:
+    """Refuse an option the chosen form has no use for (one line), else fill in its default."""
+    foreign = _EVENTS_ONLY if args.form == "instacart" else _INSTACART_ONLY
+    given = [flag for dest, (flag, _) in foreign.items() if getattr(args, dest) is not None]
+    if args.form == "events" and args.format == "parquet":
+        given.append("--format parquet")  # the events form is read from CSV files only
+    if given:
+        raise ValueError(f"generate --form {args.form}: {', '.join(given)} does not apply to this form")
+    for dest, (_, default) in {**_INSTACART_ONLY, **_EVENTS_ONLY}.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
 
 
 def cmd_new_run(args) -> int:
@@ -209,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="insightflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="write synthetic Instacart-shaped data")
-    g.add_argument("--users", type=int, default=2000)
+    g = sub.add_parser("generate", help="write synthetic Instacart-shaped data or a RetailRocket-shaped event log")
+    g.add_argument("--form", choices=["instacart", "events"], default="instacart", help="input form to write (default: instacart)")
+    g.add_argument("--users", type=int, default=2000, help="users (instacart) or visitors (events)")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--missing-rate", type=float, default=0.0, help="share of dow/hour/gap hidden on non-first orders")
-    g.add_argument("--test-share", type=float, default=0.0, help="share of users whose last order is eval_set=test")
-    g.add_argument("--format", choices=["csv", "csv.gz", "parquet"], default="csv")
+    # None marks "not given": each form refuses the other's options (see _check_form_options).
+    g.add_argument("--missing-rate", type=float, default=None, help="instacart: share of dow/hour/gap hidden on non-first orders (default 0)")
+    g.add_argument("--test-share", type=float, default=None, help="instacart: share of users whose last order is eval_set=test (default 0)")
+    g.add_argument("--opaque-properties", type=int, default=None, help="events: hashed item properties besides categoryid and available (default 5)")
+    g.add_argument("--format", choices=["csv", "csv.gz", "parquet"], default="csv", help="events: csv or csv.gz only")
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)
 

@@ -22,7 +22,11 @@ Generative story (plausible shape, not tuned to favour any recommender):
 * each visitor's events are views: a fresh item (in a favourite category or by popularity) or
   a revisit of the item last seen fresh; some views are followed by an add-to-cart of the same
   item (a few carts replace their view), most purchases follow a cart of the same item;
-  purchases of a visitor within 30 minutes share a ``transactionid``.
+  purchases of a visitor within 30 minutes share a ``transactionid``;
+* availability: each item with properties starts available or not and toggles at some weekly
+  snapshots; views may hit an unavailable item, but carts and purchases happen only on items
+  whose ``available`` is 1 as of the cart's or purchase's own time (items without properties are
+  never carted), with the rates raised so the shares stay RetailRocket's.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def generate_events_tables(visitors: int = 20_000, seed: int = 42, opaque_proper
     """
     if visitors < 10:
         raise ValueError("visitors must be >= 10")
+    if opaque_properties < 0:
+        raise ValueError("opaque_properties must be >= 0")
     rng = np.random.default_rng(seed)
     scale = visitors / FULL_SIZE["visitors"]
     # FULL_SIZE["items"] counts items with properties, as RetailRocket's 417 k do.
@@ -83,14 +89,16 @@ def generate_events_tables(visitors: int = 20_000, seed: int = 42, opaque_proper
     n_cats = max(30, min(FULL_SIZE["categories"], round(FULL_SIZE["categories"] * scale**0.5)))
     parent = _category_tree(rng, n_cats)
     item_cat, sampler = _items(rng, n_items, n_cats)
-    visitor, item, kind, ts = _events(rng, visitors, item_cat, sampler)
+    has = np.flatnonzero(rng.random(n_items) >= _NO_PROPERTIES)
+    avail_rows, in_stock = _availability(rng, has, n_items)
+    visitor, item, kind, ts = _events(rng, visitors, item_cat, sampler, in_stock)
 
     # Public ids: random, gappy, unrelated to popularity (as RetailRocket's are).
     item_code = rng.choice(int(n_items * 1.12), n_items, replace=False).astype(np.int64)
     cat_code = rng.permutation(n_cats).astype(np.int64)
     visitor_code = rng.permutation(visitors).astype(np.int64)
     events = _events_frame(visitor_code[visitor], item_code[item], kind, ts)
-    properties = _properties(rng, item_cat, n_cats, item_code, cat_code, opaque_properties)
+    properties = _properties(rng, item_cat, n_cats, has, avail_rows, item_code, cat_code, opaque_properties)
     cut = int(properties.height * 0.53)  # RetailRocket's part1 holds a bit over half the rows
     parent_code = pl.Series("parentid", cat_code[np.maximum(parent, 0)]).set(pl.Series(parent < 0), None)
     tree = pl.DataFrame([pl.Series("categoryid", cat_code), parent_code]).sample(fraction=1.0, shuffle=True, seed=seed)
@@ -147,8 +155,9 @@ def _items(rng: np.random.Generator, n_items: int, n_cats: int):
     return cat, build_sampler(cat, weight, n_cats)
 
 
-def _events(rng: np.random.Generator, n_visitors: int, item_cat: np.ndarray, sampler):
-    """(visitor, item, kind, ts) per event; kind indexes `EVENT_TYPES`."""
+def _events(rng: np.random.Generator, n_visitors: int, item_cat: np.ndarray, sampler, in_stock: np.ndarray):
+    """(visitor, item, kind, ts) per event; kind indexes `EVENT_TYPES`; carts and purchases only
+    where ``in_stock`` (see `_availability`) is 1."""
     n0 = 1 + np.minimum(np.floor(rng.pareto(_EVENTS_PARETO_A, n_visitors) * _EVENTS_PARETO_SCALE), _MAX_EVENTS - 1)
     n0 = n0.astype(np.int64)
     visitor = np.repeat(np.arange(n_visitors), n0)
@@ -168,7 +177,7 @@ def _events(rng: np.random.Generator, n_visitors: int, item_cat: np.ndarray, sam
 
     ts = _view_times(rng, visitor, first, n0)
     buyer = rng.gamma(0.3, 1 / 0.3, n_visitors)  # buying propensity: most near zero
-    return _add_carts_and_purchases(rng, visitor, item, ts, buyer[visitor])
+    return _add_carts_and_purchases(rng, visitor, item, ts, buyer[visitor], in_stock)
 
 
 def _view_times(rng: np.random.Generator, visitor: np.ndarray, first: np.ndarray, n0: np.ndarray) -> np.ndarray:
@@ -186,28 +195,45 @@ def _view_times(rng: np.random.Generator, visitor: np.ndarray, first: np.ndarray
     return (T0_MS + start[visitor] + offset * squeeze[visitor]).astype(np.int64)
 
 
-def _add_carts_and_purchases(rng, visitor, item, ts, propensity):
-    """Turn some views into view→cart(→purchase) chains of the same item, at the target shares."""
-    n0 = visitor.size
-    # Solve for per-view rates so carts and purchases end at their shares of ALL events.
+def _add_carts_and_purchases(rng, visitor, item, ts, propensity, in_stock):
+    """Turn some views into view→cart(→purchase) chains of the same item, at the target shares,
+    each cart and purchase on an item available at its own time."""
+    n0, end = visitor.size, T0_MS + SPAN_MS
+    # Every view gets candidate cart and purchase times; the availability at those times decides.
+    replace = rng.random(n0) < _CART_WITHOUT_VIEW  # a cart here replaces its view
+    c_ts = np.where(replace, ts, np.minimum(ts + 1_000 + rng.exponential(60_000.0, n0).astype(np.int64), end))
+    gap = 2_000 + rng.exponential(300_000.0, n0).astype(np.int64)
+    b_cart_ts, b_view_ts = np.minimum(c_ts + gap, end), np.minimum(ts + gap, end)
+    ok_cart, ok_b_cart, ok_b_view = (_available(in_stock, item, t) for t in (c_ts, b_cart_ts, b_view_ts))
+
+    # Solve for per-view rates so carts and purchases end at their shares of ALL events; dividing
+    # by the (propensity-weighted) share of eligible views keeps them there despite availability.
     x = 1.0 / (1.0 - _SHARE_CART * (1 - _CART_WITHOUT_VIEW) - _SHARE_BUY)
     w = propensity / propensity.mean()
-    cart = rng.random(n0) < np.minimum(0.9, _SHARE_CART * x * w)
-    buy_after_cart = cart & (rng.random(n0) < _SHARE_BUY * (1 - _BUY_WITHOUT_CART) / _SHARE_CART)
-    buy_after_view = ~cart & (rng.random(n0) < np.minimum(0.9, _SHARE_BUY * _BUY_WITHOUT_CART * x * w))
-    replace = cart & (rng.random(n0) < _CART_WITHOUT_VIEW)
+    cart = ok_cart & (rng.random(n0) < np.minimum(0.9, _SHARE_CART * x * w / _share(ok_cart * w)))
+    p_after_cart = _SHARE_BUY * (1 - _BUY_WITHOUT_CART) / _SHARE_CART / _share(ok_b_cart[cart])
+    buy_after_cart = cart & ok_b_cart & (rng.random(n0) < p_after_cart)
+    rate_view = _SHARE_BUY * _BUY_WITHOUT_CART * x * w / _share(ok_b_view * w)
+    buy_after_view = ~cart & ok_b_view & (rng.random(n0) < np.minimum(0.9, rate_view))
 
-    kind = np.where(replace, 1, 0).astype(np.int8)  # the base event: a view or a cart in its place
+    kind = np.where(cart & replace, 1, 0).astype(np.int8)  # the base event: a view or a cart in its place
     c_src = np.flatnonzero(cart & ~replace)
-    c_ts = ts[c_src] + 1_000 + rng.exponential(60_000.0, c_src.size).astype(np.int64)
-    cart_ts = ts.copy()
-    cart_ts[c_src] = c_ts  # a purchase follows its cart (or, without one, its view)
     b_src = np.flatnonzero(buy_after_cart | buy_after_view)
-    b_ts = cart_ts[b_src] + 2_000 + rng.exponential(300_000.0, b_src.size).astype(np.int64)
+    b_ts = np.where(buy_after_cart, b_cart_ts, b_view_ts)[b_src]
     src = np.concatenate([np.arange(n0), c_src, b_src])
     kind = np.concatenate([kind, np.ones(c_src.size, np.int8), np.full(b_src.size, 2, np.int8)])
-    ts = np.minimum(np.concatenate([ts, c_ts, b_ts]), T0_MS + SPAN_MS)
-    return visitor[src], item[src], kind, ts
+    return visitor[src], item[src], kind, np.concatenate([ts, c_ts[c_src], b_ts])
+
+
+def _share(values: np.ndarray) -> float:
+    """Mean of ``values``, at least a small floor (a rate divided by it stays finite)."""
+    return max(float(values.mean()) if values.size else 1.0, 1e-3)
+
+
+def _available(in_stock: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """True where ``item`` is available as of ``ts``: the value of the latest weekly snapshot not
+    after it (the reader's as-of rule); snapshot w is at ``T0_MS - WEEK_MS + w * WEEK_MS``."""
+    return in_stock[item, (ts - (T0_MS - WEEK_MS)) // WEEK_MS] == 1
 
 
 def _events_frame(visitor: np.ndarray, item: np.ndarray, kind: np.ndarray, ts: np.ndarray) -> pl.DataFrame:
@@ -235,28 +261,40 @@ def _events_frame(visitor: np.ndarray, item: np.ndarray, kind: np.ndarray, ts: n
     )
 
 
-def _properties(rng, item_cat, n_cats, item_code, cat_code, n_opaque: int) -> pl.DataFrame:
-    """Weekly property snapshots: categoryid (some items move), available (toggles), opaque ones."""
-    n_items = item_cat.size
-    has = np.flatnonzero(rng.random(n_items) >= _NO_PROPERTIES)
-    snap = T0_MS - WEEK_MS + np.arange(N_WEEKS, dtype=np.int64) * WEEK_MS
+def _availability(rng: np.random.Generator, has: np.ndarray, n_items: int):
+    """Weekly ``available`` rows (item, week, value) of the items with properties, and the same
+    history as an item × week matrix (1 available, 0 not, -1 never stated).
 
-    movers = has[rng.random(has.size) < _MOVES_CATEGORY]
-    cat_rows = (
-        np.concatenate([has, movers]),
-        np.concatenate([np.zeros(has.size, np.int64), rng.integers(1, N_WEEKS, movers.size)]),
-        cat_code[np.concatenate([item_cat[has], rng.integers(0, n_cats, movers.size)])],
-    )
-
+    Each item has a row at week 0 and at its toggle weeks, each toggle flipping the value.
+    """
     toggles = rng.poisson(_TOGGLES_MEAN, has.size)
     t_item = np.repeat(has, toggles)
     t_week = rng.integers(1, N_WEEKS, t_item.size)
     avail = pl.DataFrame({"i": np.concatenate([has, t_item]), "w": np.concatenate([np.zeros(has.size, np.int64), t_week])})
     avail = avail.unique().sort("i", "w").with_columns(flips=pl.int_range(pl.len()).over("i"))
     a_item, a_week = avail["i"].to_numpy(), avail["w"].to_numpy()
-    first_value = (rng.random(n_items) < _AVAILABLE_FIRST).astype(np.int64)
+    first_value = (rng.random(n_items) < _AVAILABLE_FIRST).astype(np.int8)
     a_value = (first_value[a_item] + avail["flips"].to_numpy()) % 2  # each later row flips it
 
+    changed = np.zeros((n_items, N_WEEKS), np.int8)
+    changed[a_item, a_week] = 1
+    flips = np.cumsum(changed, axis=1, dtype=np.int8) - 1  # rows so far, the week-0 one not a flip
+    in_stock = (first_value[:, None] + flips) % 2
+    in_stock[flips < 0] = -1  # no row yet: items without properties
+    return (a_item, a_week, a_value), in_stock
+
+
+def _properties(rng, item_cat, n_cats, has, avail_rows, item_code, cat_code, n_opaque: int) -> pl.DataFrame:
+    """Weekly property snapshots: categoryid (some items move), available (`_availability`'s
+    rows), opaque ones."""
+    snap = T0_MS - WEEK_MS + np.arange(N_WEEKS, dtype=np.int64) * WEEK_MS
+    movers = has[rng.random(has.size) < _MOVES_CATEGORY]
+    cat_rows = (
+        np.concatenate([has, movers]),
+        np.concatenate([np.zeros(has.size, np.int64), rng.integers(1, N_WEEKS, movers.size)]),
+        cat_code[np.concatenate([item_cat[has], rng.integers(0, n_cats, movers.size)])],
+    )
+    a_item, a_week, a_value = avail_rows
     frames = [
         _rows(snap, item_code, "categoryid", *cat_rows[:2], pl.Series(cat_rows[2]).cast(pl.String)),
         _rows(snap, item_code, "available", a_item, a_week, pl.Series(a_value).cast(pl.String)),
