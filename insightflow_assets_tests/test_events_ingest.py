@@ -116,13 +116,18 @@ def _imputed(orders: pl.DataFrame) -> pl.DataFrame:
 
 def test_ratings_weigh_the_counts_of_every_visitors_sessions(snapshot):
     snap, _ = snapshot
-    r = build_ratings(_imputed(snap.orders), snap.order_products)
+    # the events form filters visitors and items below 5 interactions by default (seed 003): none here
+    assert build_ratings(_imputed(snap.orders), snap.order_products).height == 0
+    r = build_ratings(_imputed(snap.orders), snap.order_products, min_user_interactions=1, min_item_interactions=1)
     # visitor 1, item 10: view + cart (1 + 4) in session 1, a view in session 2; the purchase
     # after the cut-off is the target, not a rating. Visitor 4 has no target and still rates.
     assert r.select("user_id", "product_id", "purchases", "rating").rows() == [
         (1, 10, 2, 6.0), (1, 11, 1, 1.0), (2, 11, 1, 1.0), (4, 12, 1, 1.0),
     ]  # fmt: skip
-    heavy = build_ratings(_imputed(snap.orders), snap.order_products, event_weights={"view": 0, "addtocart": 1})
+    heavy = build_ratings(
+        _imputed(snap.orders), snap.order_products, event_weights={"view": 0, "addtocart": 1},
+        min_user_interactions=1, min_item_interactions=1,
+    )  # fmt: skip
     assert heavy.filter(pl.col("rating") > 0).select("user_id", "product_id", "rating").rows()[0] == (1, 10, 1.0)
     with pytest.raises(ValueError, match="weights: unknown event type 'click'"):
         build_ratings(_imputed(snap.orders), snap.order_products, event_weights={"click": 1.0})

@@ -499,3 +499,24 @@ def test_plot_day30_png():
     after = {"day30_share": 0.10, "last30_share": 0.45, "n_users_used": 500}
     png = plot_day30(before, after)
     assert isinstance(png, bytes) and png.startswith(b"\x89PNG") and len(png) > 5_000
+
+
+def _mice_report(imputed: dict | None) -> "ArtifactFolder":
+    from resources.io_manager import ArtifactFolder
+
+    scores = {"mice": {"rmse": 7.0}, "median": {"rmse": 6.9}, "n_masked": 100}
+    report = {"mask_and_recover": {"order_hour_of_day": scores, "order_dow": {**scores, "mice": {"rmse": 1.0}}}}
+    if imputed is not None:
+        report["imputed"] = imputed
+    return ArtifactFolder.of({"mice_checks.json": report})
+
+
+def test_mice_check_judges_only_fields_with_imputed_cells():
+    from insightflow_assets.imputation.assets import mice_not_worse_than_median
+
+    # MICE is worse on the hour: that blocks when hours were imputed, or when the count is unknown
+    for imputed in ({"order_hour_of_day": 3, "order_dow": 0}, None):
+        result = mice_not_worse_than_median(_mice_report(imputed))
+        assert not result.passed and list(result.metadata["worse_than_median"].value) == ["order_hour_of_day"]
+    # no hour was imputed (an event log's sessions know every hour): nothing MICE filled can be worse
+    assert mice_not_worse_than_median(_mice_report({"order_hour_of_day": 0, "order_dow": 0})).passed

@@ -48,8 +48,10 @@ def nbr_model(
     window = TrainingWindow(ratings=ratings, orders=orders_imputed, lines=raw_order_products)
     rec = TifuKnn(**params).fit(window)
     users = orders_imputed["user_id"].unique().sort()
-    # complete lists, as exported: short and cold users topped up from popularity
-    recs = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
+    # the model lists the users with ratings (the others have no history it learnt from, or were
+    # filtered out); complete lists, as exported: short and cold users topped up from popularity
+    rated = ratings["user_id"].unique().sort()
+    recs = complete_lists(rec.recommend(rated, config.k), users, config.k, item_popularity(ratings))
     seconds = round(time.perf_counter() - t0, 2)
     info = {"params": rec.params, "chosen_on": "validation (model_selection)", "k": config.k, "seconds": seconds,
             "validation_map@10": chosen.get("map@10")}

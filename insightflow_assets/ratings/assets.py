@@ -9,7 +9,7 @@ from pydantic import Field
 
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.ingest.events_schema import is_events_form
-from insightflow_assets.ratings.build import build_holdout, build_ratings
+from insightflow_assets.ratings.build import build_holdout, build_ratings, default_filter
 from insightflow_assets.ratings.events import DEFAULT_WEIGHTS
 from insightflow_assets.spark.engine import run_stage
 from resources.compute import Compute
@@ -26,8 +26,8 @@ class RatingsConfig(Config):
     filters drop rare users and items."""
 
     half_life_days: Optional[float] = None
-    min_user_interactions: int = 1
-    min_item_interactions: int = 1
+    min_user_interactions: Optional[int] = Field(default=None, description="Default: 1, or 5 on the events form (seed 003's filter).")
+    min_item_interactions: Optional[int] = Field(default=None, description="Default: 1, or 5 on the events form (seed 003's filter).")
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
         description="Events form only: weight of each event type in a rating (view, addtocart, transaction).",
@@ -53,7 +53,10 @@ def ratings(
 ) -> Output[pl.DataFrame]:
     current_run(context)
     params = config.model_dump()
-    if is_events_form(raw_order_products):
+    events = is_events_form(raw_order_products)
+    for name in ("min_user_interactions", "min_item_interactions"):
+        params[name] = default_filter(params[name], events)
+    if events:
         if compute.engine_name() != "local":
             raise RuntimeError("ratings: the events form runs on compute.engine local (the Spark job has no event weights)")
     else:

@@ -171,8 +171,8 @@ def build_ratings(
     order_products: Frame,
     *,
     half_life_days: float | None = None,
-    min_user_interactions: int = 1,
-    min_item_interactions: int = 1,
+    min_user_interactions: int | None = None,
+    min_item_interactions: int | None = None,
     back: int = 0,
     event_weights: dict[str, float] | None = None,
 ) -> pl.DataFrame:
@@ -205,10 +205,14 @@ def build_ratings(
     A single pass is not a fixed point: after the user filter some items may
     fall below the item threshold again; we deliberately do not iterate.
 
-    Defaults are 1/1 (no filtering): a grocery user with few orders still needs
-    recommendations and every product in a basket is a real purchase. Seed
-    003's 5/5 thresholds came from sparse e-commerce click/cart events, where
-    low-count users/items are mostly noise; both thresholds stay configurable.
+    Defaults (None) are 1/1 (no filtering) for baskets: a grocery user with few
+    orders still needs recommendations and every product in a basket is a real
+    purchase. On the events form they are seed 003's 5/5: on sparse click/cart
+    logs low-count visitors/items are mostly noise, and the visitors filtered
+    out get the popular list (at RetailRocket's size the filter keeps the
+    models to the visitors they can serve; it cost 0.0025 validation Recall@20,
+    `benchmarks/results/2026-11-30-events_quality-v1407580.json`). Both
+    thresholds stay configurable.
 
     Events form (module docstring): ``purchases`` counts the sessions with the item and
     ``rating`` sums ``event_weights`` (default view 1 / cart 4 / purchase 8) times the counts,
@@ -218,10 +222,13 @@ def build_ratings(
     """
     if half_life_days is not None and not half_life_days > 0:
         raise ValueError(f"half_life_days must be > 0 or None, got {half_life_days!r}")
+    events = is_events_form(order_products)
+    min_user_interactions, min_item_interactions = (
+        default_filter(min_user_interactions, events), default_filter(min_item_interactions, events)
+    )
     if min_user_interactions < 1 or min_item_interactions < 1:
         raise ValueError("min_user_interactions and min_item_interactions must be >= 1")
 
-    events = is_events_form(order_products)
     weights = check_weights(event_weights if event_weights is not None else DEFAULT_WEIGHTS) if events else None
     train_orders = _training_orders(orders_imputed, order_products, back, events)
     lines = (
@@ -294,6 +301,14 @@ def build_ratings(
         .drop("_key")
         .collect()
     )
+
+
+EVENTS_MIN_INTERACTIONS = 5  # seed 003's filters, the events form's default
+
+
+def default_filter(value: int | None, events: bool) -> int:
+    """A minimum-interactions setting: as given, else the form's default."""
+    return value if value is not None else (EVENTS_MIN_INTERACTIONS if events else 1)
 
 
 def _training_orders(orders_imputed: Frame, order_products: Frame, back: int, events: bool) -> pl.LazyFrame:
