@@ -186,8 +186,8 @@ def test_check_job_reruns_every_check_of_a_stored_run(tmp_path, small_clean_dir,
     run = "run-20260403-000000"
     assert run_graph(instance, run_key=run, defs=defs).ok
     outcome = run_checks(instance, run, defs=defs)
-    assert outcome.ok and len(outcome.checks) >= 16
-    assert {c["check"] for c in outcome.checks} >= {"ratings_valid", "bedrock_inputs_match_schema", "no_empty_segment"}
+    assert outcome.ok and len(outcome.checks) >= 15
+    assert {c["check"] for c in outcome.checks} >= {"ratings_valid", "exports_valid", "user_seg_valid"}
     # break a stored artifact: the check run reports it
     path = curated / "recsys/ratings/run-20260403-000000/ratings.parquet"
     ratings = pl.read_parquet(path)

@@ -3,7 +3,8 @@
 The graph runs once on the small fixture (`small_run`, nothing promoted). Each test then
 corrupts one stored artifact the way its check guards against, re-runs every check of the
 run against what is stored (`runner.run_checks`, as `make check` does) and asserts that
-exactly that check fails; then that the promotion gate, reading the instance as
+exactly that check fails (and, for a check of several conditions, that it names exactly
+the condition broken); then that the promotion gate, reading the instance as
 `latest_manifest` does, refuses the run naming that check, and that the `latest_manifest`
 step itself fails with latest/ untouched. Every stored file is put back after each test.
 """
@@ -21,9 +22,12 @@ import polars as pl
 import pytest
 from dagster import AssetCheckResult, AssetKey
 
+from insightflow_assets.exports.assets import EXPORTS_CONDITIONS
+from insightflow_assets.imputation.assets import ORDERS_IMPUTED_CONDITIONS
 from insightflow_assets.publish.gate import check_statuses, guarding_checks, verdict
 from insightflow_assets.publish.promotion import read_manifest
 from insightflow_assets.runner import run_checks, run_graph
+from insightflow_assets.segmentation.assets import USER_SEG_CONDITIONS
 from resources import LocalStorage
 from resources.layout import LATEST_MANIFEST, artifact
 
@@ -66,7 +70,7 @@ def a_later_order(df: pl.DataFrame) -> int:
     return int(df.with_row_index("_i").filter(~pl.col("is_first_order"))["_i"][0])
 
 
-# --- one corruption per blocking check: each seen by that check alone ---------------------------
+# --- one corruption per blocking condition: each seen by that condition alone ---------------------------
 
 
 def null_imputed_cell(s: Stored) -> None:
@@ -83,7 +87,8 @@ def drop_an_imputed_order(s: Stored) -> None:
 
 def mice_worse_than_median(s: Stored) -> None:
     def change(report: dict) -> None:
-        v = next(v for v in report["mask_and_recover"].values() if v["n_masked"])  # a scored field
+        imputed = report.get("imputed", {})
+        v = next(v for c, v in report["mask_and_recover"].items() if v["n_masked"] and imputed.get(c) != 0)  # a judged field
         v["mice"]["rmse"] = v["median"]["rmse"] + 1.0
 
     s.edit_json("mice_checks", "mice_checks.json", change)
@@ -180,23 +185,25 @@ def basket_items_cut_to_five(s: Stored) -> None:
     )
 
 
+# "asset:check", or "asset:check/condition" for each condition of a check of several
+# (`common.all_conditions`): every blocking condition is shown failing on its own.
 CORRUPTIONS: dict[str, Callable[[Stored], None]] = {
-    "orders_imputed:imputed_columns_complete": null_imputed_cell,
-    "orders_imputed:imputed_values_in_domain": hour_out_of_domain,
-    "orders_imputed:imputed_row_count_matches_input": drop_an_imputed_order,
+    "orders_imputed:orders_imputed_valid/imputed_columns_complete": null_imputed_cell,
+    "orders_imputed:orders_imputed_valid/imputed_values_in_domain": hour_out_of_domain,
+    "orders_imputed:orders_imputed_valid/imputed_row_count_matches_input": drop_an_imputed_order,
     "mice_checks:mice_not_worse_than_median": mice_worse_than_median,
     "ratings:ratings_valid": zero_rating,
     "als_model:als_factors_finite": nan_factor,
     "als_eval:als_eval_metrics_in_range": coverage_above_one("als_eval"),
     "als_postrank:postrank_metrics_in_range": coverage_above_one("als_postrank"),
     "user_recos:every_user_gets_k_items": a_short_list,
-    "user_seg:every_rated_user_has_one_segment": lowest_hv_user_renamed,
-    "user_seg:no_empty_segment": gap_in_segment_ids,
-    "user_seg:no_segment_below_min_share": a_tiny_segment,
+    "user_seg:user_seg_valid/every_rated_user_has_one_segment": lowest_hv_user_renamed,
+    "user_seg:user_seg_valid/no_empty_segment": gap_in_segment_ids,
+    "user_seg:user_seg_valid/no_segment_below_min_share": a_tiny_segment,
     "segment_popularity:segment_popularity_bounded": zero_lift,
-    "exports:high_value_cohort_is_top_hv": high_value_cohort_reordered,
-    "exports:bedrock_inputs_match_schema": a_line_that_is_not_json,
-    "exports:export_row_counts": random_cohort_short,
+    "exports:exports_valid/high_value_cohort_is_top_hv": high_value_cohort_reordered,
+    "exports:exports_valid/bedrock_inputs_match_schema": a_line_that_is_not_json,
+    "exports:exports_valid/export_row_counts": random_cohort_short,
     "lightfm_model:lightfm_embeddings_finite": nan_lightfm_vector,
     "basket_eval:basket_queries_return_k_new_products": basket_items_cut_to_five,
 }
@@ -223,8 +230,20 @@ def stored(small_run):
             path.write_bytes(data)
 
 
+# The conditions of each check of several, as its module lists them.
+CONDITIONS = {
+    "orders_imputed:orders_imputed_valid": ORDERS_IMPUTED_CONDITIONS,
+    "user_seg:user_seg_valid": USER_SEG_CONDITIONS,
+    "exports:exports_valid": EXPORTS_CONDITIONS,
+}
+
+
 def _name(check: dict) -> str:
     return f"{check['asset']}:{check['check']}"
+
+
+def _check(case: str) -> str:
+    return case.partition("/")[0]
 
 
 def gate_now(small_run):
@@ -246,16 +265,41 @@ def latest_bytes(curated: Path) -> bytes | None:
 def test_every_blocking_check_of_the_code_location_has_a_corruption(small_run):
     graph = small_run.defs.resolve_asset_graph()
     blocking = {k.to_user_string() for k in graph.asset_check_keys if graph.get(k).blocking}
-    assert set(CORRUPTIONS) == blocking
+    assert {_check(case) for case in CORRUPTIONS} == blocking
     assert {k.to_user_string() for k in guarding_checks(graph, LATEST)} == blocking  # all guard latest/
+    # a check of several conditions has a corruption per condition; any other, one in all
+    for check in blocking:
+        conditions = [case.partition("/")[2] for case in CORRUPTIONS if _check(case) == check]
+        assert conditions == ([c.__name__ for c in CONDITIONS[check]] if check in CONDITIONS else [""]), check
 
 
-@pytest.mark.parametrize("check", sorted(CORRUPTIONS))
-def test_the_check_fails_on_bad_data_and_blocks_latest(small_run, baseline, stored, check):
-    CORRUPTIONS[check](stored)
+def test_a_check_of_several_conditions_names_each_failed_one():
+    from insightflow_assets.common import all_conditions
+
+    def holds(x: int) -> AssetCheckResult:
+        """Holds."""
+        return AssetCheckResult(passed=True, metadata={"x": x})
+
+    def breaks(x: int) -> AssetCheckResult:
+        """Breaks."""
+        return AssetCheckResult(passed=False, metadata={"x": x})
+
+    merged = all_conditions([holds, breaks], x=1)
+    assert not merged.passed and merged.description == "failed: breaks"
+    assert {k: getattr(v, "value", v) for k, v in merged.metadata.items()} == {"failed": ["breaks"], "breaks x": 1}
+    assert all_conditions([holds], x=1).passed and all_conditions([holds], x=1).metadata["failed"].value == []
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_the_check_fails_on_bad_data_and_blocks_latest(small_run, baseline, stored, case):
+    CORRUPTIONS[case](stored)
+    check, _, condition = case.partition("/")
 
     outcome = run_checks(small_run.instance, small_run.run_key, defs=small_run.defs)
     assert [_name(c) for c in outcome.failed_error_checks] == [check]
+    if condition:  # the merged check names the broken condition, and no other
+        (failed,) = outcome.failed_error_checks
+        assert failed["metadata"]["failed"] == [condition]
     # no other check noticed; those reading the bad asset as an extra input may not run at all
     # (Dagster's in-run blocking skips what depends on the failed check)
     others = {_name(c): c["passed"] for c in outcome.checks if _name(c) != check}
@@ -263,7 +307,7 @@ def test_the_check_fails_on_bad_data_and_blocks_latest(small_run, baseline, stor
 
     gate = gate_now(small_run)
     assert (gate.open, gate.failed, gate.stale) == (False, [check], [])
-    assert gate.missing == sorted(set(outcome.skipped_checks) & set(CORRUPTIONS))  # the ones blocked in-run
+    assert gate.missing == sorted(set(outcome.skipped_checks) & set(map(_check, CORRUPTIONS)))  # the ones blocked in-run
 
     before = latest_bytes(small_run.curated)
     promoting = run_graph(small_run.instance, run_key=small_run.run_key, defs=small_run.defs, selection=["latest_manifest"])

@@ -459,7 +459,7 @@ def test_pandas_user_seg_accepted(rfm_tables):
 
 # --- chart metadata: paths and one small preview, not the charts --------------------------
 
-PREVIEW_CAP = 6_000  # resources.previews.MAX_PREVIEW_BYTES: a test of the promise, not a copy of the code
+PREVIEW_CAP = 3_000  # resources.previews.MAX_PREVIEW_BYTES: a test of the promise, not a copy of the code
 LOG_TARGET = 300_000  # bytes of event log per whole run (issue 13)
 
 
@@ -489,8 +489,8 @@ def test_chart_metadata_names_every_chart_by_path_and_previews_the_first(rfm_tab
     thumb = inline_png(md)
     assert len(thumb) <= PREVIEW_CAP < len(files["cluster_profiles.png"])
     with Image.open(io.BytesIO(thumb)) as img:
-        assert max(img.size) <= 280 and img.getcolors(256)  # a palette image, downscaled
-    assert "/curated/rfm/cluster_profiles.png" in md
+        assert max(img.size) <= 200 and img.getcolors(256)  # a palette image, downscaled
+    assert "the `cluster_profiles` path" in md  # the full size: its path entry, not the path again
 
 
 def test_chart_without_a_small_enough_preview_gets_its_path_only():
@@ -568,9 +568,9 @@ def test_run_event_log_within_target(run_log):
     # The bytes of a run's log do not grow with users (previews are capped, tables described by
     # their schema), so the 2,000-user target applies to the small dataset as it is. The stores'
     # folders are counted by a short name: a longer temp dir is the machine's, not the log's.
-    ours = [r for r in records if r.step_key is None or r.step_key in ISSUE_13_STEPS]
     assert {r.step_key for r in records if r.dagster_event and r.dagster_event.is_step_success} >= ISSUE_13_STEPS
-    assert sum(log_bytes(ours, {"/curated": curated, "/clean": clean})) <= LOG_TARGET
+    # the whole run, with the assets added since the issue (benchmarks/bench_event_log.py: ~283 KB)
+    assert sum(log_bytes(records, {"/curated": curated, "/clean": clean})) <= LOG_TARGET
 
 
 def test_each_value_is_logged_once(run_log):
@@ -580,11 +580,12 @@ def test_each_value_is_logged_once(run_log):
     events = [r.dagster_event for r in records if r.dagster_event is not None]
     kinds = Counter(e.event_type_value for e in events)
     assert kinds["STEP_INPUT"] == kinds["LOADED_INPUT"] == 0  # upstream values read through the IO manager
+    assert kinds["HANDLED_OUTPUT"] == 0  # values stored through it in the step (common._store_in_step)
     outputs = [e for e in events if e.event_type_value in ("STEP_OUTPUT", "HANDLED_OUTPUT")]
     assert outputs and all(not e.event_specific_data.metadata for e in outputs)
     asset_steps = {e.step_key for e in events if e.event_type_value == "ASSET_MATERIALIZATION"}
     evaluated = {e.step_key for e in events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    assert kinds["ASSET_CHECK_EVALUATION"] >= 18 and evaluated <= asset_steps  # no step of their own
+    assert kinds["ASSET_CHECK_EVALUATION"] >= 15 and evaluated <= asset_steps  # no step of their own
     assert kinds["STEP_START"] == len(asset_steps | {"latest_manifest"})
     # ... and nothing lost: the materializations carry the IO manager's and the asset's metadata
     mats = materializations(records)

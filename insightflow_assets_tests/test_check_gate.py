@@ -51,7 +51,7 @@ def test_guarding_checks_are_derived_from_the_graph_not_listed():
     # a run's job graph only holds the selected checks: the gate must look past it
     subset = job.get_subset(asset_selection={AssetKey("latest_manifest")})
     names = {k.to_user_string() for k in guarding_checks(subset.asset_layer.asset_graph, AssetKey("latest_manifest"))}
-    assert {MICE, "user_seg:added_later", "orders_imputed:imputed_columns_complete"} <= names
+    assert {MICE, "user_seg:added_later", "orders_imputed:orders_imputed_valid"} <= names
     assert "user_seg:only_a_warning" not in names and "als_eval:als_beats_popularity" not in names
     # every other asset is upstream of latest_manifest, so every blocking check guards it
     graph = merged.resolve_asset_graph()
@@ -59,7 +59,7 @@ def test_guarding_checks_are_derived_from_the_graph_not_listed():
 
 
 def test_summary_names_skipped_checks():
-    checks = [{"asset": "user_seg", "check": "no_empty_segment", "passed": True, "severity": "ERROR", "metadata": {}}]
+    checks = [{"asset": "user_seg", "check": "user_seg_valid", "passed": True, "severity": "ERROR", "metadata": {}}]
     assert checks_summary(checks, [MICE]) == [f"asset checks: 1/1 passed, 1 skipped: {MICE}"]
     assert checks_summary(checks, []) == ["asset checks: 1/1 passed"]
 
@@ -106,5 +106,5 @@ def test_a_pass_on_rewritten_data_does_not_count(tmp_path, small_clean_dir, inst
     assert no_checks.execute_in_process(instance=instance, partition_key=OLD).success
     outcome = run_graph(instance, run_key=OLD, defs=defs, selection=["latest_manifest"])
     assert not outcome.ok
-    assert any("stale: " in e and "user_seg:no_empty_segment" in e for e in outcome.errors), outcome.errors
+    assert any("stale: " in e and "user_seg:user_seg_valid" in e for e in outcome.errors), outcome.errors
     assert (curated / LATEST_MANIFEST).read_bytes() == before

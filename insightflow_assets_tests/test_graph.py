@@ -58,7 +58,7 @@ def test_whole_graph_succeeds_with_every_blocking_check(local_run):
         assert outcome.failed_error_checks == [], outcome.failed_error_checks
         names = {c["check"] for c in outcome.checks}
         assert {
-            "imputed_columns_complete",
+            "orders_imputed_valid",
             "mice_not_worse_than_median",
             "ratings_valid",
             "als_factors_finite",

@@ -73,7 +73,7 @@ def test_run_without_time_of_day(tmp_path, instance, small_tables):
     assert warn["passed"] is False and warn["severity"] == "WARN"
     assert warn["metadata"]["unknown_fields"] == [HOUR]
     errors = [c for c in outcome.checks if c["severity"] == "ERROR"]
-    assert {"imputed_columns_complete", "imputed_values_in_domain", "mice_not_worse_than_median"} <= {
+    assert {"orders_imputed_valid", "mice_not_worse_than_median"} <= {
         c["check"] for c in errors
     }
     assert all(c["passed"] for c in errors), errors

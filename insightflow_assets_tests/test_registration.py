@@ -104,14 +104,13 @@ ASSETS_BEFORE = {
     "als_model", "model_selection", "nbr_model", "als_eval", "user_recos", "als_postrank", "eval_charts",
     "user_seg", "segment_popularity", "rfm_charts", "exports", "latest_manifest",
 }  # fmt: skip
+# (the blocking conditions of orders_imputed, user_seg and exports listed then are each one
+# check of several conditions since: common.all_conditions)
 CHECKS_BEFORE = {
     "als_eval:als_beats_popularity", "als_eval:als_eval_metrics_in_range", "als_model:als_factors_finite",
-    "als_postrank:postrank_metrics_in_range", "exports:bedrock_inputs_match_schema", "exports:export_row_counts",
-    "exports:high_value_cohort_is_top_hv", "mice_checks:mice_not_worse_than_median",
-    "orders_imputed:imputed_columns_complete", "orders_imputed:imputed_row_count_matches_input",
-    "orders_imputed:imputed_values_in_domain", "orders_imputed:no_unknown_fields", "ratings:ratings_valid",
-    "segment_popularity:segment_popularity_bounded", "user_recos:every_user_gets_k_items",
-    "user_seg:every_rated_user_has_one_segment", "user_seg:no_empty_segment", "user_seg:no_segment_below_min_share",
+    "als_postrank:postrank_metrics_in_range", "exports:exports_valid", "mice_checks:mice_not_worse_than_median",
+    "orders_imputed:orders_imputed_valid", "orders_imputed:no_unknown_fields", "ratings:ratings_valid",
+    "segment_popularity:segment_popularity_bounded", "user_recos:every_user_gets_k_items", "user_seg:user_seg_valid",
 }  # fmt: skip
 
 

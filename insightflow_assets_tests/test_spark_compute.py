@@ -90,7 +90,8 @@ def test_checks_ran_and_passed_on_spark_outputs(engines):
     expected = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys
                 if k.asset_key.to_user_string() in SPARK_ASSETS}  # fmt: skip
     ran = {f"{c['asset']}:{c['check']}": c["passed"] for c in engines.spark.outcome.checks}
-    assert len(expected) >= 5 and expected <= set(ran)
+    # ratings_valid, user_seg_valid (its three conditions) and segment_popularity_bounded
+    assert len(expected) >= 3 and expected <= set(ran)
     assert all(ran[k] for k in expected), {k: ran[k] for k in expected}
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     ConfigurableIOManager,
     DagsterInvariantViolationError,
     InputContext,
@@ -142,9 +143,6 @@ class CuratedIOManager(ConfigurableIOManager):
     storage: ResourceDependency[Storage]
 
     # --- helpers --------------------------------------------------------------------
-    def _spec(self, context: InputContext | OutputContext) -> Artifact:
-        return artifact(context.asset_key.path[-1])
-
     def keys_for(self, name: str, partition_key: str) -> dict[str, str]:
         return artifact(name).keys(partition_key)
 
@@ -154,9 +152,14 @@ class CuratedIOManager(ConfigurableIOManager):
             return
         if not context.has_partition_key:
             raise ValueError(f"{context.asset_key.to_user_string()} must be materialized for a run partition")
-        run_key = context.partition_key
+        materialization_metadata(context, self.store(context.asset_key, context.partition_key, obj))
+
+    def store(self, asset_key: AssetKey, run_key: str, obj: Any) -> dict[str, Any]:
+        """Write ``obj`` where the layout keeps ``asset_key`` for run ``run_key``; the metadata
+        of what was written. `handle_output`, and a step storing its value itself
+        (`insightflow_assets.common.lean_step`), both come here."""
         run_ts(run_key)  # refuse a malformed key before anything is written
-        spec = self._spec(context)
+        spec = artifact(asset_key.path[-1])
         keys = spec.keys(run_key)
 
         if len(spec.files) == 1:
@@ -164,12 +167,10 @@ class CuratedIOManager(ConfigurableIOManager):
             files = {name: encode_value(name, obj)}
         else:
             if not isinstance(obj, ArtifactFolder):
-                raise TypeError(
-                    f"{context.asset_key.to_user_string()} stores {len(spec.files)} files; return an ArtifactFolder"
-                )
+                raise TypeError(f"{asset_key.to_user_string()} stores {len(spec.files)} files; return an ArtifactFolder")
             unknown = set(obj) - set(spec.files)
             if unknown:
-                raise ValueError(f"{sorted(unknown)} are not part of the layout for {context.asset_key.to_user_string()}")
+                raise ValueError(f"{sorted(unknown)} are not part of the layout for {asset_key.to_user_string()}")
             files = dict(obj.files)
 
         for name, data in files.items():
@@ -187,7 +188,7 @@ class CuratedIOManager(ConfigurableIOManager):
         elif isinstance(obj, ArtifactFolder):
             meta.update(folder_table_metadata(files))
         meta.update(chart_metadata(files, lambda name: self.storage.uri(keys[name])))
-        materialization_metadata(context, meta)
+        return meta
 
     # --- input --------------------------------------------------------------------
     def load_run(self, name: str, run_key: str) -> Any:

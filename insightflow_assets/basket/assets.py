@@ -64,7 +64,6 @@ def basket_pairs(
         choice=ChoiceParams(baskets=config.choice_baskets, seed=config.seed),
     )
     choice = info["profile_choice"]
-    context.log.info(f"basket_pairs: profile {choice['active']!r} chosen on {choice['queries']} validation queries")
     profiles = info.pop("profiles")  # profiles.json, not params.json
     info["seconds"] = round(time.perf_counter() - t0, 2)
     info["cart_order_missing_lines"] = int(raw_order_products["add_to_cart_order"].null_count()) \
@@ -144,7 +143,6 @@ def basket_eval(
                   profile_choice=basket_pairs.json("params.json").get("profile_choice"),
                   eval_config=config.model_dump(), seconds=round(time.perf_counter() - t0, 2))
     metrics = {k: v for k, v in result.items() if k != "by_size"}
-    context.log.info(f"basket_eval: {len(qs)} queries in {result['seconds']} s")
     numbers = {f"{_label(name)}_{key}": float(v) for name, m in result["methods"].items()
                for key, v in m.items() if key in ("hit@10", "mrr@10", "recall_rest@10")}
     return Output(

@@ -5,7 +5,7 @@ import json
 import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
-from insightflow_assets.common import current_run, run_asset, run_check
+from insightflow_assets.common import all_conditions, conditions_description, current_run, run_asset, run_check
 from insightflow_assets.exports.build import EXPORT_FILES, build_exports, jsonl_text, shortened, validate_bedrock_lines
 from insightflow_assets.exports.conform import conform_segmentation
 from insightflow_assets.segmentation.rfm import centroids_from_user_seg
@@ -66,7 +66,6 @@ def exports(
 # --- checks --------------------------------------------------------------------------------
 
 
-@run_check(asset=exports, additional_ins={"user_seg": AssetIn("user_seg")})
 def high_value_cohort_is_top_hv(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """users_high_value is exactly the hv_n users with the highest hv (ties by user_id)."""
     exported = exports.frame("users_high_value.parquet")
@@ -77,7 +76,6 @@ def high_value_cohort_is_top_hv(exports: ArtifactFolder, user_seg: pl.DataFrame,
     )
 
 
-@run_check(asset=exports)
 def bedrock_inputs_match_schema(exports: ArtifactFolder) -> AssetCheckResult:
     """Every line of bedrock_inputs.jsonl parses and matches its JSON Schema."""
     text = exports["bedrock_inputs.jsonl"].decode()
@@ -93,7 +91,6 @@ def bedrock_inputs_match_schema(exports: ArtifactFolder) -> AssetCheckResult:
     )
 
 
-@run_check(asset=exports, additional_ins={"user_seg": AssetIn("user_seg")})
 def export_row_counts(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """Cohorts of hv_n / rand_n users (fewer only if fewer users exist), Top-K per segment and user."""
     n_users = user_seg.height
@@ -113,4 +110,16 @@ def export_row_counts(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmP
     )
 
 
-CHECKS = [high_value_cohort_is_top_hv, bedrock_inputs_match_schema, export_row_counts]
+# The blocking conditions on the exports, evaluated as one Dagster check (`all_conditions`).
+EXPORTS_CONDITIONS = [high_value_cohort_is_top_hv, bedrock_inputs_match_schema, export_row_counts]
+
+
+@run_check(
+    asset=exports, additional_ins={"user_seg": AssetIn("user_seg")}, description=conditions_description(EXPORTS_CONDITIONS)
+)
+def exports_valid(exports: ArtifactFolder, user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
+    """Every blocking condition on the exports (EXPORTS_CONDITIONS) holds."""
+    return all_conditions(EXPORTS_CONDITIONS, exports=exports, user_seg=user_seg, rfm=rfm)
+
+
+CHECKS = [exports_valid]

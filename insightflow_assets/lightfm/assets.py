@@ -77,11 +77,6 @@ def lightfm_model(
     trained.embeddings.params.update(k=config.k, seconds=seconds)
     # the validation scores of the chosen epoch, when there was a validation phase
     best = trained.curve[trained.best_epoch - 1] if trained.curve else {}
-    context.log.info(
-        f"LightFM: {len(trained.curve)} validation epochs, best {trained.best_epoch} "
-        f"(precision@10 {best.get('precision@10', float('nan')):.4f}); "
-        f"final fit {int(trained.embeddings.params['epochs_final'])} epochs"
-    )
     return Output(
         ArtifactFolder(encode_files({**trained.embeddings.to_files(), RECS_FILE: recs})),
         metadata={

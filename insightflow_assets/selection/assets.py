@@ -56,7 +56,6 @@ def model_selection(
     als = {**config.als, "fit_users": config.als_fit_users}
     report = select(default_candidates(als, config.grid), window, truth, users)
     win = report["winner"]
-    context.log.info(f"validation winner: {win['label']} map@10={win['map@10']:.4f}")
     best = report["best_per_method"]
     return Output(
         report,
