@@ -1,5 +1,6 @@
 """Evaluation: `als_eval`, ALS scored against honest baselines on the held-out baskets."""
 
+import math
 from typing import Optional
 
 import polars as pl
@@ -13,6 +14,7 @@ from dagster import (
 )
 
 from insightflow_assets.common import current_run, run_asset, run_check
+from insightflow_assets.evaluation.event_report import category_method, is_unbounded, peer_scores
 from insightflow_assets.evaluation.offline import (
     HEADLINE_K,
     eval_users,
@@ -22,6 +24,7 @@ from insightflow_assets.evaluation.offline import (
     metrics_table,
     undefined_metrics,
 )
+from insightflow_assets.ingest.events_schema import is_events_form
 from insightflow_assets.model.als import AlsModel, lists_from, recommend
 from resources.io_manager import ArtifactFolder, markdown_table
 from resources.layout import Artifact
@@ -52,7 +55,8 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
 
     A metric reported as undefined (null, with the reason under ``"undefined"`` beside it: e.g.
     repeat recall when no target basket holds a repeat item) is listed, not failed; a null or
-    NaN anywhere else still fails.
+    NaN anywhere else still fails. The events form's shares (cold_share, reranked_share) are
+    checked too; its novelty@K (bits) and diversity@K (categories per list) only for finite >= 0.
     """
     metrics = folder.json("metrics.json")
     values: dict[str, float] = {}
@@ -64,13 +68,15 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
         for k, v in d.items():
             if isinstance(v, dict):
                 walk(f"{prefix}{k}.", v)
-            elif ("@" in k or k.startswith("coverage")) and not (v is None and d.get("undefined")):
+            elif ("@" in k or k.startswith("coverage") or k.endswith("_share")) and not (v is None and d.get("undefined")):
                 values[prefix + k] = v
 
     for section in ("als", "baseline", "baselines", "methods"):
         walk(f"{section}.", metrics.get(section, {}))
     walk("", folder.json("coverage.json"))
-    bad = {k: v for k, v in values.items() if not _in_unit_interval(v)}
+    # novelty (bits) and diversity (categories) of the events form are not shares: finite, >= 0
+    in_range = {k: _non_negative(v) if is_unbounded(k.rsplit(".", 1)[-1]) else _in_unit_interval(v) for k, v in values.items()}
+    bad = {k: v for k, v in values.items() if not in_range[k]}
     return AssetCheckResult(
         passed=not bad,
         metadata={
@@ -79,6 +85,10 @@ def metrics_in_unit_interval(folder: ArtifactFolder) -> AssetCheckResult:
             "undefined": MetadataValue.json(undefined),
         },
     )
+
+
+def _non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0.0
 
 
 def _in_unit_interval(v) -> bool:
@@ -111,7 +121,8 @@ def als_candidates(
     kinds={"polars", "json"},
     description=(
         "precision/recall/MAP/NDCG/hit-rate@K on the held-out baskets of every method: ALS, the next-basket "
-        "model (TIFU-KNN), LightFM, global popularity, P-TopFreq and GP-TopFreq (the `methods` map)."
+        "model (TIFU-KNN), LightFM, global popularity, P-TopFreq and GP-TopFreq (the `methods` map). Event log: "
+        "also ALS + category re-rank, and the peer's Coverage/Novelty/Diversity@5, cold and re-ranked shares."
     ),
 )
 def als_eval(
@@ -129,14 +140,19 @@ def als_eval(
     model = AlsModel.from_files(als_model.files)
     users = eval_users(holdout, config.sample_users, config.seed)
     recs = lists_from(model, als_candidates, users, max(config.ks))
+    extra = {"tifu_knn": nbr_model.frame("recs.parquet"), "lightfm": lightfm_model.frame("recs.parquet")}
+    more = None
+    if is_events_form(products):
+        # the peer's metric set in every entry, and the category re-rank of the same ALS candidates
+        extra["als_category"] = category_method(als_candidates, users, ratings, products, max(config.ks))
+        more = peer_scores(ratings, products)
     metrics, cov = evaluation_report(
         recs, ratings, holdout, users, n_items=products.height, ks=tuple(config.ks),
-        extra_recs={"tifu_knn": nbr_model.frame("recs.parquet"), "lightfm": lightfm_model.frame("recs.parquet")},
-    )
+        extra_recs=extra, more_scores=more,
+    )  # fmt: skip
     metrics["diversity"] = {"k": HEADLINE_K, "als": list_diversity(recs, model.item_ids, model.item_factors, ratings, HEADLINE_K)}
     metrics["eval_config"] = config.model_dump()
     winner = metrics["winner"]
-    context.log.info(f"best at {winner['metric']}: {winner['method']} ({winner['value']:.4f})")
     return Output(
         ArtifactFolder.of({"metrics.json": metrics, "coverage.json": cov}),
         metadata={

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -116,18 +117,25 @@ class Judge:
         return cls(truth=truth, seen=history_keys(history), users=users, ks=tuple(ks))
 
 
-def score_method(recs: pl.DataFrame, judge: Judge) -> dict:
-    """One method's entry of the ``methods`` map: metrics@K, repeat/explore and repetition."""
+# more metrics of a form (e.g. the events form's peer set): (recs, judge) -> {metric: value}
+MoreScores = Callable[[pl.DataFrame, "Judge"], dict]
+
+
+def score_method(recs: pl.DataFrame, judge: Judge, more: MoreScores | None = None) -> dict:
+    """One method's entry of the ``methods`` map: metrics@K, repeat/explore and repetition, plus
+    what ``more`` adds (never replacing a metric already there)."""
     out = evaluate(recs, judge.truth, judge.ks)
     k = HEADLINE_K if HEADLINE_K in judge.ks else max(judge.ks)
     out[f"repetition@{k}"] = repetition_ratio(recs, judge.seen, k, judge.users)
+    if more is not None:
+        out.update({key: v for key, v in more(recs, judge).items() if key not in out})
     return out
 
 
-def baseline_scores(ratings: pl.DataFrame, judge: Judge) -> dict:
+def baseline_scores(ratings: pl.DataFrame, judge: Judge, more: MoreScores | None = None) -> dict:
     """The three baselines scored on the judge's users: ``{"baseline", "p_topfreq", "gp_topfreq"}``."""
     lists = baseline_recs(ratings, judge.users, max(judge.ks))
-    return {name: score_method(recs, judge) for name, recs in lists.items()}
+    return {name: score_method(recs, judge, more) for name, recs in lists.items()}
 
 
 def baselines_of(report: dict) -> dict:
@@ -153,22 +161,24 @@ def evaluation_report(
     method: str = "als",
     baselines: dict | None = None,
     extra_recs: dict[str, pl.DataFrame] | None = None,
+    more_scores: MoreScores | None = None,
 ) -> tuple[dict, dict]:
     """``(metrics, coverage)`` of one method next to the baselines, in the seed's schema.
 
     ``history`` for the repeat/explore split is the ratings' (user, product) pairs, i.e. what
     each user bought before the target basket. ``baselines`` (from `baseline_scores`, or a
     stored report on the same users) saves scoring them again; ``extra_recs`` are further
-    methods scored on the same users. Every method is in ``methods`` (this module owns that
-    map: ``{method: {metric@K…, repeat: {…}, explore: {…}, repetition@K}}``); the seed's keys
-    ``als``, ``baseline``, ``lift``, ``finished_at_utc`` stay as they were.
+    methods scored on the same users; ``more_scores`` adds a form's own metrics to every
+    method's entry (reused ``baselines`` keep theirs). Every method is in ``methods`` (this
+    module owns that map: ``{method: {metric@K…, repeat: {…}, explore: {…}, repetition@K}}``);
+    the seed's keys ``als``, ``baseline``, ``lift``, ``finished_at_utc`` stay as they were.
     """
     kmax = max(ks)
     judge = Judge.of(ratings, holdout, users, ks)
-    scored = {method: score_method(method_recs, judge)}
+    scored = {method: score_method(method_recs, judge, more_scores)}
     for name, recs in (extra_recs or {}).items():
-        scored[name] = score_method(recs, judge)
-    scored.update(baselines if baselines is not None else baseline_scores(ratings, judge))
+        scored[name] = score_method(recs, judge, more_scores)
+    scored.update(baselines if baselines is not None else baseline_scores(ratings, judge, more_scores))
 
     key = f"map@{HEADLINE_K}" if HEADLINE_K in ks else f"map@{kmax}"
     # An undefined score (no evaluated user) ranks last.

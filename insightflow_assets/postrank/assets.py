@@ -20,7 +20,17 @@ from insightflow_assets.evaluation.offline import (
     methods_of,
     undefined_metrics,
 )
+from insightflow_assets.ingest.events_schema import is_events_form
 from insightflow_assets.model.als import AlsModel, lists_from
+from insightflow_assets.postrank.events_lists import (
+    PEER_ALPHA,
+    PEER_BETA,
+    as_postrank,
+    cart_popularity,
+    chunked_category_lists,
+    event_history,
+    prior_lines,
+)
 from insightflow_assets.postrank.export import complete_lists
 from insightflow_assets.recommenders import REGISTRY, TrainingWindow
 from insightflow_assets.recommenders.als import AlsPostrank
@@ -34,6 +44,11 @@ class ExportConfig(Config):
     """The exported method is always model_selection's winner; narrow its grid to choose."""
 
     k: int = 20  # list length; ≥ the largest evaluation K so every K is comparable
+    # events form only: the category re-rank of the winner's top candidates (the peer's final
+    # experiment: alpha 0.6 on the model rank, beta 0.4 on the category affinity)
+    category_alpha: float = PEER_ALPHA
+    category_beta: float = PEER_BETA
+    category_candidates: int = 100
 
 
 class PostrankConfig(EvalConfig):
@@ -59,7 +74,8 @@ class PostrankConfig(EvalConfig):
     description=(
         "Recommendations for every user from the method that won on validation (model_selection), "
         "baselines included: exactly K items, topped up from popularity, cold users from popularity "
-        "(source ∈ repeat/als/neighbors/popular/fallback)."
+        "(source ∈ repeat/als/neighbors/popular/fallback). Event log: the top candidates re-ranked by the "
+        "visitor's category affinity, cold visitors the cart-popular list, unavailable items never."
     ),
 )
 def user_recos(
@@ -71,6 +87,7 @@ def user_recos(
     ratings: pl.DataFrame,
     orders_imputed: pl.DataFrame,
     raw_order_products: pl.DataFrame,
+    products: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
     method, params = model_selection["winner"]["method"], model_selection["winner"]["params"]
@@ -81,9 +98,12 @@ def user_recos(
     window = TrainingWindow(ratings=ratings, orders=orders_imputed, lines=raw_order_products)
     rec = REGISTRY[method].for_export(params, window, {"als_model": als_model, "nbr_model": nbr_model})
     users = orders_imputed["user_id"].unique().sort()
-    recos = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
+    events = is_events_form(products)
+    if events:
+        recos, reranked = _category_export(config, rec, users, orders_imputed, raw_order_products, products)
+    else:
+        recos = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
     sources = recos.group_by("source").agg(pl.len()).sort("source")
-    context.log.info(f"exported {REGISTRY[method].label} for {users.len():,} users")
     return Output(
         recos,
         metadata={
@@ -92,8 +112,23 @@ def user_recos(
             "why": f"won on validation ({model_selection['metric']})",
             "params": MetadataValue.json(params),
             "sources": MetadataValue.json(dict(zip(sources["source"].to_list(), sources["len"].to_list()))),
+            **({"category_rerank": MetadataValue.json(reranked)} if events else {}),
         },
     )
+
+
+def _category_export(config: ExportConfig, rec, users: pl.Series, orders: pl.DataFrame, lines: pl.DataFrame,
+                     products: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """The events form's lists (`postrank.events_lists`): warm visitors' candidates re-ranked by
+    category, cold visitors (a target but no session before the cut-off) the cart-popular list."""
+    prior = prior_lines(orders, lines)
+    depth = max(config.category_candidates, config.k)
+    lists = chunked_category_lists(lambda some: rec.recommend(some, depth), event_history(prior), products, users,
+                                   cart_popularity(prior), alpha=config.category_alpha, beta=config.category_beta, n=config.k)
+    warm = lists.filter(pl.col("reranked"))["user_id"].n_unique()
+    info = {"alpha": config.category_alpha, "beta": config.category_beta, "candidates": config.category_candidates,
+            "reranked_users": warm, "popular_users": users.len() - warm}
+    return as_postrank(lists), info
 
 
 @run_asset(

@@ -5,7 +5,8 @@ import time
 import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, MetadataValue, Output
 
-from insightflow_assets.common import current_run, run_asset, run_check
+from insightflow_assets.common import all_conditions, conditions_description, current_run, run_asset, run_check
+from insightflow_assets.ingest.events_schema import is_events_form
 from insightflow_assets.segmentation.diagnostics import StepDiagnostics
 from insightflow_assets.segmentation.popularity import segment_popularity as build_segment_popularity
 from insightflow_assets.segmentation.rfm import (
@@ -16,6 +17,7 @@ from insightflow_assets.segmentation.rfm import (
     rfm_table,
     segment_users,
 )
+from insightflow_assets.segmentation.session_rfm import session_reference, session_rfm_table
 from insightflow_assets.spark.engine import run_stage
 from resources.compute import Compute
 from resources.io_manager import markdown_table
@@ -40,7 +42,8 @@ RFM_INPUTS = {"orders": "orders_imputed", "order_products": "raw_order_products"
     kinds={"scikit-learn", "polars", "parquet"},
     description=(
         "Per user R, F, M (Instacart: days before the target order, orders, items or spend; dated "
-        "transactions: days since the last order, orders, spend), higher-is-better z-scores of their logs, "
+        "transactions: days since the last order, orders, spend; event log: days since the last purchase session, "
+        "purchase sessions, items bought), higher-is-better z-scores of their logs, "
         "and a KMeans segment ordered by the centroid's high-value score, k chosen under a minimum segment share. "
         "R/F/M on polars, or Spark under compute: spark; KMeans on scikit-learn in the step either way."
     ),
@@ -63,18 +66,26 @@ def user_seg(
         diag.record_schema(orders_imputed)
         diag.log(f"orders={orders_imputed.height} lines={raw_order_products.height} ratings_users={ratings['user_id'].n_unique()}")
         t0 = time.perf_counter()
-        definition = rfm_definition(orders_imputed)
-        reference = rfm_reference_time(orders_imputed, parse_reference_date(rfm.reference_date))
-        if rfm.reference_date and definition != "dated":
-            diag.log(f"rfm.reference_date={rfm.reference_date!r} ignored: the Instacart form has no dates")
-        diag.metrics.update(rfm_definition=definition, reference_time=reference and reference.isoformat())
         users = ratings.select("user_id").unique()
-        # KMeans below stays in the step: it works on one row per customer, not per line
-        table, engine = run_stage(
-            context, compute, curated, "rfm", inputs=RFM_INPUTS,
-            params={"reference_time": reference and reference.isoformat()},
-            local=lambda: rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference),
-        )  # fmt: skip
+        if is_events_form(raw_order_products):
+            # sessions, not orders: events_rfm_table's semantics (segmentation.session_rfm), on polars
+            definition, engine = "events", {"engine": "local"}
+            if compute.engine_name() != "local":
+                diag.log("events form: R/F/M on polars, the Spark job has no session definition")
+            reference = session_reference(orders_imputed, parse_reference_date(rfm.reference_date))
+            table = session_rfm_table(orders_imputed, raw_order_products, users=users, reference_time=reference)
+        else:
+            definition = rfm_definition(orders_imputed)
+            reference = rfm_reference_time(orders_imputed, parse_reference_date(rfm.reference_date))
+            if rfm.reference_date and definition != "dated":
+                diag.log(f"rfm.reference_date={rfm.reference_date!r} ignored: the Instacart form has no dates")
+            # KMeans below stays in the step: it works on one row per customer, not per line
+            table, engine = run_stage(
+                context, compute, curated, "rfm", inputs=RFM_INPUTS,
+                params={"reference_time": reference and reference.isoformat()},
+                local=lambda: rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference),
+            )  # fmt: skip
+        diag.metrics.update(rfm_definition=definition, reference_time=reference and reference.isoformat())
         diag.metrics["seconds_rfm"] = round(time.perf_counter() - t0, 3)
         diag.log(f"rfm ({definition}) rows={table.height}; KMeans k={rfm.k or f'auto {rfm.k_min}-{rfm.k_max}'} seed={rfm.seed}")
         seg, centroids, info = segment_users(
@@ -134,7 +145,6 @@ def segment_popularity(
 # --- checks --------------------------------------------------------------------------------
 
 
-@run_check(asset=user_seg, additional_ins={"ratings": AssetIn("ratings")})
 def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFrame) -> AssetCheckResult:
     """Each user of the ratings appears exactly once in user_seg, and no one else does."""
     rated = ratings.select("user_id").unique()
@@ -147,7 +157,6 @@ def every_rated_user_has_one_segment(user_seg: pl.DataFrame, ratings: pl.DataFra
     )
 
 
-@run_check(asset=user_seg)
 def no_empty_segment(user_seg: pl.DataFrame) -> AssetCheckResult:
     """Segments are numbered 0..S-1 with S >= 1, and every one of them has users."""
     centroids = centroids_from_user_seg(user_seg)
@@ -161,7 +170,6 @@ def no_empty_segment(user_seg: pl.DataFrame) -> AssetCheckResult:
     )
 
 
-@run_check(asset=user_seg)
 def no_segment_below_min_share(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """Every segment holds at least rfm.min_segment_share of the users (unless there is only one)."""
     centroids = centroids_from_user_seg(user_seg)
@@ -176,6 +184,18 @@ def no_segment_below_min_share(user_seg: pl.DataFrame, rfm: RfmParams) -> AssetC
     )
 
 
+# The blocking conditions on user_seg, evaluated as one Dagster check (`all_conditions`).
+USER_SEG_CONDITIONS = [every_rated_user_has_one_segment, no_empty_segment, no_segment_below_min_share]
+
+
+@run_check(
+    asset=user_seg, additional_ins={"ratings": AssetIn("ratings")}, description=conditions_description(USER_SEG_CONDITIONS)
+)
+def user_seg_valid(user_seg: pl.DataFrame, ratings: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
+    """Every blocking condition on the segments (USER_SEG_CONDITIONS) holds."""
+    return all_conditions(USER_SEG_CONDITIONS, user_seg=user_seg, ratings=ratings, rfm=rfm)
+
+
 @run_check(asset=segment_popularity)
 def segment_popularity_bounded(segment_popularity: pl.DataFrame, rfm: RfmParams) -> AssetCheckResult:
     """At most top_n rows per segment, and every lift > 0."""
@@ -187,4 +207,4 @@ def segment_popularity_bounded(segment_popularity: pl.DataFrame, rfm: RfmParams)
     )
 
 
-CHECKS = [every_rated_user_has_one_segment, no_empty_segment, no_segment_below_min_share, segment_popularity_bounded]
+CHECKS = [user_seg_valid, segment_popularity_bounded]
