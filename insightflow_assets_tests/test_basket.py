@@ -283,3 +283,9 @@ def test_query_check_fails_on_thin_stored_popularity(small_run):
         assert failed == ["basket_queries_return_k_new_products"]
     finally:
         path.write_bytes(before)
+
+
+def test_a_basket_holding_the_whole_catalogue_gets_an_empty_list():
+    # nothing left to complement it with (a tiny catalogue): an empty answer, not a crash
+    r = _model().recommend(list(range(1, N_ITEMS + 1)), 10, segment=0)
+    assert r.product_ids == [] and r.scores == []

@@ -365,3 +365,13 @@ def test_no_dense_users_by_items_matrix():
     assert x.shape == (20_000, 50_000)
     assert recs.height == 20 * 20_000
     assert peak < 600 * 2**20, f"peak {peak / 2**20:.0f} MB"
+
+
+def test_a_single_user_has_no_neighbour_and_still_gets_their_own_items():
+    # one user to learn from (a tiny event log after the interaction filters): k = 0 neighbours
+    x, users, items = _vectors()
+    keep = [0]
+    recs = tifu_knn_recommend(x[keep], users[keep], items, None, 10, k_neighbors=5, alpha=0.9, **EXACT)
+    got = _lists(recs)
+    assert list(got) == [users[0]] and {s for _, _, s in got[users[0]]} == {"repeat"}
+    assert [i for i, _, _ in got[users[0]]] == [A, C, B]

@@ -298,7 +298,7 @@ class BasketModel:
         if self.vectors is not None and params["W_EMB"] > 0:
             centre = self.vectors[basket].sum(axis=0)
             norm = float(np.linalg.norm(centre))
-            if norm > 0:
+            if norm > 0 and cand.size:  # no candidate left (a tiny catalogue): nothing to scale
                 cos = np.take(self.vectors, cand, axis=0) @ (centre / norm)  # take: about half the cost of v[cand]
                 score += params["W_EMB"] * _unit(cos - cos.min())
         if params["W_POPP"] > 0 and mix:

@@ -302,7 +302,10 @@ def _block_candidates(x, urows, local, lists, n):
     # a member among its cluster's first k neighbours swaps itself for the (k+1)-th
     keys = np.sort((np.arange(lists.shape[0])[:, None] * x.shape[0] + lists[:, :k]).ravel())
     ukey = local * x.shape[0] + urows
-    inlist = (keys.size > 0) & (keys[np.minimum(np.searchsorted(keys, ukey), max(keys.size - 1, 0))] == ukey)
+    if keys.size:
+        inlist = keys[np.minimum(np.searchsorted(keys, ukey), keys.size - 1)] == ukey
+    else:  # no neighbour at all (k = 0: a single user to learn from)
+        inlist = np.zeros(ukey.shape, dtype=bool)
     variant = local * 2 + inlist  # row of the stacked [A_c, B_c] sums the user reads
     sums = np.empty((2 * lists.shape[0], x.shape[1]))
     sums[0::2], sums[1::2] = a, b
