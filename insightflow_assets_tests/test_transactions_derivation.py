@@ -145,3 +145,66 @@ def test_numpy_page_setting_is_restored(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         derive_snapshot(path)
     assert multiarray._get_madvise_hugepage() == before
+
+
+def test_block_wise_steps_match_whole_array_ones(monkeypatch):
+    """`_take` and the position packing of `_sorted_with_positions` work a block at a time (no
+    temporary as long as the lines); with blocks of 7 values the answers are the whole-array ones."""
+    monkeypatch.setattr(transactions, "_BLOCK", 7)
+    rng = np.random.default_rng(11)
+    dense, idx = rng.integers(0, 1_000, 50).astype(np.int32), rng.integers(0, 50, 103).astype(np.uint32)
+    got = transactions._take(dense, idx)
+    assert got.dtype == np.int32 and got.tolist() == dense[idx].tolist()
+    keys = rng.integers(0, 20, 103)
+    in_place, perm = _sorted_with_positions(keys.copy())
+    assert perm.to_list() == np.argsort(keys, kind="stable").tolist() and in_place.to_list() == sorted(keys.tolist())
+
+
+def _late_ids_file(path, late: list[tuple]) -> None:
+    """10,000 plain lines (the reader's first look, `_SAMPLE`), then ``late`` (customer, order,
+    product) lines, written as text."""
+    assert transactions._SAMPLE == 10_000
+    first = [(c % 50 + 1, c // 4 + 1, c % 30 + 1) for c in range(10_000)]
+    rows = [(str(c), str(o), "2021-03-01 08:00:00", str(p), "1", "2.5") for c, o, p in first + late]
+    pl.DataFrame(rows, orient="row", schema=["customer_id", "order_id", "timestamp", "product_id", "quantity", "unit_price"]
+                 ).write_csv(path)
+
+
+def test_ids_that_outgrow_int32_after_the_first_lines_are_read_again_wide(tmp_path, monkeypatch):
+    """Ids and quantities read as Int32 because the first lines fit it: a later id that does not
+    sends the one-pass read round again with Int64, not to the careful path, and no id is lost
+    or wrapped."""
+    path = tmp_path / "transactions.csv"
+    _late_ids_file(path, [("3000000000", "5000000000", "4000000000"), ("7", "5000000000", "4000000001")])
+    small = tmp_path / "small.csv"
+    _late_ids_file(small, [])
+    typed = transactions.read_transactions(small, transactions.TransactionsSpec())
+    assert {typed[c].dtype for c in ("customer_id", "order_id", "product_id", "quantity")} == {pl.Int32}
+
+    def careful(*args):
+        raise AssertionError("the careful path was taken")
+
+    monkeypatch.setattr(transactions, "_typed", careful)
+    result = derive_snapshot(path)
+    snap = result.snapshot
+    assert result.lines_in == 10_002 and result.excluded["no_customer_id"] == 0
+    assert result.info["customer_ids"].startswith("numbered")  # beyond Int32: ranked as text
+    assert snap.order_products.height == 10_002
+    assert {"4000000000", "4000000001"} <= set(snap.products["product_code"])
+    big = snap.orders.filter(pl.col("order_code") == "5000000000")
+    assert big.height == 2  # one invoice, two customers: an order each
+
+
+def test_ids_that_do_not_print_back_after_the_first_lines_keep_their_text(tmp_path):
+    """The one-pass read stands one comparison (text below "1") for the full plain-integer test
+    when the first lines hold no such id: a later leading zero, sign or "0" still reaches the
+    careful path, which keeps "007" as written and "0" as the number 0."""
+    zeros = tmp_path / "zeros.csv"
+    _late_ids_file(zeros, [("5", "9000", "007"), ("5", "9000", "0")])
+    codes = set(derive_snapshot(zeros).snapshot.products["product_code"])
+    assert {"007", "7", "0"} <= codes  # "007" read as 7 would have merged into product 7
+    signed = tmp_path / "signed.csv"
+    _late_ids_file(signed, [("-5", "9000", "+8"), ("-5", "9001", "8")])
+    snap = derive_snapshot(signed).snapshot
+    assert -5 in snap.orders["user_id"].to_list()
+    assert {"+8", "8"} <= set(snap.products["product_code"])

@@ -120,7 +120,8 @@ def read_transactions(
 ) -> pl.DataFrame:
     """Read the mapped columns under their logical names, typed; raise `InputError` when unreadable.
 
-    Ids come back as Int64 or Categorical (see `_id_column`), which compare like the ids as text.
+    Ids come back as Int32, Int64 or Categorical (see `_id_column`, `_read_simple`), which
+    compare like the ids as text.
     Most files are read and typed in one pass (`_read_simple`); the others, and any file with a
     defect, take the careful path (`_typed`), which names the defect. A CSV file the reader
     cannot parse is looked into like the Instacart files (`read_csv_checked`), which names the
@@ -183,16 +184,27 @@ def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
 def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataFrame | None:
     """The typed table in one pass, when the first lines show a simple layout (`_simple_plan`);
     None when they do not, or when the whole file turns out otherwise: the careful path then
-    reads the file again. The text of the ids and timestamps is never held in full."""
+    reads the file again. The text of the ids and timestamps is never held in full.
+
+    Integers that fit Int32 in the first lines are read as Int32 (half the memory to fill and
+    copy); when a later value does not fit, the cast fails and the file is read again with Int64.
+    """
     lf = pl.scan_parquet(path) if is_parquet else _scan_csv(path, cols, typed=True)
     lf = lf.select(pl.col(c).alias(logical) for logical, c in cols.items())
     try:
-        plan = _simple_plan(lf.head(_SAMPLE).collect())
-        if plan is None:
-            return None
-        exprs, bad, text_ints = plan
-        df = lf.with_columns(*exprs, pl.any_horizontal(pl.lit(False), *bad).alias("_bad"))
-        df = df.collect(engine="streaming", optimizations=pl.QueryOptFlags() if is_parquet else _EVERY_FIELD)
+        sample = lf.head(_SAMPLE).collect()
+        for narrow in (True, False):
+            plan = _simple_plan(sample, narrow)
+            if plan is None:
+                return None
+            exprs, bad, text_ints = plan
+            df = lf.with_columns(*exprs, pl.any_horizontal(pl.lit(False), *bad).alias("_bad"))
+            try:
+                df = df.collect(engine="streaming", optimizations=pl.QueryOptFlags() if is_parquet else _EVERY_FIELD)
+                break
+            except pl.exceptions.InvalidOperationError:  # e.g. a later integer beyond Int32
+                if not narrow:
+                    raise
     except (Exception, pl.exceptions.PanicException):
         return None
     if df.height == 0 or df["_bad"].any() or any(df[c].null_count() for c in ("order_id", "product_id")):
@@ -202,13 +214,14 @@ def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataF
     return _tidy_ids(df.drop("_bad"), text_ints).rechunk()
 
 
-def _simple_plan(sample: pl.DataFrame) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
-    """How to type each column in the one-pass read, judged on the first lines: the typing,
-    expressions true on a line the careful path would type differently, and the ids read
-    from text as integers. None when a column needs the careful path."""
+def _simple_plan(sample: pl.DataFrame, narrow: bool) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
+    """How to type each column in the one-pass read, judged on the first lines: the typing
+    (integers narrowed to Int32 when ``narrow``, see `_narrowed`), expressions true on a line
+    the careful path would type differently, and the ids read from text as integers. None when
+    a column needs the careful path."""
     exprs, bad, text_ints = [], [], set()
     for c in ("customer_id", "order_id", "product_id"):
-        plan = _simple_id(sample[c], c)
+        plan = _simple_id(sample[c], c, narrow)
         if plan is None:
             return None
         exprs.append(plan[0].alias(c))
@@ -224,7 +237,8 @@ def _simple_plan(sample: pl.DataFrame) -> tuple[list[pl.Expr], list[pl.Expr], se
         return None
     if "unit_price" in sample.columns and not sample["unit_price"].dtype.is_numeric():
         return None
-    exprs += [pl.col("quantity").cast(pl.Int64)] if "quantity" in sample.columns else []
+    if "quantity" in sample.columns:
+        exprs.append(_narrowed(pl.col("quantity").cast(pl.Int64), sample["quantity"], narrow).alias("quantity"))
     exprs += [_price(pl.col("unit_price"))] if "unit_price" in sample.columns else []
     exprs += [pl.col(c).cast(pl.String).replace("", None) for c in ("product_name", "category") if c in sample.columns]
     return exprs, bad, text_ints
@@ -232,22 +246,43 @@ def _simple_plan(sample: pl.DataFrame) -> tuple[list[pl.Expr], list[pl.Expr], se
 
 # Integer types whose values `_number` keeps exactly (it reads them through Float64).
 _EXACT_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+_INT32 = (-(2**31), 2**31 - 1)
 
 
-def _simple_id(s: pl.Series, col: str) -> tuple[pl.Expr, list[pl.Expr]] | None:
-    """Typing of one id column for the one-pass read (the same as `_id_column`'s)."""
+def _narrowed(as_int: pl.Expr, sample: pl.Series, narrow: bool) -> pl.Expr:
+    """``as_int`` (Int64) as Int32 when ``narrow`` and the sample's values fit it, else as it is.
+
+    The cast is strict: a later value that does not fit fails the read (`_read_simple` then
+    reads with Int64), which costs less than a validity and a flag per line.
+    """
+    lo, hi = sample.cast(pl.Int64, strict=False).min(), sample.cast(pl.Int64, strict=False).max()
+    if not narrow or lo is None or lo < _INT32[0] or hi > _INT32[1]:
+        return as_int
+    return as_int.cast(pl.Int32)
+
+
+def _simple_id(s: pl.Series, col: str, narrow: bool) -> tuple[pl.Expr, list[pl.Expr]] | None:
+    """Typing of one id column for the one-pass read (the same as `_id_column`'s, but integers
+    narrowed to Int32 when they fit, see `_narrowed`) and the expressions that send the file
+    to the careful path."""
     c = pl.col(col)
     if s.dtype.is_integer():
-        return c.cast(pl.Int64), []
+        return _narrowed(c.cast(pl.Int64), s, narrow), []
     if s.dtype.is_float():
         as_int = c.cast(pl.Int64, strict=False)
         return as_int, [c.is_not_null() & (~(c % 1 == 0) | as_int.is_null())]
     if s.dtype != pl.String:
         return None
-    if _plain_integers(s, (-(2**31), 2**31 - 1) if col == "customer_id" else None) is not None:
-        as_int = c.cast(pl.Int64, strict=False)
-        return as_int, [(as_int.is_null() & c.is_not_null()) | _not_plain(c)]
-    return c.cast(pl.Categorical), []
+    if _plain_integers(s, _INT32 if col == "customer_id" else None) is None:
+        return c.cast(pl.Categorical), []
+    as_int = c.cast(pl.Int64, strict=False)
+    # text below "1" is the rare sign, space, leading zero, "0" or negative id: when the first
+    # lines hold none, that one comparison stands for `_not_plain` (a later "0" or negative id
+    # then takes the careful path, which keeps it as it is)
+    not_plain = _not_plain(c) if bool((s < "1").any()) else c < "1"
+    # a missing order or product id sends the file to the careful path anyway (it names it)
+    failed = [as_int.is_null() & c.is_not_null()] if col == "customer_id" else []
+    return _narrowed(as_int, s, narrow), [*failed, not_plain]
 
 
 def _simple_timestamp(s: pl.Series) -> tuple[pl.Expr, list[pl.Expr]] | None:
@@ -570,28 +605,43 @@ _NUMBERED = {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
 
 
 def _lookup(keys: pl.Series, table: pl.Series, values: pl.Series) -> pl.Series:
-    """``values[i]`` for each key equal to ``table[i]`` (keys Int64 or Categorical); every key
+    """``values[i]`` for each key equal to ``table[i]`` (keys integers or Categorical); every key
     is in the table (callers build it from the keys).
 
-    Small non-negative keys index a dense array (a numpy take: no index cast, no validity);
-    others go through a join.
+    Small non-negative keys index a dense array (`_take`: no validity); others go through a join.
     """
     k, t = keys.to_physical(), table.to_physical()
     lo, hi = t.min(), t.max()
     if lo is not None and lo >= 0 and hi < 2 * len(keys) + 1_000_000 and not values.null_count() and not k.null_count():
         dense = np.zeros(hi + 1, dtype=values.to_numpy().dtype)
         dense[t.to_numpy()] = values.to_numpy()
-        return pl.Series(values.name, np.take(dense, k.to_numpy()), dtype=values.dtype)
+        return pl.Series(values.name, _take(dense, k.to_numpy()), dtype=values.dtype)
     right = pl.DataFrame({"k": t, "v": values})
     return k.to_frame("k").join(right, on="k", how="left", maintain_order="left")["v"].alias(values.name)
+
+
+def _take(dense: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``dense[idx]`` (``idx`` within bounds), a block of indices at a time: numpy converts
+    indices of another type than int64 (Int32 ids, Categorical codes) to a fresh int64 array,
+    which on tens of millions of lines costs more in page faults than the lookup itself."""
+    out = np.empty(len(idx), dtype=dense.dtype)
+    for i in range(0, len(idx), _BLOCK):
+        # "clip" writes straight into ``out`` ("raise" buffers it); the indices are in bounds
+        np.take(dense, idx[i : i + _BLOCK], out=out[i : i + _BLOCK], mode="clip")
+    return out
+
+
+_BLOCK = 1 << 20
 
 
 def _distinct(ids: pl.Series) -> pl.Series:
     """The distinct ids; small non-negative integers are marked in a dense array, not hashed."""
     lo, hi = ids.min(), ids.max()
-    if ids.dtype == pl.Int64 and lo >= 0 and hi < 2 * len(ids) + 1_000_000:
-        seen = pl.repeat(False, hi + 1, eager=True).scatter(ids, True)
-        return seen.arg_true().cast(pl.Int64).alias(ids.name)
+    if ids.dtype.is_integer() and lo >= 0 and hi < 2 * len(ids) + 1_000_000 and not ids.null_count():
+        seen, x = np.zeros(hi + 1, dtype=bool), ids.to_numpy()
+        for i in range(0, len(x), _BLOCK):  # a block at a time: see `_take`
+            seen[x[i : i + _BLOCK]] = True
+        return pl.Series(ids.name, np.flatnonzero(seen)).cast(ids.dtype)
     return ids.to_frame().lazy().select(pl.col(ids.name).unique()).collect().to_series()
 
 
@@ -658,9 +708,9 @@ def _in_time_order(orders: pl.DataFrame, single: bool) -> pl.DataFrame:
     then a stable sort by the timestamp (`_time_key`), both sorts of single integers.
     """
     key = orders["_key"]
-    if not (single and key.dtype == pl.Int64 and key.min() >= 0 and key.max() < 10**17):
+    if not (single and key.dtype.is_integer() and key.min() >= 0 and key.max() < 10**17):
         return orders.sort("order_ts", pl.col("_key").cast(pl.String), "user_id")
-    by_code = _stable_order(_text_order(key))  # distinct keys
+    by_code = _stable_order(_text_order(key.cast(pl.Int64)))  # distinct keys
     by_time = _stable_order(_time_key(orders["order_ts"].gather(by_code)))
     return orders.gather(by_code.gather(by_time))
 
@@ -718,7 +768,10 @@ def _all_distinct(ids: pl.Series) -> bool:
 def _run_starts(ids: pl.Series) -> np.ndarray:
     """Positions where a run of equal ids starts."""
     x = ids.to_physical().to_numpy()
-    return np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))
+    starts = np.empty(len(x), dtype=bool)  # one array, not a comparison and a copy
+    starts[:1] = True
+    np.not_equal(x[1:], x[:-1], out=starts[1:])
+    return np.flatnonzero(starts)
 
 
 def _numbered(orders: pl.DataFrame, name: str) -> pl.DataFrame:
@@ -847,7 +900,8 @@ def _sorted_with_positions(key: pl.Series | np.ndarray) -> tuple[pl.Series, pl.S
     if int(key.max()) < 2 ** (62 - bits):
         packed = key if isinstance(key, np.ndarray) else key.cast(pl.Int64).to_numpy(writable=True)
         packed <<= bits
-        packed |= np.arange(n, dtype=np.uint32 if bits <= 32 else np.int64)
+        for i in range(0, n, _BLOCK):  # positions a block at a time: no n-value temporary
+            packed[i : i + _BLOCK] |= np.arange(i, min(i + _BLOCK, n), dtype=np.int64)
         packed.sort()  # the packed values are distinct, so any sort is stable
         pos = np.empty(n, dtype=_IDX)
         np.bitwise_and(packed, (1 << bits) - 1, out=pos, casting="unsafe")
@@ -870,10 +924,11 @@ def _pair_flags(lines: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     key, pos = up.to_numpy(), perm.to_numpy()
     order = lines["order_id"].gather(perm).to_numpy()
     same_up = key[1:] == key[:-1]
-    same_pair = same_up & (order[1:] == order[:-1])  # the next line repeats this line's pair
+    same_pair = order[1:] == order[:-1]
+    same_pair &= same_up  # the next line repeats this line's pair
     del key, order, up
     reo = np.zeros(len(pos), dtype=np.int8)
-    reo[1:] = same_up & ~same_pair  # a product the customer bought in an earlier order
+    np.greater(same_up, same_pair, out=reo[1:])  # same customer and product, not the same order: bought earlier
     reordered = np.empty(len(pos), dtype=np.int8)
     reordered[pos] = reo
     rep = np.zeros(len(pos), dtype=bool)
@@ -907,7 +962,7 @@ def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame) -
     merged = int(distinct.sum()) - grouped.height
     # the merged line takes the place of the pair's first line; the others go
     first = rep.select("_line", "_pos").join(grouped.select(pl.exclude(_MERGE_KEYS)), on="_line")
-    updates = [lines[c].scatter(first["_pos"], first[c]) for c in first.columns if c not in ("_line", "_pos")]
+    updates = [lines[c].scatter(first["_pos"], first[c].cast(lines[c].dtype)) for c in first.columns if c not in ("_line", "_pos")]
     dropped = rep.filter(~pl.col("_line").is_in(grouped["_line"].implode()))["_pos"]
     keep = pl.repeat(True, lines.height, eager=True).scatter(dropped, False)
     return lines.with_columns(updates).filter(keep), merged, int((~distinct).sum())
@@ -920,11 +975,13 @@ def _merge_repeated(lines: pl.DataFrame) -> pl.DataFrame:
     keep = ["_pair", "_line", "order_id", "product_id", "user_id"]
     lines = lines.with_columns(_pair=pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64))
     agg = [pl.col("_line").min(), pl.col("order_id").first(), pl.col("product_id").first(), pl.col("user_id").first()]
+    # summed as Int64 whatever the lines hold (Int32 after a narrowed read): a sum too large
+    # fails when it is written back, never wraps
+    qty = pl.col("quantity").cast(pl.Int64) if "quantity" in lines.columns else pl.lit(1)
     if "quantity" in lines.columns:
-        agg.append(pl.col("quantity").sum())
+        agg.append(qty.sum())
         keep.append("quantity")
     if "unit_price" in lines.columns:
-        qty = pl.col("quantity") if "quantity" in lines.columns else pl.lit(1)
         agg.append(((pl.col("unit_price") * qty).sum() / qty.sum()).alias("unit_price"))
         keep.append("unit_price")
     return lines.group_by("_pair").agg(agg).select(keep)
