@@ -13,17 +13,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HEADLINE = ("map@10", "recall@20", "coverage@5", "diversity@5")
+RUN = "run-20260101-000000"
 
 
 def main(source: str, work: str, result: str) -> None:
     from dagster import DagsterEventType, DagsterInstance
 
     from insightflow_assets.runner import run_graph
+    from resources.layout import artifact
     from insightflow_assets_tests.conftest import local_defs
 
     curated = Path(work) / "curated"
     with DagsterInstance.ephemeral() as instance:
-        outcome = run_graph(instance, run_key="run-20260101-000000", defs=local_defs(Path(source), curated), log_level="ERROR")
+        outcome = run_graph(instance, run_key=RUN, defs=local_defs(Path(source), curated), log_level="ERROR")
         records = instance.all_logs(instance.get_runs(limit=1)[0].run_id)
     started, steps = {}, {}
     for r in records:
@@ -32,7 +34,8 @@ def main(source: str, work: str, result: str) -> None:
             started[e.step_key] = r.timestamp
         elif e is not None and e.event_type == DagsterEventType.STEP_SUCCESS:
             steps[e.step_key] = r.timestamp - started[e.step_key]
-    metrics = json.loads(next(curated.glob("recsys/eval/als-*/metrics.json")).read_text()) if outcome.ok else {}
+    metrics_key = artifact("als_eval").keys(RUN)["metrics.json"]  # where the layout keeps it
+    metrics = json.loads((curated / metrics_key).read_text()) if outcome.ok else {}
     methods = {
         m: {k: round(v[k], 4) for k in HEADLINE if isinstance(v.get(k), (int, float))}
         for m, v in metrics.get("methods", {}).items()

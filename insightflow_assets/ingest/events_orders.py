@@ -22,9 +22,9 @@ import polars as pl
 from insightflow_assets.ingest.events import EventsSnapshot
 from insightflow_assets.ingest.events_schema import AVAILABLE, CATEGORY_PATH, COUNT_OF_EVENT, EVENT_COUNTS
 from insightflow_assets.ingest.loading import InputError, Snapshot
+from insightflow_assets.ingest.transactions import order_timing
 from insightflow_assets.ratings.events import cutoff_split
 
-GAP_CAP = 30  # days_since_prior_order is capped like Instacart's
 _INT32_MAX = 2**31 - 1
 
 
@@ -48,7 +48,7 @@ def events_to_snapshot(
     window = snap.events.filter((pl.col("ts") >= split.cutoff) & (pl.col("ts") < split.end))
     target_lines = _target_lines(window, split.truth)
     orders, order_products = _number_orders(lines, target_lines)
-    products = _products(snap, split.cutoff, pl.concat([snap.events["item_id"]]).unique())
+    products = _products(snap, split.cutoff, snap.events["item_id"].unique())
     info = {
         "form": "events",
         "cutoff": split.cutoff.isoformat(),
@@ -128,15 +128,12 @@ def _number_orders(lines: pl.DataFrame, target_lines: pl.DataFrame) -> tuple[pl.
     )
     if keys["order_number"].max() > 32_767:
         raise InputError("events.csv: column visitorid: a visitor has more than 32,767 sessions")
-    gap = (pl.col("order_ts").dt.date() - pl.col("_prev").dt.date()).dt.total_days()
     orders = keys.select(
         "order_id",
         "user_id",
         pl.when(is_target).then(pl.lit("train")).otherwise(pl.lit("prior")).alias("eval_set"),
         pl.col("order_number").cast(pl.Int16),
-        (pl.col("order_ts").dt.weekday() % 7).cast(pl.Int8).alias("order_dow"),  # 0 = Sunday
-        pl.col("order_ts").dt.hour().cast(pl.Int8).alias("order_hour_of_day"),
-        gap.clip(0, GAP_CAP).cast(pl.Float32).alias("days_since_prior_order"),
+        *order_timing(),
         "order_ts",
     )
     ids = keys.lazy().select("user_id", "session", "order_id", "order_number")

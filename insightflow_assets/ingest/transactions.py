@@ -783,19 +783,28 @@ def _numbered(orders: pl.DataFrame, name: str) -> pl.DataFrame:
     )
     if orders["order_number"].max() > 32_767:
         raise InputError(f"{name}: a customer has more than 32,767 orders")
-    gap = (pl.col("order_ts").dt.date() - pl.col("_prev").dt.date()).dt.total_days()
     last = (pl.col("user_id") != pl.col("user_id").shift(-1)).fill_null(True)
     return orders.select(
         "order_id",
         "user_id",
         pl.when(last).then(pl.lit("train")).otherwise(pl.lit("prior")).alias("eval_set"),
         pl.col("order_number").cast(pl.Int16),
-        (pl.col("order_ts").dt.weekday() % 7).cast(pl.Int8).alias("order_dow"),  # 0 = Sunday
-        pl.col("order_ts").dt.hour().cast(pl.Int8).alias("order_hour_of_day"),
-        gap.clip(0, GAP_CAP).cast(pl.Float32).alias("days_since_prior_order"),
+        *order_timing(),
         "order_ts",
         pl.col("_key").cast(pl.String).alias("order_code"),
     )
+
+
+def order_timing(prev: str = "_prev") -> list[pl.Expr]:
+    """Instacart's timing columns from ``order_ts`` and the previous order's time ``prev``:
+    ``order_dow`` (0 = Sunday), ``order_hour_of_day`` and ``days_since_prior_order`` (calendar
+    days, capped at `GAP_CAP`; null on a first order). Derived forms (transactions, events) share it."""
+    gap = (pl.col("order_ts").dt.date() - pl.col(prev).dt.date()).dt.total_days()
+    return [
+        (pl.col("order_ts").dt.weekday() % 7).cast(pl.Int8).alias("order_dow"),
+        pl.col("order_ts").dt.hour().cast(pl.Int8).alias("order_hour_of_day"),
+        gap.clip(0, GAP_CAP).cast(pl.Float32).alias("days_since_prior_order"),
+    ]
 
 
 def _block_position(first: pl.Expr) -> pl.Expr:
