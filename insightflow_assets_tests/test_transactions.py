@@ -128,6 +128,11 @@ BAD = {
     ),
     "missing product id": (TINY.replace("1002,A1,", "1002,,"), ["transactions.csv", "column StockCode", "1 missing"]),
     "nothing usable": (HEADER + LINES[5] + "\n" + LINES[9] + "\n", ["transactions.csv", "no usable line", "cancellation 1"]),
+    # stored as Int32: a quantity above it is a data error, named, not polars' cast failure
+    "quantity above Int32": (TINY.replace("1002,A1,Red mug,1,", "1002,A1,Red mug,3000000000,"),
+                             ["transactions.csv", "column quantity", "1 order line(s) above 2,147,483,647", "3,000,000,000"]),
+    "merged quantity above Int32": (TINY.replace("Red mug,2,", "Red mug,2000000000,").replace("Red mug,3,", "Red mug,1500000000,"),
+                                    ["transactions.csv", "column quantity", "largest 3,500,000,000"]),
 }
 
 

@@ -547,7 +547,7 @@ def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[S
     users, user_info = _user_ids(lines["customer_id"])
     lines = lines.with_columns(users)
     (products, line_products), (orders, line_orders) = _in_parallel(lambda: _products(lines), lambda: _orders(lines, name))
-    order_products, merged, duplicates = _order_lines(lines, line_orders, line_products)
+    order_products, merged, duplicates = _order_lines(lines, line_orders, line_products, name)
     excluded["duplicate_line"] = duplicates
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
@@ -814,7 +814,7 @@ def _block_position(first: pl.Expr) -> pl.Expr:
     return idx - pl.when(first).then(idx).forward_fill() + 1
 
 
-def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series) -> tuple[pl.DataFrame, int, int]:
+def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series, name: str) -> tuple[pl.DataFrame, int, int]:
     """Order lines, lines merged and exact duplicates dropped.
 
     An exact duplicate (every mapped column equal to an earlier line: a double export) repeats
@@ -833,9 +833,22 @@ def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series)
     if len(repeated):
         lines, merged, duplicates = _merge_pairs(lines, repeated, kept)
     out = lines.with_columns(_cart_positions(lines["order_id"]))
-    cast = [pl.col("quantity").cast(pl.Int32)] if "quantity" in out.columns else []
+    cast = [_quantity_int32(out["quantity"], name)] if "quantity" in out.columns else []
     cast += [pl.col("unit_price")] if "unit_price" in out.columns else []
     return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *cast), merged, duplicates
+
+
+def _quantity_int32(quantity: pl.Series, name: str) -> pl.Series:
+    """The line quantities as stored (Int32), or a one-line error for a line (or a product's
+    lines merged in one order) above Int32: a data error, not an order size."""
+    top = quantity.max()
+    if top is not None and top > _INT32[1]:
+        n = int((quantity > _INT32[1]).sum())
+        raise InputError(
+            f"{name}: column quantity: {n:,} order line(s) above {_INT32[1]:,} (largest {top:,}); "
+            "fix or drop those lines"
+        )
+    return quantity.cast(pl.Int32)
 
 
 def _cart_positions(order_id: pl.Series) -> pl.Series:
@@ -971,7 +984,10 @@ def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame) -
     merged = int(distinct.sum()) - grouped.height
     # the merged line takes the place of the pair's first line; the others go
     first = rep.select("_line", "_pos").join(grouped.select(pl.exclude(_MERGE_KEYS)), on="_line")
-    updates = [lines[c].scatter(first["_pos"], first[c].cast(lines[c].dtype)) for c in first.columns if c not in ("_line", "_pos")]
+    # quantities widen to Int64: a merged sum above Int32 is reported by `_quantity_int32`, never wrapped
+    cols = [c for c in first.columns if c not in ("_line", "_pos")]
+    wide = {c: pl.Int64 if c == "quantity" else lines[c].dtype for c in cols}
+    updates = [lines[c].cast(wide[c]).scatter(first["_pos"], first[c].cast(wide[c])) for c in cols]
     dropped = rep.filter(~pl.col("_line").is_in(grouped["_line"].implode()))["_pos"]
     keep = pl.repeat(True, lines.height, eager=True).scatter(dropped, False)
     return lines.with_columns(updates).filter(keep), merged, int((~distinct).sum())
