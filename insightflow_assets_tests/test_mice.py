@@ -520,3 +520,15 @@ def test_mice_check_judges_only_fields_with_imputed_cells():
         assert not result.passed and list(result.metadata["worse_than_median"].value) == ["order_hour_of_day"]
     # no hour was imputed (an event log's sessions know every hour): nothing MICE filled can be worse
     assert mice_not_worse_than_median(_mice_report({"order_hour_of_day": 0, "order_dow": 0})).passed
+
+
+def test_same_imputation_on_one_core_and_several(habit, habit_imputed, monkeypatch):
+    """Imputations run in threads (`parallel.map_blocks`) and are pooled in imputation order:
+    the same bits whatever the core count."""
+    import insightflow_assets.parallel as parallel
+
+    after, _ = habit_imputed
+    for cores in (1, 3):
+        monkeypatch.setattr(parallel, "usable_cores", lambda cores=cores: cores)
+        again, _ = impute_orders(habit, seed=7, max_iter=5)
+        assert again.equals(after), cores

@@ -375,3 +375,21 @@ def test_a_single_user_has_no_neighbour_and_still_gets_their_own_items():
     got = _lists(recs)
     assert list(got) == [users[0]] and {s for _, _, s in got[users[0]]} == {"repeat"}
     assert [i for i, _, _ in got[users[0]]] == [A, C, B]
+
+
+@pytest.mark.parametrize("cores", [1, 3])
+def test_same_lists_on_one_core_and_several(generated, monkeypatch, cores):
+    """Blocks of clusters are scored in threads (`parallel.map_blocks`): the lists never depend
+    on how many run at once."""
+    import insightflow_assets.parallel as parallel
+
+    x, users, items = generated
+    kw = {k: v for k, v in TifuParams(k_neighbors=50, cluster_size=8).knn_kwargs().items() if k != "alpha"}
+    hoods = neighbour_lists(x, None, **kw)
+    rows = np.arange(users.size)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 1)
+    serial = score_users(x, users, items, rows, hoods, 20, alpha=0.8, cluster_block=64)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: cores)
+    blocked = score_users(x, users, items, rows, hoods, 20, alpha=0.8, cluster_block=3)
+    assert serial.height == 20 * users.size
+    assert blocked.equals(serial)

@@ -418,19 +418,18 @@ def _run_imputations(
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer
     from sklearn.linear_model import BayesianRidge
-    from threadpoolctl import threadpool_limits
 
-    timings = {"fit": 0.0, "transform": 0.0}
-    for m in range(info["n_imputations"]):
+    from insightflow_assets.parallel import map_blocks
+
+    def one(m: int) -> tuple[list[np.ndarray], dict[str, int], dict[str, float]]:
+        """Imputation ``m``: the fills of every (stratum, group) in order, fit rows, timings."""
         ss = np.random.SeedSequence([seed, m])
         sample_seed, model_seed = (int(x) for x in ss.generate_state(2))
         rng = np.random.default_rng(sample_seed)
-        fit_total = 0
+        fills, fit_rows, spent = [], {}, {"fit": 0.0, "transform": 0.0}
         for st in strata:
             fit_idx = _stratified_sample(st.patterns, st.cap, rng)
-            fit_total += fit_idx.size
-            if m == 0:
-                info["fit_rows_by_stratum"][st.name] = int(fit_idx.size)
+            fit_rows[st.name] = int(fit_idx.size)
             imputer = IterativeImputer(
                 estimator=BayesianRidge(),
                 sample_posterior=sample_posterior,
@@ -442,23 +441,35 @@ def _run_imputations(
                 max_value=st.hi,
                 random_state=model_seed,
             )
-            # One BLAS thread: results must not depend on the core count.  The
-            # point estimate may stop early on sklearn's tolerance; not getting
-            # there within max_iter is the same fixed-rounds result the
-            # posterior path always gives, so the warning is only noise.
-            with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+            # The point estimate may stop early on sklearn's tolerance; not getting there
+            # within max_iter is the same fixed-rounds result the posterior path always
+            # gives, so the warning is only noise.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 t1 = time.perf_counter()
                 imputer.fit(st.X[fit_idx])
                 t2 = time.perf_counter()
-                for group in st.todo_groups:
-                    filled = imputer.transform(st.X[group])
-                    for j, c in enumerate(st.keys):
-                        pooled_sum[c][st.rows[group]] += filled[:, j]
-                timings["fit"] += t2 - t1
-                timings["transform"] += time.perf_counter() - t2
+                fills += [imputer.transform(st.X[group]) for group in st.todo_groups]
+                spent["fit"] += t2 - t1
+                spent["transform"] += time.perf_counter() - t2
+        return fills, fit_rows, spent
+
+    # Imputations are independent (own seeds), so they run on every core; their fills are
+    # added in imputation order, so the pooled sums are the same bits as one at a time.
+    # One BLAS thread, set once around the pool: results must not depend on the core count.
+    timings = {"fit": 0.0, "transform": 0.0}
+    for m, (fills, fit_rows, spent) in enumerate(map_blocks(one, range(info["n_imputations"]))):
+        it = iter(fills)
+        for st in strata:
+            for group in st.todo_groups:
+                filled = next(it)
+                for j, c in enumerate(st.keys):
+                    pooled_sum[c][st.rows[group]] += filled[:, j]
         if m == 0:
-            info["fit_rows"] = int(fit_total)
+            info["fit_rows_by_stratum"].update(fit_rows)
+            info["fit_rows"] = int(sum(fit_rows.values()))
+        for k, v in spent.items():
+            timings[k] += v
     info["sklearn_seconds"] = {k: round(v, 3) for k, v in timings.items()}
 
 

@@ -26,7 +26,8 @@ from threadpoolctl import threadpool_limits
 from insightflow_assets.evaluation.metrics import evaluate, prepare_truth
 from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
 from insightflow_assets.lightfm.features import FeatureMatrix, interactions, item_features, user_features
-from insightflow_assets.model.als import AlsModel, recommend, usable_cores
+from insightflow_assets.model.als import AlsModel, recommend
+from insightflow_assets.parallel import usable_cores
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -57,6 +55,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
+
+from insightflow_assets.parallel import map_blocks
 
 __all__ = [
     "AlsModel",
@@ -498,7 +498,7 @@ def recommend(
     n = int(min(n, model.n_items))
     n_req = min(n + 1, model.n_items)  # one extra to detect ties at the cut
     batch_size = max(int(batch_size), 1)
-    workers = int(num_threads) if num_threads and num_threads > 0 else usable_cores()
+    workers = int(num_threads) if num_threads and num_threads > 0 else None
 
     filter_mat = None
     if filter_already_bought:
@@ -534,15 +534,7 @@ def recommend(
         out_ids[start:stop] = ids[:, :n]
         out_scores[start:stop] = scores[:, :n]
 
-    starts = range(0, user_ids.size, batch_size)
-    with threadpool_limits(1, "blas"):
-        if workers <= 1 or len(starts) <= 1:
-            for st in starts:
-                run(st)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for fut in [pool.submit(run, st) for st in starts]:
-                    fut.result()
+    map_blocks(run, range(0, user_ids.size, batch_size), workers)
 
     _fix_ties(out_ids, out_scores)
 
@@ -581,14 +573,6 @@ def lists_from(
     if missing.size:
         have = pl.concat([have, recommend(model, None, missing, n)])
     return have.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SCHEMA.items()]).sort("user_id", "rank")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity), at least one."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def _exact_topk(

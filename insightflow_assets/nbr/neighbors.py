@@ -33,24 +33,16 @@ user its own list (the paper's per-user kNN).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
+
+from insightflow_assets.parallel import map_blocks
 
 __all__ = ["search_space", "micro_clusters", "cluster_centroids", "nearest"]
 
 SPACES = ("exact", "svd", "factors")
 METRICS = ("euclidean", "cosine")
-
-
-def _cores() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def _row_norms2(x: np.ndarray | sp.csr_matrix) -> np.ndarray:
@@ -155,20 +147,11 @@ def micro_clusters(
             scores -= half_c2
             labels[s : s + block] = np.argmax(scores, axis=1)
 
-        _blocks(assign, range(0, n, block))
+        map_blocks(assign, range(0, n, block))
         used, labels = np.unique(labels, return_inverse=True)
         labels = labels.astype(np.int32)
         centres = cluster_centroids(points, labels, used.size)
     return labels
-
-
-def _blocks(fn, starts) -> None:
-    """Run ``fn(start)`` for every block, one worker per core, each with one
-    BLAS thread: a block's result never depends on the core count (a
-    multi-threaded BLAS may split sums differently), and both cores work."""
-    with threadpool_limits(1, "blas"), ThreadPoolExecutor(max_workers=_cores()) as pool:
-        for fut in [pool.submit(fn, s) for s in starts]:
-            fut.result()
 
 
 def nearest(
@@ -202,7 +185,7 @@ def nearest(
         ids, _ = topk(cand, qry[s : s + batch], k, num_threads=1)
         out[s : s + batch] = ids
 
-    _blocks(run, range(0, nq, batch))
+    map_blocks(run, range(0, nq, batch))
     return out
 
 

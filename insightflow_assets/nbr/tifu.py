@@ -30,6 +30,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from insightflow_assets.frames import user_ids as _user_ids
+from insightflow_assets.parallel import map_blocks
 from insightflow_assets.nbr.neighbors import (
     cluster_centroids,
     micro_clusters,
@@ -268,14 +269,17 @@ def score_users_alphas(
     pos = np.searchsorted(hoods.clusters, hoods.labels[rows])
     order = np.argsort(pos, kind="stable")
     rows, pos = rows[order], pos[order]
-    parts: list[list] = [[] for _ in alphas]
-    for s in range(0, hoods.clusters.size, cluster_block):
+
+    def block(s: int) -> list | None:
         lo, hi = np.searchsorted(pos, [s, s + cluster_block])
-        if hi > lo:
-            cands = _block_candidates(x, rows[lo:hi], pos[lo:hi] - s, hoods.lists[s : s + cluster_block], int(n))
-            for part, alpha in zip(parts, alphas):
-                part.append(_blend(rows[lo:hi], cands, alpha, int(n)))
-    return [_frame(part, np.asarray(user_ids), np.asarray(item_ids)) for part in parts]
+        if hi == lo:
+            return None
+        cands = _block_candidates(x, rows[lo:hi], pos[lo:hi] - s, hoods.lists[s : s + cluster_block], int(n))
+        return [_blend(rows[lo:hi], cands, alpha, int(n)) for alpha in alphas]
+
+    # blocks are independent, so they run on every core; their results keep block order
+    done = [b for b in map_blocks(block, range(0, hoods.clusters.size, cluster_block)) if b is not None]
+    return [_frame([b[i] for b in done], np.asarray(user_ids), np.asarray(item_ids)) for i in range(len(alphas))]
 
 
 def _neighbour_sums(x: sp.csr_matrix, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -45,13 +45,12 @@ factors ~8-12 s; ~0.5-0.9 GB on top of the inputs. Cost is dominated by the
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal
 
 import numpy as np
 import polars as pl
 
-from insightflow_assets.model.als import usable_cores
+from insightflow_assets.parallel import map_blocks
 
 __all__ = ["postrank", "POSTRANK_SCHEMA", "SOURCES"]
 
@@ -461,15 +460,7 @@ def postrank(
         sel_pid[b0:b1, :k_als] = np.where(ok, pid[rr, pc], -1)
         sel_score[b0:b1, :k_als] = np.where(ok, rel[rr, pc], 0.0)
 
-    starts = range(0, n_rows, batch_size)
-    workers = int(num_threads) if num_threads and num_threads > 0 else usable_cores()
-    if workers <= 1 or len(starts) <= 1:
-        for b0 in starts:
-            run(b0)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for fut in [pool.submit(run, b0) for b0 in starts]:
-                fut.result()
+    map_blocks(run, range(0, n_rows, batch_size), int(num_threads) if num_threads and num_threads > 0 else None)
     del P, S, POP, valid
 
     # ---- assemble: ALS rows for users with candidates, fill for the rest ----
