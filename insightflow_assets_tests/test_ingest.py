@@ -174,3 +174,21 @@ def test_bad_run_key_is_refused_before_anything_is_written(tmp_path, instance, k
         ingest(tmp_path, instance, write_tiny(tmp_path / "clean"), run_key=key)
     assert instance.get_runs() == []
     assert stored_files(tmp_path / "curated") == []
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["orders.csv", "orders.csv.gz"], "in/: orders is there as orders.csv and orders.csv.gz; keep one"),
+        (["transactions.csv", "transactions.parquet"], "in/: transactions is there as transactions.csv and transactions.parquet; keep one"),
+        (["events.csv", "events.csv.gz", "item_properties.csv", "category_tree.csv"], "in/: events is there as events.csv and events.csv.gz; keep one"),
+    ],
+)
+def test_a_table_in_two_files_is_refused_in_every_form(keys, message):
+    """One rule (`loading.one_file`) for the three forms: which file is meant is never guessed."""
+    from insightflow_assets.ingest.events import events_keys
+    from insightflow_assets.ingest.loading import InputError, pick_source_files
+
+    pick = events_keys if keys[0].startswith("events") else pick_source_files
+    with pytest.raises(InputError, match=f"^{message}$"):
+        pick(keys, "in/")

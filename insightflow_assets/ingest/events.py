@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from insightflow_assets.ingest.loading import InputError, read_csv_checked
+from insightflow_assets.ingest.loading import InputError, one_file, read_csv_checked
 
 __all__ = ["EVENT_TYPES", "EventsSnapshot", "find_events_files", "read_events_form"]
 
@@ -132,20 +132,13 @@ def events_keys(keys: list[str], where: str) -> dict[str, object] | None:
     """The events form's files among the top-level ``keys`` of a location (None when there is no
     events file): ``{"events": key, "item_properties": [keys, sorted], "category_tree": key}``."""
     top = {k for k in keys if "/" not in k}
-
-    def one(stem: str) -> str | None:
-        found = [stem + s for s in _SUFFIXES if stem + s in top]
-        if len(found) > 1:
-            raise InputError(f"{where}: {stem} is there as {' and '.join(found)}; keep one")
-        return found[0] if found else None
-
-    events = one("events")
+    events = one_file(top, "events", _SUFFIXES, where)
     if events is None:
         return None
     parts = sorted(k for k in top if k.startswith("item_properties") and k.endswith(_SUFFIXES))
     if not parts:
         raise InputError(f"{where}: missing file item_properties.csv (or item_properties_part1.csv, _part2.csv, ...)")
-    tree = one("category_tree")
+    tree = one_file(top, "category_tree", _SUFFIXES, where)
     if tree is None:
         raise InputError(f"{where}: missing file category_tree.csv")
     return {"events": events, "item_properties": parts, "category_tree": tree}

@@ -433,6 +433,15 @@ def _twice_in_order(order_id: int, product_id: int, tables: dict[str, pl.DataFra
     return f"{' and '.join(files)}: column product_id: product {product_id} appears twice in order {order_id}"
 
 
+def one_file(top: set[str], stem: str, suffixes: tuple[str, ...], where: str) -> str | None:
+    """The one key of ``top`` holding ``stem`` (``stem`` + a suffix), None when there is none;
+    two (e.g. a.csv and a.csv.gz) are an `InputError`: which one is meant is not guessed."""
+    found = [stem + s for s in suffixes if stem + s in top]
+    if len(found) > 1:
+        raise InputError(f"{where}: {stem} is there as {' and '.join(found)}; keep one")
+    return found[0] if found else None
+
+
 def pick_source_files(keys: list[str], where: str) -> dict[str, str]:
     """Map each Kaggle stem to the one file that holds it (``.csv``, ``.csv.gz`` or ``.parquet``),
     or, for the transactions form, ``{"transactions": key}``.
@@ -449,15 +458,11 @@ def pick_source_files(keys: list[str], where: str) -> dict[str, str]:
         instacart = sorted(k for k in top for stem in SOURCE_TABLES if k in {stem + s for s in SOURCE_SUFFIXES})
         if instacart:
             raise InputError(f"{where}: holds both {transactions[0]} and Instacart files ({instacart[0]}); keep one input form")
-        if len(transactions) > 1:
-            raise InputError(f"{where}: {TRANSACTIONS_TABLE} is there as {' and '.join(transactions)}; keep one")
-        return {TRANSACTIONS_TABLE: transactions[0]}
+        return {TRANSACTIONS_TABLE: one_file(top, TRANSACTIONS_TABLE, SOURCE_SUFFIXES, where)}
     for stem in SOURCE_TABLES:
-        found = [stem + s for s in SOURCE_SUFFIXES if stem + s in top]
-        if len(found) > 1:
-            raise InputError(f"{where}: {stem} is there as {' and '.join(found)}; keep one")
+        found = one_file(top, stem, SOURCE_SUFFIXES, where)
         if found:
-            chosen[stem] = found[0]
+            chosen[stem] = found
         elif stem not in OPTIONAL_SOURCE_TABLES:
             raise InputError(
                 f"{where}: missing file {stem}.csv (or .csv.gz / .parquet), "
