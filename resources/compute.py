@@ -9,8 +9,9 @@ ENGINES = ("local", "spark")
 
 
 class Compute(ConfigurableResource):
-    """The engine of ratings, holdout, the R/F/M of user_seg and segment_popularity: ``local``
-    computes them with polars in the step; ``spark`` runs them with spark-submit (master,
+    """The engine of ratings, holdout, the R/F/M of user_seg, segment_popularity, the counts of
+    basket_pairs and the order lines' checks of the input snapshot: ``local`` computes them with
+    polars in the step; ``spark`` runs them with spark-submit (master,
     driver memory and extra --conf here) through Dagster Pipes. Either way the asset, its
     storage, metadata and checks are the same."""
 

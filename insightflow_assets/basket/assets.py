@@ -10,14 +10,17 @@ from pydantic import Field
 
 from insightflow_assets.basket import evaluate as ev
 from insightflow_assets.basket import profiles as prof
-from insightflow_assets.basket.choose import ChoiceParams, pairs_and_profile
-from insightflow_assets.basket.pairs import PairParams, window_lines
+from insightflow_assets.basket.choose import ChoiceParams, pairs_and_profile, pairs_and_profile_counted
+from insightflow_assets.basket.pairs import PairParams, validation_lines, window_lines
 from insightflow_assets.basket.recommender import BasketModel
 from insightflow_assets.basket.report import CHART_FILE, blend_vs_pairs, chart, query_problems
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
+from insightflow_assets.spark.engine import SparkTask, run_stages
+from resources.compute import Compute
 from resources.io_manager import ArtifactFolder
 from resources.layout import Artifact
+from resources.storage import Storage
 
 GROUP = "basket"
 # profiles.json: the profiles this run was built and evaluated with, its "active" one chosen on
@@ -42,12 +45,15 @@ class BasketPairsConfig(Config):
         "overall (segment -1) and per user_seg segment, with confidence, lift and npmi (min support; lift ≤ 1 dropped); "
         "each product's best followers (direction 0) and predecessors (direction 1, the reverse index) by npmi, "
         "plus baskets per (segment, product). profiles.json: the basket profiles, with the run's `active` one chosen "
-        "on the validation split (second-to-last baskets, pairs counted before them; the holdout is not read)."
+        "on the validation split (second-to-last baskets, pairs counted before them; the holdout is not read). "
+        "Counts on polars, or Spark under compute: spark; normalising, ranking and the profile choice on polars."
     ),
 )
 def basket_pairs(
     context: AssetExecutionContext,
     config: BasketPairsConfig,
+    compute: Compute,
+    curated: Storage,
     orders_imputed: pl.DataFrame,
     raw_order_products: pl.DataFrame,
     user_seg: pl.DataFrame,
@@ -58,11 +64,16 @@ def basket_pairs(
     t0 = time.perf_counter()
     params = PairParams(window=config.window, min_support=config.min_support, max_neighbours=config.max_neighbours)
     emb = LightfmEmbeddings.from_files(lightfm_model.files)
-    pairs, items, info = pairs_and_profile(
-        window_lines(orders_imputed, raw_order_products, user_seg), orders_imputed, products,
-        item_ids=emb.item_ids, item_vectors=emb.item_vectors, pair_params=params,
-        choice=ChoiceParams(baskets=config.choice_baskets, seed=config.seed),
-    )
+    common = dict(item_ids=emb.item_ids, item_vectors=emb.item_vectors, pair_params=params,
+                  choice=ChoiceParams(baskets=config.choice_baskets, seed=config.seed))
+    (pairs, items, info), engine = run_stages(
+        context, compute, curated, basket_tasks(params),
+        local=lambda: pairs_and_profile(window_lines(orders_imputed, raw_order_products, user_seg), orders_imputed,
+                                        products, **common),
+        spark=lambda counts, reports: pairs_and_profile_counted(
+            counts, reports["pairs"], validation_lines(orders_imputed, raw_order_products, user_seg), orders_imputed,
+            products, **common),
+    )  # fmt: skip
     choice = info["profile_choice"]
     profiles = info.pop("profiles")  # profiles.json, not params.json
     info["seconds"] = round(time.perf_counter() - t0, 2)
@@ -80,8 +91,23 @@ def basket_pairs(
             "params": MetadataValue.json(params.__dict__),
             "active_profile": choice["active"],
             "profile_choice": MetadataValue.json(choice),
+            **engine,
         },
     )
+
+
+def basket_tasks(params: PairParams) -> dict[str, SparkTask]:
+    """The Spark job's counts for `basket_pairs`: pairs and items of the training window, and of
+    its validation baskets alone (every pair: choose subtracts them). Picking the validation
+    baskets' lines for the queries, normalising, ranking and the profile choice stay in polars."""
+    inputs = {"orders": "orders_imputed", "order_products": "raw_order_products", "user_seg": "user_seg"}
+    held = {"part": "validation"}
+    return {
+        "pairs": SparkTask("basket_pair_counts", inputs, {"window": params.window, "min_support": params.min_support}),
+        "items": SparkTask("basket_item_counts", inputs),
+        "held_pairs": SparkTask("basket_pair_counts", inputs, {"window": params.window, "min_support": 1, **held}),
+        "held_items": SparkTask("basket_item_counts", inputs, held),
+    }
 
 
 class BasketEvalConfig(Config):

@@ -22,7 +22,7 @@ import polars as pl
 
 from insightflow_assets.basket import evaluate as ev
 from insightflow_assets.basket import profiles as prof
-from insightflow_assets.basket.pairs import PairParams, build_pairs_split
+from insightflow_assets.basket.pairs import PairParams, build_pairs_counted, build_pairs_split
 from insightflow_assets.basket.recommender import BasketModel
 
 
@@ -86,13 +86,48 @@ def pairs_and_profile(
     """`pairs.build_pairs` of the training window (``window``: `pairs.window_lines`), with the
     profile chosen on the validation split in ``info["profile_choice"]`` and the profiles
     with it as ``"active"`` in ``info["profiles"]`` (the run's profiles.json)."""
-    raw = profiles if profiles is not None else prof.raw()
     held_out, qs = validation_queries(window, orders, choice)
-    focus = np.unique(np.concatenate([q.prefix for q in qs])) if qs else np.empty(0, np.int64)
-    (pairs, items, info), (before_pairs, before_items) = build_pairs_split(window, held_out, focus, pair_params)
-    before = BasketModel.build(before_pairs, before_items, products, item_ids=item_ids, item_vectors=item_vectors,
-                               profiles=raw)
-    table = score_profiles(before, qs, list(before.profiles))
+    built, before = build_pairs_split(window, held_out, _focus(qs), pair_params)
+    return _choose(built, before, qs, products, item_ids, item_vectors, profiles)
+
+
+def pairs_and_profile_counted(
+    counts: dict[str, pl.DataFrame],
+    stats: dict,
+    validation: pl.DataFrame,
+    orders: pl.DataFrame,
+    products: pl.DataFrame,
+    *,
+    item_ids: np.ndarray | None = None,
+    item_vectors: np.ndarray | None = None,
+    profiles: dict | None = None,
+    pair_params: PairParams = PairParams(),
+    choice: ChoiceParams = ChoiceParams(),
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """`pairs_and_profile` from counts made elsewhere (the Spark job): ``counts`` holds the
+    window's ``pairs`` / ``items`` and the validation baskets' ``held_pairs`` / ``held_items``
+    (see `pairs.build_pairs_counted`, with ``stats``); ``validation`` is the validation baskets'
+    lines (`pairs.validation_lines`), which the queries are drawn from."""
+    _, qs = validation_queries(validation, orders, choice)
+    built, before = build_pairs_counted(
+        (counts["pairs"], counts["items"]), (counts["held_pairs"], counts["held_items"]), stats, _focus(qs), pair_params
+    )
+    return _choose(built, before, qs, products, item_ids, item_vectors, profiles)
+
+
+def _focus(qs: list[ev.Query]) -> np.ndarray:
+    return np.unique(np.concatenate([q.prefix for q in qs])) if qs else np.empty(0, np.int64)
+
+
+def _choose(built: tuple, before: tuple, qs: list[ev.Query], products: pl.DataFrame, item_ids: np.ndarray | None,
+            item_vectors: np.ndarray | None, profiles: dict | None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:  # fmt: skip
+    """The window's pairs and items, with the profile scored best on the model of the pairs
+    ``before`` the validation baskets."""
+    (pairs, items, info), (before_pairs, before_items) = built, before
+    raw = profiles if profiles is not None else prof.raw()
+    model = BasketModel.build(before_pairs, before_items, products, item_ids=item_ids, item_vectors=item_vectors,
+                              profiles=raw)
+    table = score_profiles(model, qs, list(model.profiles))
     name = best(table) if qs else prof.active(raw)  # no validation basket: the file's default
     info["profile_choice"] = {"active": name, "split": "validation", "criterion": "hit@10 + mrr@10",
                               "baskets": len({q.user_id for q in qs}), "queries": len(qs),

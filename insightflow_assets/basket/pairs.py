@@ -56,15 +56,31 @@ class PairParams:
 def window_lines(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataFrame | None, *, back: int = 0) -> pl.DataFrame:
     """``order_id, segment, product_id`` of every training-window basket (orders before each
     customer's target; ``back=1``: before the validation basket), in add-to-cart order."""
+    return cart_lines(_window_orders(orders, lines, back).select("order_id", "user_id"), lines, user_seg)
+
+
+def validation_lines(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataFrame | None) -> pl.DataFrame:
+    """`window_lines` of each customer's last basket of the window only (the validation basket
+    of choose.validation_queries; order_id breaks invalid order_number ties): what the profile
+    choice asks its queries from when the window is counted elsewhere (the Spark job)."""
+    window = _window_orders(orders, lines, 0).join(lines.lazy().select("order_id").unique(), on="order_id", how="semi")
+    last = (
+        window.filter(pl.col("order_number") == pl.col("order_number").max().over("user_id"))
+        .group_by("user_id").agg(pl.col("order_id").min())
+    )  # fmt: skip
+    return cart_lines(last.select("order_id", "user_id"), lines, user_seg)
+
+
+def _window_orders(orders: pl.DataFrame, lines: pl.DataFrame, back: int) -> pl.LazyFrame:
+    """``order_id, user_id, order_number`` of each customer's orders before the target."""
     targets = target_orders(orders, lines, back).select(pl.col("user_id").cast(pl.Int32), pl.col("order_number").alias("_t"))
-    window = (
+    return (
         orders.lazy()
         .select("order_id", pl.col("user_id").cast(pl.Int32), "order_number")
         .join(targets.lazy(), on="user_id", how="inner")
         .filter(pl.col("order_number") < pl.col("_t"))
-        .select("order_id", "user_id")
+        .select("order_id", "user_id", "order_number")
     )
-    return cart_lines(window, lines, user_seg)
 
 
 def cart_lines(chosen: pl.DataFrame | pl.LazyFrame, lines: pl.DataFrame, user_seg: pl.DataFrame | None) -> pl.DataFrame:
@@ -311,8 +327,8 @@ def _check(params: PairParams) -> None:
         raise ValueError(f"basket pairs: window, min_support and max_neighbours must be >= 1, got {params}")
 
 
-def _info(baskets: pl.DataFrame, ids: np.ndarray, counted: Counted, pairs: pl.DataFrame, params: PairParams) -> dict:
-    return {"lines": baskets.height, "baskets": counted.totals, "products": int(len(ids)), **counted.stats,
+def _info(lines: int, ids: np.ndarray, counted: Counted, pairs: pl.DataFrame, params: PairParams) -> dict:
+    return {"lines": lines, "baskets": counted.totals, "products": int(len(ids)), **counted.stats,
             "stored_rows": pairs.height, **params.__dict__}
 
 
@@ -323,7 +339,7 @@ def build_pairs(baskets: pl.DataFrame, params: PairParams = PairParams()) -> tup
     ids, item, order_id, segment = _encoded(baskets)
     counted = count_baskets(order_id, item, segment, max(len(ids), 1), params.window, params.min_support)
     pairs, items = _finish(counted, ids, params)
-    return pairs, items, _info(baskets, ids, counted, pairs, params)
+    return pairs, items, _info(baskets.height, ids, counted, pairs, params)
 
 
 def build_pairs_split(
@@ -339,13 +355,56 @@ def build_pairs_split(
     counted = count_baskets(order_id, item, segment, n_items, params.window, params.min_support)
     m = held_out
     part = count_baskets(order_id[m], item[m], segment[m], n_items, params.window, 1)
+    return _split(counted, part, ids, focus, params, baskets.height)
+
+
+def build_pairs_counted(
+    window: tuple[pl.DataFrame, pl.DataFrame], held_out: tuple[pl.DataFrame, pl.DataFrame], stats: dict,
+    focus: np.ndarray, params: PairParams = PairParams(),
+) -> tuple[tuple[pl.DataFrame, pl.DataFrame, dict], tuple[pl.DataFrame, pl.DataFrame]]:  # fmt: skip
+    """`build_pairs_split` from counts made elsewhere (the Spark job), in product ids: ``window``
+    and ``held_out`` are each ``(pair counts, item counts)`` (``segment, product_id,
+    neighbour_id, count`` at ``min_support``, the held-out ones at 1; ``segment, product_id,
+    baskets, segment_baskets``); ``stats``: the window's ``pair_occurrences`` and
+    ``distinct_pairs`` before the support."""
+    _check(params)
+    pairs, items = window
+    ids = np.unique(items["product_id"].to_numpy()).astype(np.int32)
+    counted = counted_of(pairs, items, ids)
+    counted.stats = {"pair_occurrences": int(stats["pair_occurrences"]), "distinct_pairs": int(stats["distinct_pairs"]),
+                     "pairs_at_min_support": int((counted.pairs["segment"] == ANY).sum())}
+    lines = int(items.filter(pl.col("segment") == ANY)["baskets"].sum())  # ingest refuses a product twice in one order
+    return _split(counted, counted_of(*held_out, ids), ids, focus, params, lines)
+
+
+def counted_of(pairs: pl.DataFrame, items: pl.DataFrame, ids: np.ndarray) -> Counted:
+    """`Counted` of product-id counts (see `build_pairs_counted`) over the dense indices of
+    ``ids``, in `count_baskets`' row order (segments ascending, ANY last; then a, b): npmi ties
+    rank by it."""
+    last = [pl.col("segment") == ANY, "segment"]
+    index = lambda s: np.searchsorted(ids, s.to_numpy()).astype(np.int32)  # noqa: E731
+    p = pairs.sort([*last, "product_id", "neighbour_id"])
+    i = items.sort([*last, "product_id"])
+    totals = i.unique(["segment"], keep="first", maintain_order=True)
+    return Counted(
+        pl.DataFrame({"segment": p["segment"].cast(pl.Int8), "a": index(p["product_id"]), "b": index(p["neighbour_id"]),
+                      "count": p["count"].cast(pl.Int32)}),
+        pl.DataFrame({"segment": i["segment"].cast(pl.Int8), "a": index(i["product_id"]), "baskets": i["baskets"].cast(pl.Int32)}),
+        {int(s): int(n) for s, n in zip(totals["segment"], totals["segment_baskets"])},
+        {},
+    )  # fmt: skip
+
+
+def _split(counted: Counted, part: Counted, ids: np.ndarray, focus: np.ndarray, params: PairParams,
+           lines: int) -> tuple[tuple[pl.DataFrame, pl.DataFrame, dict], tuple[pl.DataFrame, pl.DataFrame]]:  # fmt: skip
+    n_items = max(len(ids), 1)
     pos = np.searchsorted(ids, focus)
     keep = pos[(pos < ids.size) & (ids[np.minimum(pos, ids.size - 1)] == focus)] if ids.size else pos[:0]
     only = np.zeros(n_items, bool)
     only[keep] = True
     before = _finish(minus(counted, part, params.min_support, keep.astype(np.int64), n_items), ids, params, only)
     pairs, items = _finish(counted, ids, params)
-    return (pairs, items, _info(baskets, ids, counted, pairs, params)), before
+    return (pairs, items, _info(lines, ids, counted, pairs, params)), before
 
 
 def expected_npmi(count: int, n_a: int, n_b: int, total: int) -> float:

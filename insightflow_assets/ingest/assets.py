@@ -30,7 +30,10 @@ from insightflow_assets.ingest.transactions import (
     TransactionsSpec,
     derive_snapshot,
 )
+from insightflow_assets.ingest.spark_lines import checked_snapshot, lines_task
 from insightflow_assets.partitions import runs_partitions
+from insightflow_assets.spark.engine import SparkTask, run_stages, spark_uri
+from resources.compute import Compute
 from resources.layout import SOURCE_SUFFIXES, SOURCE_TABLES, TRANSACTIONS_TABLE, Artifact
 from resources.storage import Storage
 
@@ -109,7 +112,7 @@ class IngestConfig(Config):
     group_name="ingest",
 )
 @metadata_on_materialization
-def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage):
+def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage, compute: Compute):
     current_run(context)
     _check_encoding(config.encoding)
     listing = {o.key: o for o in source.list("")}
@@ -123,7 +126,8 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
         if TRANSACTIONS_TABLE in chosen:
             snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec(), config.encoding)
         else:
-            snap, details = _instacart(context, source, chosen, config.encoding), {"form": "instacart"}
+            snap, engine = _instacart(context, source, chosen, config.encoding, compute)
+            details = {"form": "instacart", "engine": engine}
 
     provenance = {key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version} for key in used}
     meta = {"input_form": details["form"]}
@@ -140,6 +144,8 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
         }
     orders = {"source": MetadataValue.json(provenance), "users": snap.orders["user_id"].n_unique()}
     yield Output(snap.orders, "raw_orders", metadata={**meta, **orders})
+    # which engine checked the lines (the Instacart form; the others are checked on polars)
+    lines.update(details.get("engine", {"engine": "local"}))
     yield Output(snap.order_products, "raw_order_products", metadata={**meta, **lines})
     yield Output(snap.products, "products", metadata=meta)
 
@@ -151,7 +157,10 @@ def _check_encoding(encoding: str) -> None:
         raise InputError(f"instacart_snapshot config: encoding {encoding!r} is not a known text encoding") from None
 
 
-def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str) -> Snapshot:
+def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str, compute: Compute) -> tuple[Snapshot, dict]:
+    """The snapshot and the engine of the lines' checks: polars, or under ``compute: spark`` the
+    Spark job on the source files (spark_lines.py; reading, typing and the orders / products
+    checks stay on polars, which writes the snapshot)."""
     tables = {}
     for stem, key in chosen.items():
         with source.local_path(key) as path:
@@ -159,7 +168,12 @@ def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str) 
     # One line for the whole read (the source's files are in raw_orders' `source` metadata).
     rows = ", ".join(f"{key} {tables[stem].height:,}" for stem, key in chosen.items())
     context.log.info(f"read {source.uri()}: {rows} rows")
-    return validate_snapshot(tables, names=chosen)
+    inputs, params = lines_task(chosen, lambda key: spark_uri(source.uri(key)))
+    return run_stages(
+        context, compute, source, {"lines": SparkTask("validate_lines", inputs, params, paths=True)},
+        local=lambda: validate_snapshot(tables, names=chosen),
+        spark=lambda frames, _: checked_snapshot(tables, chosen, frames["lines"]),
+    )  # fmt: skip
 
 
 def _transactions(context, source: Storage, key: str, spec: TransactionsSpec, encoding: str) -> tuple[Snapshot, dict]:

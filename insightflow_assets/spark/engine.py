@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -22,6 +23,20 @@ from insightflow_assets.spark.launch import run_spark_pipes, spark_missing
 from resources.compute import Compute
 from resources.layout import artifact
 from resources.storage import Storage
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SparkTask:
+    """One task of the job (``jobs.TASKS``): its ``stage``, ``inputs`` (job input name -> the
+    upstream asset stored in this run, or ready paths when ``paths``) and ``params``."""
+
+    stage: str
+    inputs: Mapping[str, Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    paths: bool = False
 
 
 def run_stage(
@@ -40,25 +55,45 @@ def run_stage(
     computes it from ``inputs`` (job input name -> upstream asset stored in this run) and
     ``params``.
     """
+    tasks = {stage: SparkTask(stage, inputs, params)}
+    return run_stages(context, compute, curated, tasks, local=local, spark=lambda frames, _: frames[stage])
+
+
+def run_stages(
+    context: Any,
+    compute: Compute,
+    curated: Storage,
+    tasks: Mapping[str, SparkTask],
+    *,
+    local: Callable[[], T],
+    spark: Callable[[dict[str, pl.DataFrame], dict[str, dict]], T],
+) -> tuple[T, dict[str, Any]]:
+    """The one engine switch: ``local()`` under ``local``; under ``spark`` the named ``tasks`` in
+    one Spark application (one JVM), then ``spark(frames, reports)`` with each task's output and
+    what the job reported of it (rows, seconds, a task's own stats). ``spark_seconds`` sums the
+    tasks' (the JVM's start-up not included)."""
     if compute.engine_name() == "local":
         return local(), {"engine": "local"}
     missing = spark_missing()
     if missing:
         raise RuntimeError(f"compute.engine is 'spark' but {missing}")
     run_key = current_run(context)
-    with tempfile.TemporaryDirectory(prefix=f"insightflow-spark-{stage}-", dir=compute.scratch) as tmp:
-        task = {
-            "stage": stage,
-            "inputs": {name: stored_uri(curated, asset, run_key) for name, asset in inputs.items()},
-            "params": dict(params),
-            "output": str(Path(tmp) / f"{stage}.parquet"),
-        }
+    with tempfile.TemporaryDirectory(prefix="insightflow-spark-", dir=compute.scratch) as tmp:
+        specs = {name: _task_spec(curated, run_key, task, Path(tmp) / f"{name}.parquet") for name, task in tasks.items()}
         invocation = run_spark_pipes(
-            context, [task], master=compute.master, driver_memory=compute.driver_memory, conf=dict(compute.conf)
+            context, list(specs.values()), master=compute.master, driver_memory=compute.driver_memory, conf=dict(compute.conf)
         )
-        df = pl.read_parquet(task["output"])
-    report = next((m for m in invocation.get_custom_messages() if isinstance(m, dict) and m.get("stage") == stage), {})
-    return df, {"engine": "spark", "spark_master": compute.master, "spark_seconds": float(report.get("seconds", math.nan))}
+        frames = {name: pl.read_parquet(spec["output"]) for name, spec in specs.items()}
+    messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
+    reports = {name: next((m for m in messages if m.get("path") == spec["output"]), {}) for name, spec in specs.items()}
+    seconds = sum(float(r.get("seconds", math.nan)) for r in reports.values())
+    result = spark(frames, reports)
+    return result, {"engine": "spark", "spark_master": compute.master, "spark_seconds": seconds}
+
+
+def _task_spec(curated: Storage, run_key: str, task: SparkTask, output: Path) -> dict[str, Any]:
+    inputs = dict(task.inputs) if task.paths else {k: stored_uri(curated, a, run_key) for k, a in task.inputs.items()}
+    return {"stage": task.stage, "inputs": inputs, "params": dict(task.params), "output": str(output)}
 
 
 def stored_uri(curated: Storage, asset: str, run_key: str) -> str:
@@ -67,5 +102,9 @@ def stored_uri(curated: Storage, asset: str, run_key: str) -> str:
     spec = artifact(asset)
     if len(spec.files) != 1 or not spec.files[0].endswith(".parquet"):
         raise ValueError(f"{asset} is not stored as one parquet file ({spec.files}): Spark cannot read it")
-    uri = curated.uri(spec.keys(run_key)[spec.files[0]])
+    return spark_uri(curated.uri(spec.keys(run_key)[spec.files[0]]))
+
+
+def spark_uri(uri: str) -> str:
+    """A storage URI as Spark reads it: ``s3://`` becomes ``s3a://`` (Hadoop's S3 connector)."""
     return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri

@@ -9,7 +9,11 @@ Each stage computes what its polars function computes, to the row (the parity te
 * ``segment_popularity``: ``insightflow_assets.segmentation.popularity.segment_popularity``;
 * ``basket_pair_counts`` / ``basket_item_counts``: the counts of ``insightflow_assets.basket.pairs``
   (``window_lines`` then ``count_baskets``: pairs per segment and overall at ``min_support``, and
-  baskets per segment and product); the normalising, ranking and profile choice stay in polars.
+  baskets per segment and product; ``part: validation``: the validation baskets alone, which the
+  profile choice subtracts); the normalising, ranking and profile choice stay in polars;
+* ``validate_lines``: the order lines' per-line checks of ``insightflow_assets.ingest.loading``
+  (missing ids, unknown orders and products, a product twice in one order), as one row with the
+  first problem's one-line message.
 
 This file imports only pyspark and dagster-pipes (what a cluster has), so it restates those
 semantics in Spark rather than importing the polars modules.
@@ -316,15 +320,27 @@ def segment_popularity(user_seg: DataFrame, ratings_df: DataFrame, top_n: int | 
 ANY_SEGMENT = -1  # every basket ("any segment"), and the segment of a customer without one
 
 
-def window_lines(orders: DataFrame, lines: DataFrame, user_seg: DataFrame | None, back: int = 0) -> DataFrame:
+def window_lines(orders: DataFrame, lines: DataFrame, user_seg: DataFrame | None, back: int = 0,
+                 part: str = "window") -> DataFrame:  # fmt: skip
     """order_id, segment, product_id, _key, _line of the lines of each customer's orders before
-    the target; (``_key``, ``_line``) orders a cart as pairs.cart_lines does: add_to_cart_order,
-    a null after the known ones, ties in the file's line order."""
+    the target (``part="validation"``: of the last of those orders only, the basket the profile
+    choice holds out, as choose.validation_queries picks it); (``_key``, ``_line``) orders a cart
+    as pairs.cart_lines does: add_to_cart_order, a null after the known ones, ties in the file's
+    line order."""
+    if part not in ("window", "validation"):
+        raise ValueError(f"basket window part must be 'window' or 'validation', got {part!r}")
     targets = target_orders(order_days(orders), lines, back).select("user_id", F.col("order_number").alias("_t"))
     window = (
         orders.select("order_id", "user_id", "order_number").join(targets, "user_id")
-        .filter(F.col("order_number") < F.col("_t")).select("order_id", F.col("user_id").cast("int"))
+        .filter(F.col("order_number") < F.col("_t")).select("order_id", F.col("user_id").cast("int"), "order_number")
     )  # fmt: skip
+    if part == "validation":  # the window's last order with lines; order_id breaks (invalid) number ties
+        last = Window.partitionBy("user_id").orderBy(F.col("order_number").desc(), F.col("order_id").asc())
+        window = (
+            window.join(lines.select("order_id").distinct(), "order_id", "left_semi")
+            .withColumn("_n", F.row_number().over(last)).filter(F.col("_n") == 1)
+        )  # fmt: skip
+    window = window.select("order_id", "user_id")
     if user_seg is not None:
         window = window.join(user_seg.select(F.col("user_id").cast("int"), F.col("segment").cast("int")), "user_id", "left")
     else:
@@ -348,19 +364,16 @@ def _counts_per_segment_and_any(df: DataFrame, keys: list[str], name: str) -> Da
     return both.select(F.col("segment").cast("byte"), *keys, F.col(name).cast("int"))
 
 
-def basket_pair_counts(wl: DataFrame, window: int, min_support: int) -> DataFrame:
+def basket_pair_counts(wl: DataFrame, window: int) -> DataFrame:
     """segment, product_id, neighbour_id, count: baskets where the neighbour was added at most
-    ``window`` positions after the product, pairs of at least ``min_support`` baskets."""
-    if window < 1 or min_support < 1:
-        raise ValueError(f"basket pairs: window and min_support must be >= 1, got {window}, {min_support}")
+    ``window`` positions after the product (every pair: the task applies the minimum support)."""
     # one cart per row, in cart order: each line then meets the `window` lines after it in its
     # own array, with no join (a self-join on order and position shuffled n * window rows)
     carts = wl.groupBy("order_id", "segment").agg(F.sort_array(F.collect_list(F.struct("_key", "_line", "product_id"))).alias("_c"))
     items = carts.select("segment", F.transform("_c", lambda x: x["product_id"]).alias("_p"))
     lined = items.select("segment", "_p", F.posexplode("_p").alias("_i", "product_id"))
     pairs = lined.select("segment", "product_id", F.explode(F.slice("_p", F.col("_i") + 2, F.lit(window))).alias("neighbour_id"))
-    counts = _counts_per_segment_and_any(pairs, ["product_id", "neighbour_id"], "count")
-    return counts.filter(F.col("count") >= min_support)
+    return _counts_per_segment_and_any(pairs, ["product_id", "neighbour_id"], "count")
 
 
 def basket_item_counts(wl: DataFrame) -> DataFrame:
@@ -368,6 +381,83 @@ def basket_item_counts(wl: DataFrame) -> DataFrame:
     items = _counts_per_segment_and_any(wl, ["product_id"], "baskets")
     totals = _counts_per_segment_and_any(wl.select("order_id", "segment").distinct(), [], "segment_baskets")
     return items.join(F.broadcast(totals), "segment").select("segment", "product_id", "baskets", "segment_baskets")
+
+
+# --------------------------------------------------------------------------- #
+# input snapshot: the order lines' per-line checks (ingest/loading.py)
+# --------------------------------------------------------------------------- #
+NULL_MARKERS = ("", "NA", "NaN", "nan", "null", "NULL", "None")  # loading.NULLS: a missing number
+LINE_IDS = ("order_id", "product_id")
+
+
+def read_source_file(spark: SparkSession, path: str) -> DataFrame:
+    """One source file as written (CSV: text, header, gzip by extension; parquet: its types),
+    with ``_line``, the line's place in the file."""
+    if path.endswith(".parquet"):
+        df = spark.read.parquet(path)
+    else:
+        df = spark.read.option("header", True).option("quote", '"').option("escape", '"').csv(path)
+    return df.withColumn("_line", F.monotonically_increasing_id())
+
+
+def _id_value(col: str) -> Column:
+    # typed (and its bad values named) by the polars read of the snapshot: here only its nulls
+    v = F.regexp_replace(F.trim(F.col(col).cast("string")), '^"+|"+$', "")
+    return F.when(v.isin(*NULL_MARKERS), F.lit(None)).otherwise(v).cast("long")
+
+
+def lines_problem(files: list[tuple[str, DataFrame]], orders: DataFrame, products: DataFrame) -> str | None:
+    """The first problem of the lines files (display name, frame), with loading.py's one-line
+    message, in its order: every file's columns and missing ids, then each file's unknown
+    orders and products, then a product twice in one order (across the files)."""
+    typed = []
+    for name, df in files:
+        missing = [c for c in LINE_IDS if c not in df.columns]
+        if missing:
+            found = ", ".join(c for c in df.columns if c != "_line")
+            return f"{name}: missing column {missing[0]} (found: {found})"
+        df = df.select(*[_id_value(c).alias(c) for c in LINE_IDS], "_line")
+        for col in LINE_IDS:
+            n_null = df.filter(F.col(col).isNull()).count()
+            if n_null:
+                return f"{name}: column {col}: {n_null} missing value(s)"
+        typed.append((name, df))
+    for name, df in typed:
+        for col, known, what in (("order_id", orders, "orders"), ("product_id", products, "products")):
+            unknown = df.join(known.distinct(), col, "left_anti")
+            row = unknown.agg(F.count(F.lit(1)).alias("n"), F.min_by(col, "_line").alias("first")).first()
+            if row["n"]:
+                return f"{name}: column {col}: {row['n']} line(s) point at unknown {what} (e.g. {row['first']})"
+    return _twice_in_order(typed)
+
+
+def _twice_in_order(typed: list[tuple[str, DataFrame]]) -> str | None:
+    every = None
+    for i, (_, df) in enumerate(typed):
+        part = df.withColumn("_file", F.lit(i))
+        every = part if every is None else every.unionByName(part)
+    key = Window.partitionBy(*LINE_IDS)
+    dup = every.withColumn("_n", F.count(F.lit(1)).over(key)).filter(F.col("_n") > 1)
+    first = dup.orderBy("_file", "_line").select(*LINE_IDS).first()
+    if first is None:
+        return None
+    holders = dup.filter((F.col("order_id") == first["order_id"]) & (F.col("product_id") == first["product_id"]))
+    files = sorted({r["_file"] for r in holders.select("_file").distinct().collect()})
+    names = " and ".join(typed[i][0] for i in files)
+    return f"{names}: column product_id: product {first['product_id']} appears twice in order {first['order_id']}"
+
+
+def _task_validate_lines(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+    """One row: ``lines`` checked and the first ``problem`` (null when none). The step raises it
+    (ingest.spark_check), so the message is the one line of a local run, not a Spark trace."""
+    paths, names = _as_list(inputs["order_products"]), list(params["names"])
+    files = [(name, read_source_file(spark, path)) for name, path in zip(names, paths, strict=True)]
+    # the source orders and products files, already read and checked by the step (polars)
+    orders, products = (read_source_file(spark, inputs[t]).select(_id_value(c).alias(c)) for t, c in
+                        (("orders", "order_id"), ("products", "product_id")))  # fmt: skip
+    problem = lines_problem(files, orders, products)
+    lines = sum(df.count() for _, df in files) if problem is None else None
+    return spark.createDataFrame([(lines, problem)], "lines long, problem string")
 
 
 # --------------------------------------------------------------------------- #
@@ -414,12 +504,20 @@ def _task_segment_popularity(spark: SparkSession, inputs: dict, params: dict) ->
 def _basket_window(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
     orders = read_input(spark, "orders", inputs["orders"])
     user_seg = read_input(spark, "user_seg", inputs["user_seg"]) if inputs.get("user_seg") else None
-    return window_lines(orders, _lines(spark, inputs), user_seg, int(params.get("back", 0)))
+    return window_lines(orders, _lines(spark, inputs), user_seg, int(params.get("back", 0)), params.get("part", "window"))
 
 
-def _task_basket_pair_counts(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+def _task_basket_pair_counts(spark: SparkSession, inputs: dict, params: dict) -> tuple[DataFrame, Callable[[], dict]]:
+    """The supported counts, and (after the write, from the cached counts) the overall pairs'
+    occurrences and distinct pairs before the support: pairs.segment_pairs' stats."""
     window, support = int(params.get("window", 5)), int(params.get("min_support", 3))  # pairs.PairParams' defaults
-    return basket_pair_counts(_basket_window(spark, inputs, params), window, support)
+    if window < 1 or support < 1:
+        raise ValueError(f"basket pairs: window and min_support must be >= 1, got {window}, {support}")
+    counts = basket_pair_counts(_basket_window(spark, inputs, params), window)
+    overall = counts.filter(F.col("segment") == ANY_SEGMENT).agg(
+        F.count(F.lit(1)).alias("distinct_pairs"), F.coalesce(F.sum("count"), F.lit(0)).alias("pair_occurrences")
+    )
+    return counts.filter(F.col("count") >= support), lambda: {k: int(v) for k, v in overall.first().asDict().items()}
 
 
 def _task_basket_item_counts(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
@@ -430,13 +528,15 @@ def _as_list(paths: str | list[str]) -> list[str]:
     return [paths] if isinstance(paths, str) else list(paths)
 
 
-TASKS: dict[str, Callable[[SparkSession, dict, dict], DataFrame]] = {
+# a task returns its frame, or its frame and a function of metadata to read once it is written
+TASKS: dict[str, Callable[[SparkSession, dict, dict], DataFrame | tuple[DataFrame, Callable[[], dict]]]] = {
     "ratings": _task_ratings,
     "holdout": _task_holdout,
     "rfm": _task_rfm,
     "segment_popularity": _task_segment_popularity,
     "basket_pair_counts": _task_basket_pair_counts,
     "basket_item_counts": _task_basket_item_counts,
+    "validate_lines": _task_validate_lines,
 }
 
 
@@ -448,6 +548,7 @@ ORDER = {
     "segment_popularity": ("segment", "rank"),
     "basket_pair_counts": ("segment", "product_id", "neighbour_id"),
     "basket_item_counts": ("segment", "product_id"),
+    "validate_lines": ("lines",),
 }
 
 
@@ -457,13 +558,15 @@ def run_task(spark: SparkSession, task: dict, pipes: Any | None) -> dict[str, An
     if stage not in TASKS:
         raise ValueError(f"unknown stage {stage!r}: expected one of {sorted(TASKS)}")
     t0 = time.perf_counter()
-    df = TASKS[stage](spark, task["inputs"], task.get("params") or {})
+    out = TASKS[stage](spark, task["inputs"], task.get("params") or {})
+    df, stats = out if isinstance(out, tuple) else (out, None)  # stats: read after the write
     write_single_parquet(spark, df, task["output"], ORDER[stage])
+    extra = stats() if stats is not None else {}
     # a cached frame keeps its share of the heap (up to spark.memory.storageFraction) from the
     # next task's execution memory: with 2g, the basket item counts after the pairs ran out
     spark.catalog.clearCache()
     stored = spark.read.parquet(task["output"])
-    meta: dict[str, Any] = {"rows": stored.count(), "path": task["output"], "engine": "spark"}
+    meta: dict[str, Any] = {"rows": stored.count(), "path": task["output"], "engine": "spark", **extra}
     if "user_id" in stored.columns:
         meta["users"] = stored.select("user_id").distinct().count()
     meta["seconds"] = round(time.perf_counter() - t0, 3)
