@@ -333,3 +333,50 @@ def test_summary_of_a_partial_run_on_an_unreachable_store_never_raises(s3_bucket
     failures = failure_lines(outcome)
     assert failures[0] == "FAILED: EndpointConnectionError: Could not connect to the endpoint"
     assert failures[-1].startswith("full log: Dagster run abc123 of partition " + RUN)
+
+
+def _one_basket_before_the_target(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Train users only, each with their last prior order and the train order: nobody has a
+    basket before the second-to-last one, so nothing can be validated."""
+    orders = tables["orders"]
+    train_users = orders.filter(pl.col("eval_set") == "train").select("user_id")
+    kept = (
+        orders.join(train_users, on="user_id", how="semi")
+        .filter(pl.col("order_number") >= pl.col("order_number").max().over("user_id") - 1)
+        .with_columns(order_number=pl.col("order_number").rank("ordinal").over("user_id").cast(orders["order_number"].dtype))
+        # nothing missing but the first orders' gap: MICE has nothing to fill (not what is tested)
+        .with_columns(
+            days_since_prior_order=pl.when(pl.col("order_number") == 1).then(None).otherwise(pl.col("days_since_prior_order").fill_null(7)),
+            order_dow=pl.col("order_dow").fill_null(1), order_hour_of_day=pl.col("order_hour_of_day").fill_null(10),
+        )
+    )
+    out = dict(tables, orders=kept)
+    for stem in ("order_products__prior", "order_products__train"):
+        out[stem] = tables[stem].join(kept.select("order_id"), on="order_id", how="semi").with_columns(pl.col("reordered") * 0)
+    return out
+
+
+def test_nothing_to_validate_exports_gp_topfreq_and_publishes(tmp_path, small_tables):
+    """A log where every customer has one basket before the last (a young shop): model selection
+    and LightFM's early stopping have nothing to validate on. The run still publishes: GP-TopFreq
+    is exported and the run says why; LightFM trains its default epochs."""
+    from insightflow_assets.data.generate import write_instacart
+    from insightflow_assets.lightfm.fit import UNVALIDATED_EPOCHS
+    from insightflow_assets.report import run_summary
+    from resources import LocalStorage
+
+    clean, curated = tmp_path / "clean", tmp_path / "curated"
+    write_instacart(_one_basket_before_the_target(small_tables), clean)
+    with DagsterInstance.ephemeral() as instance:
+        outcome = run_graph(instance, run_key=RUN, defs=local_defs(clean, curated))
+    assert outcome.ok, (outcome.errors, outcome.failed_error_checks)
+    selection = json.loads((curated / f"recsys/eval/selection-{RUN[4:]}/selection.json").read_text())
+    assert selection["users"] == 0 and selection["winner"]["method"] == "gp_topfreq"
+    assert "nothing could be validated" in selection["unvalidated"]
+    recos = outcome.materialized["user_recos"]
+    assert recos["exported_method"] == "GP-TopFreq" and "nothing could be validated" in recos["why"]
+    lightfm = outcome.materialized["lightfm_model"]
+    assert lightfm["epochs_final"] == UNVALIDATED_EPOCHS and "nothing could be validated" in lightfm["chosen_on"]
+    assert json.loads((curated / "recsys/latest/index.json").read_text())["run_key"] == RUN
+    summary = "\n".join(run_summary(LocalStorage(root=str(curated)), outcome))
+    assert "exported: GP-TopFreq — no user has a basket before their second-to-last one" in summary

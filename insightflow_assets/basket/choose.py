@@ -127,8 +127,11 @@ def _choose(built: tuple, before: tuple, qs: list[ev.Query], products: pl.DataFr
     raw = profiles if profiles is not None else prof.raw()
     model = BasketModel.build(before_pairs, before_items, products, item_ids=item_ids, item_vectors=item_vectors,
                               profiles=raw)
-    table = score_profiles(model, qs, list(model.profiles))
-    name = best(table) if qs else prof.active(raw)  # no validation basket: the file's default
+    # no validation basket, or none before them (every customer's only basket is the validation
+    # one): nothing to choose on, so the file's default
+    judged = qs if before_items.height else []
+    table = score_profiles(model, judged, list(model.profiles))
+    name = best(table) if judged else prof.active(raw)
     info["profile_choice"] = {"active": name, "split": "validation", "criterion": "hit@10 + mrr@10",
                               "baskets": len({q.user_id for q in qs}), "queries": len(qs),
                               "embeddings": item_vectors is not None, "validation": table}

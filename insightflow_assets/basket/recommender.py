@@ -107,7 +107,8 @@ class BasketModel:
         as in profiles.json (the package's file by default); ``active`` overrides its default."""
         ids = np.unique(np.concatenate([products["product_id"].to_numpy(), items["product_id"].to_numpy()]).astype(np.int32))
         n = ids.size
-        segments = sorted(int(s) for s in items["segment"].unique())
+        # ANY always: a window without a basket still gives a model (that knows no product)
+        segments = sorted({int(s) for s in items["segment"].unique()} | {ANY})
         # one pass over the pairs (stored by product, then rank: each part is already in CSR order)
         parts = pairs.partition_by("segment", "direction", as_dict=True, maintain_order=True)
         empty = pairs.clear()

@@ -240,10 +240,11 @@ def headline_metadata(methods: dict[str, dict], k: int = HEADLINE_K) -> dict[str
 def exported_method(selection: dict) -> dict:
     """What the exports carry and why: the validation winner, with the near-ties flagged."""
     win = selection["winner"]
+    score = win.get(selection["metric"])
     return {
         "method": win["method"],
         "label": win["label"],
         "params": win["params"],
-        "why": f"best {selection['metric']} on the validation basket ({win[selection['metric']]:.4f})",
+        "why": selection.get("unvalidated") if score is None else f"best {selection['metric']} on the validation basket ({score:.4f})",
         "ties_within_1pct": selection.get("ties", []),
     }

@@ -30,6 +30,11 @@ from insightflow_assets.model.als import AlsModel, recommend
 from insightflow_assets.parallel import usable_cores
 
 
+# epochs of the final fit when no user has a validation basket (tiny logs): LightFM's own
+# examples train for 10-30 epochs; the low end, since there is no early stopping to catch overfit
+UNVALIDATED_EPOCHS = 10
+
+
 @dataclass(frozen=True)
 class LightfmParams:
     """LightFM's hyperparameters and the early-stopping rule."""
@@ -152,11 +157,12 @@ def fit_early_stopping(
     (at most ``params.epochs``, and ``ceiling`` when given: the final fit's cap, see `train`).
 
     ``truth_basket``: ``user_id, product_id`` of each user's validation basket. Returns the best
-    epoch (≥ 1) and the curve (one row per epoch run: epoch, precision@10, recall@10, seconds).
+    epoch (≥ 1; 0 when no user can be scored) and the curve (one row per epoch run: epoch,
+    precision@10, recall@10, seconds).
     """
     users = _scored_users(truth_basket, problem.users.ids, params)
     if users.size == 0:
-        raise ValueError("LightFM early stopping: no user has a validation basket and history before it")
+        return 0, []  # nothing to validate on (`train` says so and uses UNVALIDATED_EPOCHS)
     truth = prepare_truth(truth_basket, users=users)
     model, curve, best = new_model(params), [], 0
     for epoch in range(1, min(params.epochs, ceiling or params.epochs) + 1):
@@ -265,6 +271,10 @@ def train(
         problem = Problem.build(validation_ratings, products, user_seg)
         best, curve = fit_early_stopping(problem, validation_truth, params, log=log, ceiling=ceiling)
         chosen_on = "validation (each user's second-to-last basket)"
+        if best == 0:
+            best = min(UNVALIDATED_EPOCHS, ceiling)
+            chosen_on = (f"no user has a validation basket with history before it, so nothing could be "
+                         f"validated: {best} epochs (the default)")
     validation_seconds = time.perf_counter() - t0
     emb, fit_seconds = fit_lightfm(Problem.build(ratings, products, user_seg), params, final_epochs(best, ratings.height, params))
     emb.params.update(best_epoch=best, epochs_run=len(curve), validation_curve=curve, chosen_on=chosen_on)

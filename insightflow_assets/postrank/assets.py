@@ -109,7 +109,7 @@ def user_recos(
         metadata={
             "users": users.len(),
             "exported_method": REGISTRY[method].label,
-            "why": f"won on validation ({model_selection['metric']})",
+            "why": exported_method(model_selection)["why"],
             "params": MetadataValue.json(params),
             "sources": MetadataValue.json(dict(zip(sources["source"].to_list(), sources["len"].to_list()))),
             **({"category_rerank": MetadataValue.json(reranked)} if events else {}),

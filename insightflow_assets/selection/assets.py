@@ -12,6 +12,7 @@ from insightflow_assets.selection.select import (
     REPORTED,
     default_candidates,
     select,
+    unvalidated,
     validation_split,
     validation_users,
 )
@@ -51,10 +52,9 @@ def model_selection(
     current_run(context)
     window, truth = validation_split(orders_imputed, raw_order_products)
     users = validation_users(truth, window, config.sample_users, config.seed)
-    if users.size == 0:
-        raise ValueError("model_selection: no user has two baskets, so nothing can be validated")
     als = {**config.als, "fit_users": config.als_fit_users}
-    report = select(default_candidates(als, config.grid), window, truth, users)
+    candidates = default_candidates(als, config.grid)
+    report = select(candidates, window, truth, users) if users.size else unvalidated(candidates)
     win = report["winner"]
     best = report["best_per_method"]
     return Output(
@@ -66,5 +66,6 @@ def model_selection(
             **{f"validation_{m}_{metric}": float(v[metric]) for m, v in best.items() for metric in REPORTED},
             # the grid and every score are in the stored selection.json (path above)
             "candidates": len(report["candidates"]),
+            **({"unvalidated": report["unvalidated"]} if "unvalidated" in report else {}),
         },
     )

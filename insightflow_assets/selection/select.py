@@ -96,6 +96,30 @@ def select(
     }
 
 
+UNVALIDATED_DEFAULT = "gp_topfreq"  # what is exported when nothing can be validated: it needs no tuning
+
+
+def unvalidated(candidates: list[Candidate]) -> dict[str, Any]:
+    """`select`'s report when no user has a validation basket with history before it (e.g. a
+    log where everyone has one basket before their last): nothing is scored, every method runs
+    with its defaults, and GP-TopFreq (the Reality Check's bar, which needs no tuning) is
+    exported. ``unvalidated`` says so in the report, the metadata and the run summary."""
+    cls = REGISTRY[UNVALIDATED_DEFAULT]
+    return {
+        "metric": METRIC,
+        "protocol": "fit on the baskets before each user's second-to-last basket, score on that basket; "
+        "the last basket (holdout) is not read",
+        "users": 0,
+        "candidates": [{"method": c.method, "params": c.params, **{m: None for m in REPORTED}} for c in candidates],
+        "best_per_method": {},
+        "best_fit": {},
+        "winner": {"method": cls.name, "label": cls.label, "params": {}, **{m: None for m in REPORTED}},
+        "ties": [],
+        "unvalidated": f"no user has a basket before their second-to-last one, so nothing could be validated; "
+        f"{cls.label} (no hyperparameters) is exported and every model runs with its defaults",
+    }
+
+
 def _sharing_groups(fitted: list) -> list[list[int]]:
     """Candidate indices grouped by class and shared fit (`fit_all`), in order of first
     appearance: a group's lists come from one `recommend_many` call."""
