@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from insightflow_assets.parallel import map_blocks
 from insightflow_assets.ratings.build import target_orders
 
 ANY = -1  # the segment id of the pairs over every basket
@@ -140,15 +141,21 @@ def segment_pairs(
     """``segment, a, b, count`` for every segment and ANY (the sum), pairs of at least
     ``min_support`` baskets only, and the counts of the ANY matrix before that filter.
 
-    One segment at a time: an order has one customer, so the segment's lines stay grouped by
-    order, and the peak memory is one segment's pairs, not all of them."""
-    frames, overall = [], sp.csr_matrix((n_items, n_items), dtype=np.int32)
-    for s in np.unique(segment):
+    Segment by segment: an order has one customer, so the segment's lines stay grouped by
+    order, and the peak memory is a few segments' pairs (one per core), not all of them.
+    Segments are counted in threads; their sum is taken in segment order."""
+    segments = np.unique(segment)
+
+    def one(s) -> tuple[sp.csr_matrix, pl.DataFrame | None]:
         m = segment == s
         counts = count_pairs(order_id[m], item[m], n_items, window)
+        return counts, (_coo_frame(counts, int(s), min_support) if s != ANY else None)
+
+    frames, overall = [], sp.csr_matrix((n_items, n_items), dtype=np.int32)
+    for counts, frame in map_blocks(one, segments):
         overall = overall + counts
-        if s != ANY:
-            frames.append(_coo_frame(counts, int(s), min_support))
+        if frame is not None:
+            frames.append(frame)
     frames.append(_coo_frame(overall, ANY, min_support))
     stats = {"pair_occurrences": int(overall.sum()), "distinct_pairs": int(overall.nnz),
              "pairs_at_min_support": int((overall.data >= min_support).sum())}
