@@ -105,6 +105,46 @@ def test_column_mapping_and_formats(tmp_path):
     assert mapped.excluded == plain.excluded
 
 
+def test_names_match_whatever_their_case_and_separators(tmp_path):
+    """INVOICE_NO, stock code, … are the UCI columns under other spellings: the same tables."""
+    spelled = TINY.replace(HEADER, "INVOICE_NO,stock code,DESCRIPTION,quantity,invoice-date,Unit Price,customerId,Country\n")
+    other = derive_snapshot(write(tmp_path / "other", spelled) / "transactions.csv")
+    plain = derive_snapshot(write(tmp_path / "plain") / "transactions.csv")
+    assert other.snapshot.orders.equals(plain.snapshot.orders)
+    assert other.snapshot.order_products.equals(plain.snapshot.order_products)
+    assert other.snapshot.products.equals(plain.snapshot.products)
+
+
+# A Ta-Feng-style export: dates only, no order column, upper-case names, AMOUNT not a quantity.
+TAFENG = """TRANSACTION_DT,CUSTOMER_ID,AGE_GROUP,PRODUCT_ID,AMOUNT,SALES_PRICE
+11/1/2000,01104905,45-49,4710199010372,2,30
+11/1/2000,01104905,45-49,4710199010373,1,25
+11/1/2000,00418683,45-49,4710857472535,1,46
+11/3/2000,01104905,45-49,4710199010372,1,30
+11/5/2000,00418683,45-49,4710857472535,1,46
+11/5/2000,00418683,45-49,4710199010372,3,30
+"""
+
+
+def test_without_an_order_column_a_customer_and_timestamp_is_an_order(tmp_path, instance):
+    from insightflow_assets.ingest.transactions import DERIVED_ORDERS
+
+    result = derive_snapshot(write(tmp_path / "direct", TAFENG) / "transactions.csv")
+    orders, lines = result.snapshot.orders, result.snapshot.order_products
+    # customer 1104905: 11/1 (two lines), 11/3; customer 418683: 11/1, 11/5 (two lines)
+    per_user = orders.group_by("user_id").agg(pl.col("order_number").max()).sort("user_id")
+    assert per_user.rows() == [(418683, 2), (1104905, 2)]
+    sizes = lines.group_by("order_id").len().join(orders.select("order_id", "user_id", "order_number"), on="order_id")
+    assert sorted(sizes.select("user_id", "order_number", "len").rows()) == [(418683, 1, 1), (418683, 2, 2), (1104905, 1, 2), (1104905, 2, 1)]
+    assert "quantity" not in lines.columns and orders["order_hour_of_day"].null_count() == orders.height
+    assert result.info["orders"] == DERIVED_ORDERS
+    # through the ingest asset: the derivation says where the orders came from
+    outcome, _ = ingest(tmp_path, instance, write(tmp_path / "clean", TAFENG))
+    assert outcome.ok, outcome.errors
+    mat = instance.get_latest_materialization_event(AssetKey("raw_order_products")).asset_materialization
+    assert mat.metadata["derivation"].value["orders"] == DERIVED_ORDERS
+
+
 def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):
     text = "customer,order,date,item\nbob,o1,2024-05-01,x\nann,o2,2024-05-02,y\nbob,o3,2024-05-09,y\n"
     result = derive_snapshot(write(tmp_path / "c", text) / "transactions.csv", TransactionsSpec(

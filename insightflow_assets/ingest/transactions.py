@@ -41,19 +41,33 @@ from insightflow_assets.ingest.loading import (
     read_csv_checked,
 )
 
-# Logical column -> the names looked for, in order, when the configuration maps none.
-# The UCI Online Retail names are among them, so that file works as it is.
+# Logical column -> the names looked for, in order, when the configuration maps none. A name
+# matches whatever its case and separators ("Customer ID", "CUSTOMER_ID" and "customerId" are
+# customer_id); an exact match wins. The UCI Online Retail (I and II) names are among them, so
+# those files work as they are, and so are common names of other retail exports.
 DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
-    "customer_id": ("customer_id", "CustomerID", "Customer ID", "customer", "user_id"),
-    "order_id": ("order_id", "InvoiceNo", "Invoice", "invoice_id", "transaction_id"),
-    "timestamp": ("timestamp", "InvoiceDate", "order_date", "datetime", "date", "created_at"),
-    "product_id": ("product_id", "StockCode", "sku", "item_id"),
-    "quantity": ("quantity", "Quantity", "qty"),
-    "unit_price": ("unit_price", "UnitPrice", "Price", "price"),
-    "product_name": ("product_name", "Description", "name"),
-    "category": ("category", "Category", "department"),
+    "customer_id": ("customer_id", "CustomerID", "Customer ID", "customer", "user_id", "client_id", "member_id",
+                    "household_key", "shopper_id", "buyer_id"),
+    "order_id": ("order_id", "InvoiceNo", "Invoice", "invoice_id", "transaction_id", "basket_id", "receipt_id",
+                 "ticket_id", "bill_no"),
+    "timestamp": ("timestamp", "InvoiceDate", "order_date", "datetime", "date", "created_at", "transaction_dt",
+                  "transaction_date", "transaction_time", "purchase_date", "order_purchase_timestamp",
+                  "order_datetime", "event_time"),
+    "product_id": ("product_id", "StockCode", "sku", "item_id", "product_code", "article_id", "sku_id", "product"),
+    "quantity": ("quantity", "Quantity", "qty", "units"),
+    "unit_price": ("unit_price", "UnitPrice", "Price", "price", "sales_price", "selling_price"),
+    "product_name": ("product_name", "Description", "name", "item_name", "product_title"),
+    "category": ("category", "Category", "department", "product_category", "category_name"),
 }
-REQUIRED = ("customer_id", "order_id", "timestamp", "product_id")
+REQUIRED = ("customer_id", "timestamp", "product_id")
+# Without an order column, a customer's lines with one timestamp are one order (one basket per
+# checkout time; per day when the file has dates only).
+DERIVED_ORDERS = "one order per customer and timestamp (the file has no order column)"
+
+
+def _folded(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
 
 # Each excluded line is counted once, under the first reason that applies, in this order.
 EXCLUSION_REASONS = (
@@ -104,7 +118,12 @@ def resolve_columns(found: list[str], spec: TransactionsSpec, name: str) -> dict
                 raise InputError(f"{name}: missing column {col} (mapped to {logical}; found: {', '.join(found)})")
             out[logical] = col
             continue
-        hit = next((c for c in candidates if c in found), None)
+        folded = {}
+        for c in found:
+            folded.setdefault(_folded(c), c)
+        hit = next((c for c in candidates if c in found), None) or next(
+            (folded[_folded(c)] for c in candidates if _folded(c) in folded), None
+        )
         if hit is not None:
             out[logical] = hit
         elif logical in REQUIRED:
@@ -142,14 +161,29 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) 
     cols = resolve_columns(found, spec, name)
     simple = _read_simple(path, cols, is_parquet)
     if simple is not None:
-        return simple
+        return _with_orders(simple)
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols)
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
-    return _typed(out, cols, name).rechunk()
+    return _with_orders(_typed(out, cols, name).rechunk())
+
+
+def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
+    """The lines with an ``order_id``: the file's, or `DERIVED_ORDERS` (dense ids; lines without
+    a customer or a timestamp are excluded later for that reason anyway)."""
+    if "order_id" in df.columns:
+        return df
+    return df.with_columns(order_id=pl.struct("customer_id", "timestamp").rank("dense").cast(pl.Int64))
+
+
+def has_order_column(path: Path, spec: TransactionsSpec) -> bool:
+    """Whether the file names its orders (else `DERIVED_ORDERS`): the header only."""
+    is_parquet = str(path).endswith(".parquet")
+    found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
+    return "order_id" in resolve_columns(found, spec, Path(path).name)
 
 
 def _csv_types(cols: dict[str, str]) -> dict[str, pl.DataType]:
@@ -207,7 +241,7 @@ def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataF
                     raise
     except (Exception, pl.exceptions.PanicException):
         return None
-    if df.height == 0 or df["_bad"].any() or any(df[c].null_count() for c in ("order_id", "product_id")):
+    if df.height == 0 or df["_bad"].any() or any(df[c].null_count() for c in ("order_id", "product_id") if c in df.columns):
         return None
     if any(df[c].null_count() == df.height for c in ("customer_id", "timestamp")):
         return None
@@ -220,7 +254,7 @@ def _simple_plan(sample: pl.DataFrame, narrow: bool) -> tuple[list[pl.Expr], lis
     the careful path would type differently, and the ids read from text as integers. None when
     a column needs the careful path."""
     exprs, bad, text_ints = [], [], set()
-    for c in ("customer_id", "order_id", "product_id"):
+    for c in (c for c in ("customer_id", "order_id", "product_id") if c in sample.columns):
         plan = _simple_id(sample[c], c, narrow)
         if plan is None:
             return None
@@ -303,7 +337,7 @@ def _simple_timestamp(s: pl.Series) -> tuple[pl.Expr, list[pl.Expr]] | None:
 def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
     """What the one-pass read leaves to check: text ids that need trimming or hold null
     markers, and customer ids read as integers that do not fit Int32 (ranked as text)."""
-    for c in ("customer_id", "order_id", "product_id"):
+    for c in (c for c in ("customer_id", "order_id", "product_id") if c in df.columns):
         s = df[c]
         if s.dtype == pl.Categorical and _needs_cleaning(s.unique().cast(pl.String)):
             df = df.with_columns(_id_column(s.cast(pl.String), c))
@@ -315,7 +349,7 @@ def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
 def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
     """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values named."""
     # One column at a time, so that each column's text is freed once it is typed.
-    for c in ("customer_id", "order_id", "product_id"):
+    for c in (c for c in ("customer_id", "order_id", "product_id") if c in cols):
         df = df.with_columns(_id_column(df[c], c))
     # Names and categories are kept as written: only an empty one is missing.
     df = df.with_columns(as_written(df[c].cast(pl.String)) for c in ("product_name", "category") if c in cols)
@@ -324,7 +358,7 @@ def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
     for col in REQUIRED:
         if df[col].null_count() == df.height:
             raise InputError(f"{name}: column {cols[col]}: no value at all (the {col} is required)")
-    for col in ("order_id", "product_id"):
+    for col in (c for c in ("order_id", "product_id") if c in cols):
         if df[col].null_count():
             raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s)")
     if "quantity" in cols:
@@ -539,6 +573,8 @@ def derive_snapshot(
     del df
     with _plain_pages():
         snap, info = _derive(lines, excluded, name)
+    if not has_order_column(path, spec):
+        info["orders"] = DERIVED_ORDERS
     return TransactionsResult(snap, excluded, lines_in, info)
 
 
