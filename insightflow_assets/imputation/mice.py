@@ -441,24 +441,25 @@ def _run_imputations(
                 max_value=st.hi,
                 random_state=model_seed,
             )
-            # The point estimate may stop early on sklearn's tolerance; not getting there
-            # within max_iter is the same fixed-rounds result the posterior path always
-            # gives, so the warning is only noise.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                t1 = time.perf_counter()
-                imputer.fit(st.X[fit_idx])
-                t2 = time.perf_counter()
-                fills += [imputer.transform(st.X[group]) for group in st.todo_groups]
-                spent["fit"] += t2 - t1
-                spent["transform"] += time.perf_counter() - t2
+            t1 = time.perf_counter()
+            imputer.fit(st.X[fit_idx])
+            t2 = time.perf_counter()
+            fills += [imputer.transform(st.X[group]) for group in st.todo_groups]
+            spent["fit"] += t2 - t1
+            spent["transform"] += time.perf_counter() - t2
         return fills, fit_rows, spent
 
     # Imputations are independent (own seeds), so they run on every core; their fills are
     # added in imputation order, so the pooled sums are the same bits as one at a time.
     # One BLAS thread, set once around the pool: results must not depend on the core count.
     timings = {"fit": 0.0, "transform": 0.0}
-    for m, (fills, fit_rows, spent) in enumerate(map_blocks(one, range(info["n_imputations"]))):
+    # The point estimate may stop early on sklearn's tolerance; not getting there within
+    # max_iter is the same fixed-rounds result the posterior path always gives, so the warning
+    # is only noise. Filtered here, around the threads: catch_warnings is not thread-safe.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        done = map_blocks(one, range(info["n_imputations"]))
+    for m, (fills, fit_rows, spent) in enumerate(done):
         it = iter(fills)
         for st in strata:
             for group in st.todo_groups:
