@@ -264,3 +264,42 @@ def test_pure_reader_checks_csv_like_the_instacart_reader(tmp_path):
     ragged = write(tmp_path / "r", HEADER + "\n".join(lines) + "\n") / "transactions.csv"
     with pytest.raises(InputError, match=r"^transactions.csv: line 2: 9 fields, the header has 8 \(the row has 1 extra field\)$"):
         derive_snapshot(ragged)
+
+
+# A Dunnhumby-style export: days numbered from 1, no date.
+DUNNHUMBY = """household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,SALES_VALUE
+2375,26984851472,1,1004906,1,1.39
+2375,26984851472,1,1033142,1,0.82
+1364,26984896261,1,842930,1,2.19
+2375,26984851516,5,1004906,2,2.78
+1364,26984896300,9,842930,1,2.19
+"""
+
+
+@pytest.mark.parametrize(
+    ("unit", "ok", "message"),
+    [
+        (None, False, "transactions.csv: column DAY: value '1' is not a date or timestamp (5 row(s)); integer times need the ingest config timestamp_unit (day, s or ms)"),
+        ("hours", False, "transactions config: timestamp_unit 'hours' is not one of day, s, ms"),
+        ("day", True, None),
+    ],
+)
+def test_integer_days_need_and_take_a_timestamp_unit(tmp_path, instance, unit, ok, message):
+    from insightflow_assets.runner import run_graph
+    from insightflow_assets_tests.conftest import local_defs
+
+    clean, curated = write(tmp_path / "clean", DUNNHUMBY), tmp_path / "curated"
+    config = {"columns": {"timestamp": "DAY"}, **({"timestamp_unit": unit} if unit else {})}
+    outcome = run_graph(instance, run_key=RUN, defs=local_defs(clean, curated), selection=["raw_orders", "raw_order_products", "products"],
+                        run_config={"ops": {"instacart_snapshot": {"config": config}}})
+    if not ok:
+        assert not outcome.success and len(outcome.errors) == 1 and "\n" not in outcome.errors[0]
+        assert outcome.errors[0].endswith(message), outcome.errors
+        assert stored_files(curated) == []
+        return
+    assert outcome.ok, outcome.errors
+    orders = pl.read_parquet(curated / f"recsys/raw/{RUN}/orders.parquet").sort("user_id", "order_number")
+    # household 1364: days 1 and 9; household 2375: days 1 and 5 (basket 26984851472 has two lines)
+    assert orders.select("user_id", "order_number", "days_since_prior_order").rows() == [
+        (1364, 1, None), (1364, 2, 8.0), (2375, 1, None), (2375, 2, 4.0)]
+    assert orders["order_hour_of_day"].null_count() == orders.height  # days carry no time of day

@@ -64,6 +64,11 @@ class IngestConfig(Config):
         ),
     )
 
+    timestamp_unit: str | None = Field(
+        default=None,
+        description="Transactions form: integer times in this unit since 1970 (day, s or ms), e.g. a DAY column numbered 1, 2, …",
+    )
+
     cutoff: str | None = Field(
         default=None,
         description=(
@@ -88,6 +93,7 @@ class IngestConfig(Config):
             cancel_prefixes=tuple(self.cancel_prefixes),
             non_product_codes=tuple(self.non_product_codes),
             non_product_prefixes=tuple(self.non_product_prefixes),
+            timestamp_unit=self.timestamp_unit,
         )
 
 

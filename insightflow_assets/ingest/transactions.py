@@ -87,6 +87,9 @@ T, U = TypeVar("T"), TypeVar("U")
 _SAMPLE = 10_000  # first lines judged before the whole file is read one way or another
 
 
+TIMESTAMP_UNITS = {"day": "d", "s": "s", "ms": "ms"}  # timestamp_unit -> polars' from_epoch unit
+
+
 @dataclass(frozen=True)
 class TransactionsSpec:
     """How to read a transactions table: column mapping and what counts as unusable."""
@@ -95,6 +98,13 @@ class TransactionsSpec:
     cancel_prefixes: tuple[str, ...] = ("C",)
     non_product_codes: tuple[str, ...] = DEFAULT_NON_PRODUCT_CODES
     non_product_prefixes: tuple[str, ...] = DEFAULT_NON_PRODUCT_PREFIXES
+    # integer times: days (e.g. a DAY column numbered from 1), Unix seconds or milliseconds;
+    # None: dates and timestamps only (an integer is never guessed to be one or the other)
+    timestamp_unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.timestamp_unit not in (None, *TIMESTAMP_UNITS):
+            raise InputError(f"transactions config: timestamp_unit {self.timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
 
 
 @dataclass
@@ -159,7 +169,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) 
     """`read_transactions` of one file; the reader's own errors (`READER_ERRORS`) propagate."""
     found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
-    simple = _read_simple(path, cols, is_parquet)
+    simple = _read_simple(path, cols, is_parquet) if spec.timestamp_unit is None else None
     if simple is not None:
         return _with_orders(simple)
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols)
@@ -168,7 +178,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) 
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
-    return _with_orders(_typed(out, cols, name).rechunk())
+    return _with_orders(_typed(out, cols, name, spec.timestamp_unit).rechunk())
 
 
 def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
@@ -346,7 +356,7 @@ def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
     return df
 
 
-def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
+def _typed(df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None) -> pl.DataFrame:
     """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values named."""
     # One column at a time, so that each column's text is freed once it is typed.
     for c in (c for c in ("customer_id", "order_id", "product_id") if c in cols):
@@ -365,7 +375,7 @@ def _typed(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
         df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name))
     if "unit_price" in cols:
         df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name))
-    return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name))
+    return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name, unit))
 
 
 def _id_column(s: pl.Series, col: str) -> pl.Series:
@@ -449,8 +459,11 @@ def _price(price: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
     return price.cast(pl.Float64).fill_nan(None)
 
 
-def _timestamps(s: pl.Series, column: str, name: str) -> pl.Series:
-    """Datetime (µs); strings are tried against common formats, the first that parses every value wins."""
+def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None) -> pl.Series:
+    """Datetime (µs); strings are tried against common formats, the first that parses every value
+    wins; with ``unit`` (`TIMESTAMP_UNITS`) the values are integers in that unit since 1970."""
+    if unit is not None:
+        return _epoch_times(s, column, name, unit)
     if s.dtype == pl.Date:
         return s.cast(pl.Datetime("us")).alias("timestamp")
     if isinstance(s.dtype, pl.Datetime):
@@ -469,7 +482,19 @@ def _timestamps(s: pl.Series, column: str, name: str) -> pl.Series:
         if best_bad is None or n_bad < best_bad:
             best, best_bad = parsed, n_bad
     example = text.filter(best.is_null() & present)[0]
-    raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp ({best_bad} row(s))")
+    hint = "; integer times need the ingest config timestamp_unit (day, s or ms)" if example.lstrip("-").isdigit() else ""
+    raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp ({best_bad} row(s)){hint}")
+
+
+def _epoch_times(s: pl.Series, column: str, name: str, unit: str) -> pl.Series:
+    """Integers in ``unit`` since 1970-01-01 as Datetime (µs); a value that is not one is named."""
+    text = s.cast(pl.String).str.strip_chars()
+    ints = text.cast(pl.Int64, strict=False)
+    bad = ints.is_null() & text.is_not_null()
+    if bad.any():
+        raise InputError(f"{name}: column {column}: value {text.filter(bad)[0]!r} is not an integer time "
+                         f"in {unit} (timestamp_unit; {int(bad.sum())} row(s))")
+    return pl.from_epoch(ints, time_unit=TIMESTAMP_UNITS[unit]).cast(pl.Datetime("us")).alias("timestamp")
 
 
 def _timestamps_quick(s: pl.Series) -> pl.Series | None:
