@@ -115,6 +115,16 @@ def test_names_match_whatever_their_case_and_separators(tmp_path):
     assert other.snapshot.products.equals(plain.snapshot.products)
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_semicolon_or_tab_separated_file_reads_like_the_comma_one(tmp_path, separator):
+    """Excel's CSV in many European locales is separated by ';': the header says which."""
+    other = derive_snapshot(write(tmp_path / "other", TINY.replace(",", separator)) / "transactions.csv")
+    plain = derive_snapshot(write(tmp_path / "plain") / "transactions.csv")
+    assert other.snapshot.orders.equals(plain.snapshot.orders)
+    assert other.snapshot.order_products.equals(plain.snapshot.order_products)
+    assert other.info["separator"] == separator and "separator" not in plain.info
+
+
 # A Ta-Feng-style export: dates only, no order column, upper-case names, AMOUNT not a quantity.
 TAFENG = """TRANSACTION_DT,CUSTOMER_ID,AGE_GROUP,PRODUCT_ID,AMOUNT,SALES_PRICE
 11/1/2000,01104905,45-49,4710199010372,2,30

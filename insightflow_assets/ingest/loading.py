@@ -136,21 +136,32 @@ def _read_csv(path: Path, table: str, name: str, encoding: str) -> pl.DataFrame:
     return read_csv_checked(path, name, encoding, lambda p: _read_csv_file(p, table, name))
 
 
-def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path], T]) -> T:
+def sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
+    """The header's field separator: ``,`` unless the first line holds more ``;`` or tabs than
+    commas (Excel's export in many European locales writes ``;``)."""
+    with open_bytes(path) as raw:
+        header = raw.readline().decode(encoding, errors="replace")
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > counts[","] else ","
+
+
+def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path], T], delimiter: str = ",") -> T:
     """``read(path)`` for a CSV file, or, when the reader cannot parse it (`READER_ERRORS`) or it
-    is in another encoding than UTF-8, ``read`` of its checked copy (`utf8_copy`).
+    is in another encoding than UTF-8 or separated by another ``delimiter``, ``read`` of its
+    checked copy (`utf8_copy`, comma-separated).
 
     The copy names the line of a real defect (damaged gzip, bytes not valid in the encoding, a
     row with more fields than the header), or, when there is none (e.g. a bare `"` inside a
     field, which polars refuses), is a re-quoted UTF-8 file the reader can parse. Both input
     forms read their CSV files through here.
     """
-    if is_utf8(encoding):
+    if is_utf8(encoding) and delimiter == ",":
         try:
             return read(path)
         except READER_ERRORS:
             pass  # looked into below, outside the handler so the one-line error has no chained cause
-    with utf8_copy(path, name, encoding) as copy:
+    with utf8_copy(path, name, encoding, delimiter) as copy:
         try:
             return read(copy)
         except READER_ERRORS as exc:
@@ -208,7 +219,7 @@ class _BadBytes(Exception):
 
 
 @contextlib.contextmanager
-def utf8_copy(path: Path, name: str, encoding: str = "utf-8") -> Iterator[Path]:
+def utf8_copy(path: Path, name: str, encoding: str = "utf-8", delimiter: str = ",") -> Iterator[Path]:
     """A checked, re-quoted UTF-8 copy of a CSV file (plain, even when the source is gzipped).
 
     Reads the file line by line and raises `InputError` naming the line (and column) of its
@@ -217,12 +228,12 @@ def utf8_copy(path: Path, name: str, encoding: str = "utf-8") -> Iterator[Path]:
     """
     with tempfile.TemporaryDirectory(prefix="insightflow-csv-") as tmp:
         copy = Path(tmp) / "copy.csv"
-        with _open_bytes(path) as raw, copy.open("w", encoding="utf-8", newline="") as out:
-            _recode(raw, out, name, encoding)
+        with open_bytes(path) as raw, copy.open("w", encoding="utf-8", newline="") as out:
+            _recode(raw, out, name, encoding, delimiter)
         yield copy
 
 
-def _open_bytes(path: Path):
+def open_bytes(path: Path):
     import gzip
 
     with open(path, "rb") as fh:
@@ -230,8 +241,8 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _recode(raw, out, name: str, encoding: str) -> None:
-    reader = csv.reader(_decoded_lines(raw, name, encoding))  # strict=False: bare quotes kept
+def _recode(raw, out, name: str, encoding: str, delimiter: str = ",") -> None:
+    reader = csv.reader(_decoded_lines(raw, name, encoding), delimiter=delimiter)  # strict=False: bare quotes kept
     writer = csv.writer(out, lineterminator="\n")
     header: list[str] = []
     try:

@@ -22,6 +22,7 @@ silently; anything else wrong raises `InputError` naming the file and the column
 from __future__ import annotations
 
 import contextlib
+import csv
 import re
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,9 @@ from insightflow_assets.ingest.loading import (
     Snapshot,
     as_written,
     first_line,
+    open_bytes,
     read_csv_checked,
+    sniff_delimiter,
 )
 
 # Logical column -> the names looked for, in order, when the configuration maps none. A name
@@ -162,7 +165,8 @@ def read_transactions(
             return _read_file(path, spec, name, is_parquet=True)
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
-    return read_csv_checked(path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False))
+    delimiter = sniff_delimiter(path, encoding)
+    return read_csv_checked(path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False), delimiter)
 
 
 def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) -> pl.DataFrame:
@@ -189,10 +193,14 @@ def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(order_id=pl.struct("customer_id", "timestamp").rank("dense").cast(pl.Int64))
 
 
-def has_order_column(path: Path, spec: TransactionsSpec) -> bool:
+def has_order_column(path: Path, spec: TransactionsSpec, encoding: str = "utf-8") -> bool:
     """Whether the file names its orders (else `DERIVED_ORDERS`): the header only."""
-    is_parquet = str(path).endswith(".parquet")
-    found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
+    if str(path).endswith(".parquet"):
+        found = list(pl.read_parquet_schema(path))
+    else:
+        with open_bytes(path) as raw:
+            line = raw.readline().decode(encoding, errors="replace").lstrip("\ufeff")
+        found = next(csv.reader([line], delimiter=sniff_delimiter(path, encoding)))
     return "order_id" in resolve_columns(found, spec, Path(path).name)
 
 
@@ -598,8 +606,10 @@ def derive_snapshot(
     del df
     with _plain_pages():
         snap, info = _derive(lines, excluded, name)
-    if not has_order_column(path, spec):
+    if not has_order_column(path, spec, encoding):
         info["orders"] = DERIVED_ORDERS
+    if not str(path).endswith(".parquet") and sniff_delimiter(path, encoding) != ",":
+        info["separator"] = sniff_delimiter(path, encoding)
     return TransactionsResult(snap, excluded, lines_in, info)
 
 
