@@ -17,7 +17,9 @@ class Compute(ConfigurableResource):
 
     engine: str = "local"
     master: str = "local[2]"
-    driver_memory: str = "2g"  # local[N]: the driver JVM is the executor too, so this caps the job's heap
+    # local[N]: the driver JVM is the executor too, so this caps the job's heap; 2g ran out at
+    # Instacart's size (basket item counts), 8g completed 2x that (README "Beyond one machine")
+    driver_memory: str = "8g"
     conf: Dict[str, str] = {}  # extra spark-submit --conf, over insightflow_assets.spark.launch.SPARK_CONF
     # where the job writes its outputs before the step loads them (default: the system temp dir)
     scratch: Optional[str] = None

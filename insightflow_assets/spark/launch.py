@@ -28,7 +28,7 @@ SPARK_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.sql.adaptive.enabled": "true",
 }
-DRIVER_MEMORY = "2g"
+DRIVER_MEMORY = "8g"  # as resources.compute.Compute: 2g ran out at Instacart size
 
 
 def spark_missing() -> str | None:
