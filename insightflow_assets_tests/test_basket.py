@@ -289,3 +289,18 @@ def test_a_basket_holding_the_whole_catalogue_gets_an_empty_list():
     # nothing left to complement it with (a tiny catalogue): an empty answer, not a crash
     r = _model().recommend(list(range(1, N_ITEMS + 1)), 10, segment=0)
     assert r.product_ids == [] and r.scores == []
+
+
+def test_lines_without_cart_position_keep_the_file_order():
+    """`pairs.cart_lines`: a line with no add_to_cart_order sorts after the known ones, ties in
+    the file's order, every time (the join before the stable sort keeps the lines' order)."""
+    from insightflow_assets.basket.pairs import cart_lines
+
+    rng = np.random.default_rng(0)
+    order_id = rng.permutation(np.repeat(np.arange(40_000), 5))
+    lines = pl.DataFrame({"order_id": order_id, "product_id": np.arange(order_id.size),
+                          "add_to_cart_order": pl.Series([None] * order_id.size, dtype=pl.Int16)})
+    chosen = pl.DataFrame({"order_id": np.arange(40_000), "user_id": np.arange(40_000) % 997})
+    want = lines.with_row_index("_file").sort("order_id", "_file")["product_id"].to_list()
+    for _ in range(3):
+        assert cart_lines(chosen, lines, None)["product_id"].to_list() == want

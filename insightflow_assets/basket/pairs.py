@@ -106,7 +106,9 @@ def cart_lines(chosen: pl.DataFrame | pl.LazyFrame, lines: pl.DataFrame, user_se
     return (
         lines.lazy()
         .select("order_id", "product_id", key.alias("_key"))
-        .join(chosen.select("order_id", "segment"), on="order_id", how="inner")
+        # the lines' order kept through the join: the stable sort below relies on it for ties
+        # (lines of one order with no cart position keep the file's order)
+        .join(chosen.select("order_id", "segment"), on="order_id", how="inner", maintain_order="left")
         .sort("_key", maintain_order=True)
         .select("order_id", pl.col("segment").fill_null(ANY), pl.col("product_id").cast(pl.Int32))
         .collect()
