@@ -124,6 +124,9 @@ def resolve_columns(found: list[str], spec: TransactionsSpec, name: str) -> dict
     if unknown:
         raise InputError(f"{name}: column mapping names unknown field {unknown[0]} (known: {', '.join(DEFAULT_NAMES)})")
     out: dict[str, str] = {}
+    folded: dict[str, str] = {}
+    for c in found:
+        folded.setdefault(_folded(c), c)  # the first column of a folded name (an exact match wins anyway)
     for logical, candidates in DEFAULT_NAMES.items():
         if logical in spec.columns:
             col = spec.columns[logical]
@@ -131,9 +134,6 @@ def resolve_columns(found: list[str], spec: TransactionsSpec, name: str) -> dict
                 raise InputError(f"{name}: missing column {col} (mapped to {logical}; found: {', '.join(found)})")
             out[logical] = col
             continue
-        folded = {}
-        for c in found:
-            folded.setdefault(_folded(c), c)
         hit = next((c for c in candidates if c in found), None) or next(
             (folded[_folded(c)] for c in candidates if _folded(c) in folded), None
         )
@@ -193,15 +193,22 @@ def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(order_id=pl.struct("customer_id", "timestamp").rank("dense").cast(pl.Int64))
 
 
-def has_order_column(path: Path, spec: TransactionsSpec, encoding: str = "utf-8") -> bool:
-    """Whether the file names its orders (else `DERIVED_ORDERS`): the header only."""
+def header_notes(path: Path, spec: TransactionsSpec, encoding: str = "utf-8") -> dict[str, str]:
+    """What the derivation notes about the file's header, read once: `DERIVED_ORDERS` when it
+    has no order column, and a separator other than a comma."""
+    notes: dict[str, str] = {}
     if str(path).endswith(".parquet"):
         found = list(pl.read_parquet_schema(path))
     else:
+        delimiter = sniff_delimiter(path, encoding)
         with open_bytes(path) as raw:
             line = raw.readline().decode(encoding, errors="replace").lstrip("\ufeff")
-        found = next(csv.reader([line], delimiter=sniff_delimiter(path, encoding)))
-    return "order_id" in resolve_columns(found, spec, Path(path).name)
+        found = next(csv.reader([line], delimiter=delimiter))
+        if delimiter != ",":
+            notes["separator"] = delimiter
+    if "order_id" not in resolve_columns(found, spec, Path(path).name):
+        notes["orders"] = DERIVED_ORDERS
+    return notes
 
 
 def _csv_types(cols: dict[str, str]) -> dict[str, pl.DataType]:
@@ -606,10 +613,7 @@ def derive_snapshot(
     del df
     with _plain_pages():
         snap, info = _derive(lines, excluded, name)
-    if not has_order_column(path, spec, encoding):
-        info["orders"] = DERIVED_ORDERS
-    if not str(path).endswith(".parquet") and sniff_delimiter(path, encoding) != ",":
-        info["separator"] = sniff_delimiter(path, encoding)
+    info.update(header_notes(path, spec, encoding))
     return TransactionsResult(snap, excluded, lines_in, info)
 
 

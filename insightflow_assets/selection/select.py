@@ -21,6 +21,8 @@ from insightflow_assets.recommenders.base import Candidate
 
 METRIC = "map@10"
 REPORTED = ("map@10", "recall@10", "ndcg@10")
+PROTOCOL = ("fit on the baskets before each user's second-to-last basket, score on that basket; "
+            "the last basket (holdout) is not read")
 TIE = 0.01  # two methods within 1 % of each other on the metric are flagged as a tie
 
 
@@ -83,8 +85,7 @@ def select(
     winner = rows[order[0]]
     return {
         "metric": METRIC,
-        "protocol": "fit on the baskets before each user's second-to-last basket, score on that basket; "
-        "the last basket (holdout) is not read",
+        "protocol": PROTOCOL,
         "users": int(users.size),
         "candidates": rows,
         "best_per_method": _best_per_method(rows),
@@ -107,8 +108,7 @@ def unvalidated(candidates: list[Candidate]) -> dict[str, Any]:
     cls = REGISTRY[UNVALIDATED_DEFAULT]
     return {
         "metric": METRIC,
-        "protocol": "fit on the baskets before each user's second-to-last basket, score on that basket; "
-        "the last basket (holdout) is not read",
+        "protocol": PROTOCOL,
         "users": 0,
         "candidates": [{"method": c.method, "params": c.params, **{m: None for m in REPORTED}} for c in candidates],
         "best_per_method": {},
