@@ -3,7 +3,7 @@
 from typing import Any, Optional
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, MetadataValue, Output
+from dagster import AssetExecutionContext, Config, Output
 from pydantic import Field
 
 from insightflow_assets.common import current_run, run_asset
