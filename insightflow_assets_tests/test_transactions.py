@@ -125,6 +125,41 @@ def test_semicolon_or_tab_separated_file_reads_like_the_comma_one(tmp_path, sepa
     assert other.info["separator"] == separator and "separator" not in plain.info
 
 
+def _comma_prices(text: str, separator: str) -> str:
+    """``text`` separated by ``separator``, with its prices (6th field) written 1,50."""
+    rows = [line.split(",") for line in text.strip().split("\n")]
+    for row in rows[1:]:
+        row[5] = row[5].replace(".", ",")
+    return "\n".join(separator.join(row) for row in rows) + "\n"
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_decimal_commas_in_a_semicolon_or_tab_file_are_read_as_decimals(tmp_path, separator):
+    """Where ';' separates the fields, Excel writes prices 1,50: the same tables as 1.50."""
+    other = derive_snapshot(write(tmp_path / "other", _comma_prices(TINY, separator)) / "transactions.csv")
+    plain = derive_snapshot(write(tmp_path / "plain") / "transactions.csv")
+    assert other.snapshot.orders.equals(plain.snapshot.orders)
+    assert other.snapshot.order_products.equals(plain.snapshot.order_products)
+
+
+def test_a_decimal_comma_with_thousands_dots_is_one_number(tmp_path):
+    from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
+
+    text = HEADER.replace(",", ";") + "1001;A1;Red mug;2;2011-01-03 09:15:00;1.234,50;17850;UK\n"
+    lines = read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
+    assert lines["unit_price"].to_list() == [1234.5]
+
+
+def test_a_decimal_comma_in_a_comma_separated_file_is_still_named(tmp_path):
+    """In a comma-separated file "1,50" may as well be 150 (thousands): one line, not a guess."""
+    from insightflow_assets.ingest.loading import InputError
+    from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
+
+    text = HEADER + '1001,A1,Red mug,2,2011-01-03 09:15:00,"1,50",17850,UK\n'
+    with pytest.raises(InputError, match=r"transactions.csv: column UnitPrice: value '1,50' is not a number"):
+        read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
+
+
 # A Ta-Feng-style export: dates only, no order column, upper-case names, AMOUNT not a quantity.
 TAFENG = """TRANSACTION_DT,CUSTOMER_ID,AGE_GROUP,PRODUCT_ID,AMOUNT,SALES_PRICE
 11/1/2000,01104905,45-49,4710199010372,2,30

@@ -166,10 +166,15 @@ def read_transactions(
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
     delimiter = sniff_delimiter(path, encoding)
-    return read_csv_checked(path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False), delimiter)
+    # Where ``;`` or a tab separates the fields, a comma in a number is its decimal mark
+    # (Excel's export in the locales that write 1.234,50).
+    decimal_comma = delimiter != ","
+    return read_csv_checked(
+        path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False, decimal_comma=decimal_comma), delimiter
+    )
 
 
-def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) -> pl.DataFrame:
+def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, decimal_comma: bool = False) -> pl.DataFrame:
     """`read_transactions` of one file; the reader's own errors (`READER_ERRORS`) propagate."""
     found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
@@ -182,7 +187,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool) 
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
-    return _with_orders(_typed(out, cols, name, spec.timestamp_unit).rechunk())
+    return _with_orders(_typed(out, cols, name, spec.timestamp_unit, decimal_comma).rechunk())
 
 
 def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
@@ -371,8 +376,11 @@ def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
     return df
 
 
-def _typed(df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None) -> pl.DataFrame:
-    """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values named."""
+def _typed(
+    df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None, decimal_comma: bool = False
+) -> pl.DataFrame:
+    """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values
+    named. ``decimal_comma``: numbers may be written ``1.234,50`` (`_decimal_point`)."""
     # One column at a time, so that each column's text is freed once it is typed.
     for c in (c for c in ("customer_id", "order_id", "product_id") if c in cols):
         df = df.with_columns(_id_column(df[c], c))
@@ -387,9 +395,9 @@ def _typed(df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None =
         if df[col].null_count():
             raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s)")
     if "quantity" in cols:
-        df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name))
+        df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name, decimal_comma))
     if "unit_price" in cols:
-        df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name))
+        df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name, decimal_comma))
     return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name, unit))
 
 
@@ -446,7 +454,9 @@ def _needs_cleaning(ids: pl.Series) -> bool:
     return bool(ids.str.contains(r"^\s|\s$").any() or ids.is_in(NULLS).any())
 
 
-def _number(df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str) -> pl.Series:
+def _number(
+    df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str, decimal_comma: bool = False
+) -> pl.Series:
     s = df[col]
     if dtype == pl.Float64 and s.dtype.is_numeric():
         return _price(s.cast(dtype)).alias(col)
@@ -455,6 +465,8 @@ def _number(df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str]
     if s.dtype == pl.String:
         s = s.str.strip_chars()
         s = pl.Series(col, s).set(s.is_in(NULLS), None)
+        if decimal_comma:
+            s = _decimal_point(s)
     parsed = s.cast(pl.Float64, strict=False)
     bad = s.filter(parsed.is_null() & s.is_not_null())
     if len(bad):
@@ -467,6 +479,20 @@ def _number(df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str]
         if len(frac):
             raise InputError(f"{name}: column {cols[col]}: value {frac[0]!r} is not an integer")
     return parsed.cast(dtype).alias(col)
+
+
+# 1,5 / -12,50 / 1.234,50 / 1234,5: a comma decimal mark, dots (if any) grouping thousands
+_DECIMAL_COMMA = r"^[+-]?(\d+|\d{1,3}(\.\d{3})+),\d+$"
+
+
+def _decimal_point(s: pl.Series) -> pl.Series:
+    """Numbers written with a decimal comma as ``1234.50``; every other value as it was (a
+    decimal point stays one, and a value that is no number is still named by `_number`)."""
+    comma = s.str.contains(_DECIMAL_COMMA)
+    if not comma.any():
+        return s
+    fixed = s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
+    return pl.select(pl.when(comma).then(fixed).otherwise(s)).to_series().alias(s.name)
 
 
 def _price(price: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
