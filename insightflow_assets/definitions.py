@@ -37,3 +37,11 @@ def make_definitions(resources: dict | None = None, modules: Sequence[ModuleType
 
 
 defs = make_definitions()
+
+
+def insightflow_run_job():
+    """The ``insightflow_run`` job of the environment's code location, built afresh: what the
+    launching process and each step's process rebuild (`dagster.reconstructable`) when the job
+    runs under its multiprocess executor, so all of them agree (a replaced ``defs`` would not
+    reach the step processes)."""
+    return make_definitions().resolve_job_def("insightflow_run")

@@ -49,17 +49,30 @@ def run_graph(
     selection: list[str] | None = None,
     defs=None,
     log_level: str | None = None,
+    parallel: bool = False,
 ) -> RunOutcome:
-    """Register a run partition (unless given) and materialize the graph for it in process.
+    """Register a run partition (unless given) and materialize the graph for it.
+
+    In process by default (tests, given ``defs``). ``parallel``: through the job's own executor
+    (`executor.parallel_steps`, independent steps side by side in processes of their own), as
+    the UI, the sensor and the schedule run it; every process builds the code location from the
+    environment (`definitions.insightflow_run_job`), so ``defs`` cannot be given then.
 
     A malformed ``run_key`` raises `RunKeyError` before any step runs, even when it was
     registered behind our back (e.g. in the UI): ``execute_in_process`` brings its own executor,
     so the executor's guard (insightflow_assets.executor) does not apply here.
     """
-    if defs is None:
-        from insightflow_assets.definitions import defs
+    if parallel and defs is not None:
+        raise ValueError("run_graph: parallel runs rebuild the code location's own definitions; defs cannot be given")
+    if parallel:
+        from insightflow_assets.definitions import insightflow_run_job
+
+        job = insightflow_run_job()
+    else:
+        if defs is None:
+            from insightflow_assets.definitions import defs
+        job = defs.resolve_job_def("insightflow_run")
     key = register_run(instance, tag=tag) if run_key is None else register_run(instance, key=run_key, exist_ok=True)
-    job = defs.resolve_job_def("insightflow_run")
     kwargs: dict[str, Any] = {}
     if selection:
         from dagster import AssetKey
@@ -68,10 +81,39 @@ def run_graph(
     run_config = dict(run_config or {})
     if log_level:
         run_config.setdefault("loggers", {"console": {"config": {"log_level": log_level.upper()}}})
-    result = job.execute_in_process(
-        instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
-    )
+    if parallel:
+        result = _execute_parallel(instance, key, run_config, kwargs)
+    else:
+        result = job.execute_in_process(
+            instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
+        )
     return _outcome(key, result, expected_checks=job.asset_layer.asset_graph.asset_check_keys)
+
+
+def _execute_parallel(instance: DagsterInstance, key: str, run_config: dict, kwargs: dict):
+    from dagster import execute_job, reconstructable
+
+    from insightflow_assets.definitions import insightflow_run_job
+
+    # Dagster keeps the last job it rebuilt (lru_cache on ReconstructableJob); drop it, so this
+    # process builds the job from the environment of now, as the step processes will.
+    recon = reconstructable(insightflow_run_job)
+    type(recon).get_definition.cache_clear()
+    type(recon).get_repository_definition.cache_clear()
+    try:
+        return execute_job(recon, instance, run_config=run_config,
+                           tags={"dagster/partition": key}, raise_on_error=False, **kwargs)
+    finally:
+        _stop_forkserver()
+
+
+def _stop_forkserver() -> None:
+    """Stop the forkserver the steps were forked from: it outlives the run and holds the code
+    location, resources and environment variables of the moment it started, so the next
+    parallel run in this process must start a fresh one (a test's changed environment)."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
 
 
 def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutcome:

@@ -285,7 +285,7 @@ def test_cli_run_with_a_missing_curated_bucket_prints_one_line_per_failure(tmp_p
 
     code = main(["run", "--run", RUN])
     out, err = capsys.readouterr()
-    assert code == 1
+    assert code == 1, err
     assert "Traceback" not in out + err
     failures = [line for line in err.splitlines() if line.startswith("FAILED:")]
     assert len(failures) == 1 and "NoSuchBucket" in failures[0], err
@@ -300,6 +300,8 @@ def test_cli_bad_run_config_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
+    # a fresh home's first launch through the job's executor prints Dagster's telemetry notice
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setattr(definitions, "defs", local_defs(write_tiny(tmp_path / "clean"), tmp_path / "curated"))
     config = tmp_path / "run_config.json"
     config.write_text(json.dumps({"ops": {"als_model": {"config": {"factors": "many"}}}}))

@@ -1,0 +1,88 @@
+"""The graph under its own job's executor (`executor.parallel_steps`), as `insightflow run`, the
+UI, the sensor and the schedule run it: every step in a process of its own, forked from a
+server that imported the code location once; the same stored values as a run in process."""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+
+from insightflow_assets.runner import run_graph
+from insightflow_assets_tests.conftest import SMALL_RUN
+from resources.layout import ARTIFACTS
+
+RUN_A = "run-20260401-090000-parallel"
+RUN_B = "run-20260401-090001-parallel"
+SNAPSHOT = ["raw_orders", "raw_order_products", "products"]  # one multi-asset: selected together
+# pure functions of the input and fixed seeds: a process per step must not change them
+SAME = {"ratings": "ratings.parquet", "holdout": "holdout.parquet", "user_seg": "user_seg.parquet",
+        "segment_popularity": "segment_popularity.parquet", "user_recos": "user_recos.parquet"}
+
+
+def _env(monkeypatch, source, curated) -> None:
+    for key, value in {"INSIGHTFLOW_STORAGE": "local", "INSIGHTFLOW_SOURCE_DIR": str(source),
+                       "INSIGHTFLOW_CURATED_DIR": str(curated), "INSIGHTFLOW_COMPUTE": "local"}.items():
+        monkeypatch.setenv(key, value)
+
+
+def _step_pids(instance, run_id: str) -> dict[str, int]:
+    pids = {}
+    for rec in instance.all_logs(run_id, of_type=DagsterEventType.STEP_WORKER_STARTED):
+        pids[rec.dagster_event.step_key] = int(rec.dagster_event.event_specific_data.metadata["pid"].value)
+    return pids
+
+
+def _frame(curated, name: str, run_key: str) -> pl.DataFrame:
+    frame = pl.read_parquet(curated / ARTIFACTS[name].keys(run_key)[SAME[name]])
+    return frame.sort(frame.columns)
+
+
+@pytest.fixture(scope="module")
+def parallel_runs(tmp_path_factory, small_clean_dir):
+    """Two parallel runs in one process (the whole graph, then the steps up to ratings), the
+    environment pointing at another store for the second."""
+    first_store, second_store = tmp_path_factory.mktemp("par_a"), tmp_path_factory.mktemp("par_b")
+    with pytest.MonkeyPatch.context() as mp, DagsterInstance.local_temp(str(tmp_path_factory.mktemp("home"))) as inst:
+        _env(mp, small_clean_dir, first_store)
+        first = run_graph(inst, run_key=RUN_A, parallel=True)
+        _env(mp, small_clean_dir, second_store)
+        second = run_graph(inst, run_key=RUN_B, parallel=True, selection=[*SNAPSHOT, "orders_imputed", "ratings"])
+        pids = _step_pids(inst, first.run_id)
+    return first, second, pids, first_store, second_store
+
+
+def test_every_step_runs_in_a_process_of_its_own(parallel_runs):
+    first, second, pids, *_ = parallel_runs
+    assert first.ok and second.ok, (first.errors, second.errors)
+    assert first.failed_error_checks == [] and not first.skipped_checks  # every check ran and passed
+    assert {"orders_imputed", "model_selection", "lightfm_model", "latest_manifest"} <= pids.keys()
+    assert len(set(pids.values())) == len(pids) and os.getpid() not in pids.values()
+
+
+def test_each_parallel_run_uses_the_environment_of_its_start(parallel_runs):
+    """The forkserver outlives a run with the environment it started with; the second run must
+    write to the store its own environment names, not the first's."""
+    _, _, _, first_store, second_store = parallel_runs
+    assert (first_store / ARTIFACTS["ratings"].keys(RUN_A)["ratings.parquet"]).exists()
+    assert (second_store / ARTIFACTS["ratings"].keys(RUN_B)["ratings.parquet"]).exists()
+    assert not (first_store / ARTIFACTS["ratings"].keys(RUN_B)["ratings.parquet"]).exists()
+
+
+def test_a_later_parallel_run_rebuilds_the_job_from_its_own_environment(parallel_runs, small_clean_dir, tmp_path, monkeypatch):
+    """Dagster keeps the last rebuilt job in the process: a variable set for the runs before
+    (read from the environment at run time) and unset now must not be looked for."""
+    _env(monkeypatch, small_clean_dir, tmp_path / "third")
+    monkeypatch.delenv("INSIGHTFLOW_COMPUTE")  # unset: the default engine, not a missing variable
+    (tmp_path / "home").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "home")) as inst:
+        third = run_graph(inst, run_key="run-20260401-090002-parallel", selection=SNAPSHOT, parallel=True)
+    assert third.ok, third.errors
+
+
+@pytest.mark.parametrize("name", sorted(SAME))
+def test_parallel_run_stores_what_a_run_in_process_stores(parallel_runs, small_run, name):
+    _, _, _, first_store, _ = parallel_runs
+    assert _frame(first_store, name, RUN_A).equals(_frame(small_run.curated, name, SMALL_RUN))
