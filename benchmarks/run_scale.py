@@ -1,12 +1,17 @@
 """Scale benchmark: the whole graph through Dagster at Instacart scale on the local store.
 
     .venv/bin/python benchmarks/run_scale.py                 # 206,209 users, one run
+    .venv/bin/python benchmarks/run_scale.py --in-process    # one step at a time, in this process
     .venv/bin/python benchmarks/run_scale.py --curve         # also 10 %, 25 %, 50 % → scaling plot
 
-Per asset it records wall time (the step's start/success events), the peak RSS of the run
-process during the step (sampled every 50 ms) and rows in/out (materialization metadata).
-Targets on 2 cores / 24 GB: whole graph ≤ 4 minutes, peak memory ≤ 6 GB. Per step it also records
-the CPU seconds of the process (every thread), which the load of a shared machine inflates far less.
+The graph runs as `insightflow run` runs it: the job's executor, steps side by side, each in a
+process of its own. Per asset it records wall time (the step's start/success events), the CPU
+seconds and peak RSS of the step's process (sampled every 100 ms; in process: the tree's over
+the step) and rows in/out (materialization metadata). The whole graph's figures are of the
+process tree: CPU of every process, and the peak of its summed proportional set sizes (pages
+shared with the forkserver count once; sampled every second, as reading them is not free).
+Targets on 2 cores / 24 GB: whole graph ≤ 4 minutes, peak memory ≤ 6 GB. CPU seconds are what
+the load of a shared machine inflates far less.
 """
 
 from __future__ import annotations
@@ -30,75 +35,139 @@ TARGET_SECONDS, TARGET_RSS_MB = 240, 6 * 1024  # issue 11: the whole graph, vali
 COLUMNS = ["stage", "seconds", "cpu_s", "peak_rss_mb", "rows_in", "rows_out"]
 
 
-class RssSampler(threading.Thread):
-    """Samples this process's resident memory, so each step gets its own peak, and its CPU
-    time (every thread): on a shared machine a step's wall time grows with the load, its CPU
-    time much less."""
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    def __init__(self, every: float = 0.05) -> None:
+
+def _proc_stats() -> dict[int, tuple[int, float, float, float]]:
+    """``pid -> (ppid, own CPU s, CPU s of its reaped children, RSS MB)`` of every process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        f = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
+        out[int(entry)] = (int(f[1]), (int(f[11]) + int(f[12])) / _TICK, (int(f[13]) + int(f[14])) / _TICK,
+                           int(f[21]) * _PAGE_MB)
+    return out
+
+
+def _pss_mb(pid: int, rss_mb: float) -> float:
+    """The process's proportional set size: pages shared with the forkserver (the code location
+    it preloaded) count once across the tree, not once per step process."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return rss_mb
+
+
+class TreeSampler(threading.Thread):
+    """Samples this process and its descendants (the forkserver and each step's process):
+    memory and CPU time of the tree, and per process its CPU and peak RSS, so each step gets
+    its own figures even when two run side by side. On a shared machine a step's wall time
+    grows with the load, its CPU time much less."""
+
+    def __init__(self, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.every = every
-        self.samples: list[tuple[float, float]] = []
-        self.cpu: list[tuple[float, float]] = []
+        self.total: list[tuple[float, float, float]] = []  # (time, tree CPU s, tree PSS MB)
+        self.cpu_of: dict[int, float] = {}
+        self.peak_of: dict[int, float] = {}
         self._halt = threading.Event()
+        self._pss_at = 0.0
+
+    def sample(self) -> None:
+        stats, me = _proc_stats(), os.getpid()
+        tree, frontier = {me}, [me]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, *_rest) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                tree.add(child)
+                frontier.append(child)
+        # PSS costs a walk of the page tables: once a second, or the sampler itself slows the run
+        now = time.time()
+        with_pss = now - self._pss_at >= 1.0
+        self._pss_at = now if with_pss else self._pss_at
+        cpu = mem = 0.0
+        for pid in tree & stats.keys():
+            _, own, reaped, mb = stats[pid]
+            cpu += own + reaped  # a finished step's CPU lives on in its parent's reaped time
+            mem += _pss_mb(pid, mb) if with_pss else 0.0
+            self.cpu_of[pid] = own
+            self.peak_of[pid] = max(self.peak_of.get(pid, 0.0), mb)
+        self.total.append((now, cpu, mem if with_pss else float("nan")))
 
     def run(self) -> None:
-        status = Path("/proc/self/status")
         while not self._halt.is_set():
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
-                    break
-            self.cpu.append((time.time(), time.process_time()))
+            self.sample()
             self._halt.wait(self.every)
 
+    def _at(self, t: float) -> tuple[float, float, float]:
+        return min(self.total, key=lambda s: abs(s[0] - t))
+
     def cpu_seconds(self, start: float, end: float) -> float:
-        """CPU seconds of the process between two instants (nearest samples)."""
-        at = lambda t: min(self.cpu, key=lambda s: abs(s[0] - t))[1]  # noqa: E731
-        return max(at(end) - at(start), 0.0) if self.cpu else float("nan")
+        """CPU seconds of the whole tree between two instants (nearest samples)."""
+        return max(self._at(end)[1] - self._at(start)[1], 0.0) if self.total else float("nan")
 
     def peak(self, start: float, end: float) -> float:
-        inside = [mb for t, mb in self.samples if start <= t <= end]
-        if not inside:  # a step shorter than the sampling interval: the sample just before it
-            before = [mb for t, mb in self.samples if t <= end]
-            inside = before[-1:] or [mb for _, mb in self.samples[:1]]
-        return max(inside)
+        """Largest PSS sample of the tree between two instants (else the one nearest ``end``)."""
+        measured = [(t, mb) for t, _, mb in self.total if mb == mb]  # NaN: no PSS in that sample
+        inside = [mb for t, mb in measured if start <= t <= end]
+        return max(inside) if inside else min(measured, key=lambda s: abs(s[0] - end))[1]
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+        self.sample()
 
 
-def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path | None = None) -> dict:
+def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path | None = None,
+             in_process: bool = False) -> dict:
+    """One run of the whole graph as `insightflow run` runs it (the job's executor: steps side
+    by side in processes of their own), or one step at a time in this process."""
     from dagster import DagsterEventType, DagsterInstance
 
-    from insightflow_assets.definitions import make_definitions
-    from insightflow_assets.runner import run_graph
-    from resources import CuratedIOManager, LocalStorage, RfmParams
+    from resources import LocalStorage
 
     clean = cached_dataset(users, seed, missing_rate=0.05, test_share=0.364)
     curated = keep or Path(tempfile.mkdtemp(prefix="scale-curated-", dir=CACHE))
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise SystemExit(f"--keep {keep}: not empty (a fresh folder keeps one run)")
-    source, store = LocalStorage(root=str(clean)), LocalStorage(root=str(curated))
-    defs = make_definitions({"source": source, "curated": store, "io_manager": CuratedIOManager(storage=store), "rfm": RfmParams()})
+    # the code location of this environment: each step's process rebuilds it from there
+    os.environ.update({"INSIGHTFLOW_STORAGE": "local", "INSIGHTFLOW_SOURCE_DIR": str(clean),
+                       "INSIGHTFLOW_CURATED_DIR": str(curated), "INSIGHTFLOW_COMPUTE": "local"})
+    from insightflow_assets.definitions import make_definitions
+    from insightflow_assets.runner import run_graph
 
-    sampler = RssSampler()
+    store, defs = LocalStorage(root=str(curated)), make_definitions()
+
+    sampler = TreeSampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as home, DagsterInstance.local_temp(home) as instance:
         t0 = time.time()
-        outcome = run_graph(instance, defs=defs, run_config=run_config, log_level="CRITICAL")
+        outcome = run_graph(instance, defs=defs if in_process else None, run_config=run_config,
+                            log_level="CRITICAL", parallel=not in_process)
         wall = time.time() - t0
         sampler.stop()
         run = instance.get_runs(limit=1)[0]
         records = instance.all_logs(run.run_id)
 
-    starts, ends, rows = {}, {}, {}
+    starts, ends, rows, pids = {}, {}, {}, {}
     for rec in records:
         ev = rec.dagster_event
         if ev is None or ev.step_key is None:
             continue
-        if ev.event_type == DagsterEventType.STEP_START:
+        if ev.event_type == DagsterEventType.STEP_WORKER_STARTED:
+            pids[ev.step_key] = int(ev.event_specific_data.metadata["pid"].value)
+        elif ev.event_type == DagsterEventType.STEP_START:
             starts[ev.step_key] = rec.timestamp
         elif ev.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
             ends[ev.step_key] = rec.timestamp
@@ -112,8 +181,12 @@ def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path |
     for step, start in sorted(starts.items(), key=lambda kv: kv[1]):
         end = ends.get(step, start)
         produced = [k for k in rows if k == step or step == "instacart_snapshot" and k in ("raw_orders", "raw_order_products", "products")]
-        row = {"stage": step, "seconds": round(end - start, 2), "cpu_s": round(sampler.cpu_seconds(start, end), 1),
-               "peak_rss_mb": round(sampler.peak(start, end))}
+        pid = pids.get(step)
+        if pid is None:  # in process: the tree's figures over the step
+            cpu, peak = sampler.cpu_seconds(start, end), sampler.peak(start, end)
+        else:  # the step's own process (its last sample, up to 0.1 s before it ended)
+            cpu, peak = sampler.cpu_of.get(pid, float("nan")), sampler.peak_of.get(pid, float("nan"))
+        row = {"stage": step, "seconds": round(end - start, 2), "cpu_s": round(cpu, 1), "peak_rss_mb": round(peak)}
         if produced:
             outs = [rows[k] for k in produced if rows[k] is not None]
             if outs:  # folders (charts, model, reports) have files, not rows
@@ -134,7 +207,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path |
         "stage": "whole graph",
         "seconds": round(wall, 1),
         "cpu_s": round(sampler.cpu_seconds(t0, t0 + wall), 1),
-        "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
+        "peak_rss_mb": round(sampler.peak(t0, t0 + wall)),
     }
     if keep is None:
         _rmtree(curated)
@@ -143,6 +216,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path |
         "ok": "yes" if outcome.ok else "NO",
         "errors": outcome.errors,
         "failed_checks": outcome.failed_error_checks,
+        "executor": "in process" if in_process else "multiprocess (insightflow run)",
         "stages": steps + [total],
         "model_selection_candidates": selection,
         "quality": quality,
@@ -229,18 +303,20 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true", help="also run at 10 %%, 25 %% and 50 %% of --users")
     ap.add_argument("--keep", type=Path, help="store the run in this (new or empty) folder and keep it, "
                     "e.g. for benchmarks/bench_serving.py --curated")
+    ap.add_argument("--in-process", action="store_true", help="one step at a time in this process "
+                    "(as the tests run the graph) instead of the job's executor")
     ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: one curve point, JSON to this path
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS
 
     if args.point:
-        r = run_once(args.users, args.seed)
+        r = run_once(args.users, args.seed, in_process=args.in_process)
         Path(args.point).write_text(json.dumps({k: r[k] for k in ("users", "whole_graph_seconds", "peak_rss_mb", "ok")}))
         return
 
     print(f"scale benchmark: whole graph at {args.users:,} users")
     load_start = os.getloadavg()  # the CPU is often shared: timings read against the load
-    result = run_once(args.users, args.seed, keep=args.keep)
+    result = run_once(args.users, args.seed, keep=args.keep, in_process=args.in_process)
     payload = {
         "benchmark": "scale",
         **result,
@@ -262,6 +338,7 @@ def main() -> None:
             # a fresh process per point, so its peak RSS is its own and not the heap left behind
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 cmd = [sys.executable, __file__, "--users", str(n), "--seed", str(args.seed), "--point", out.name]
+                cmd += ["--in-process"] if args.in_process else []
                 subprocess.run(cmd, check=True)
                 points.append(json.loads(Path(out.name).read_text()))
         points.append({"users": args.users, "whole_graph_seconds": result["whole_graph_seconds"], "peak_rss_mb": result["peak_rss_mb"], "ok": result["ok"]})
