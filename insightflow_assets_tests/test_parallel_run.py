@@ -86,3 +86,19 @@ def test_a_later_parallel_run_rebuilds_the_job_from_its_own_environment(parallel
 def test_parallel_run_stores_what_a_run_in_process_stores(parallel_runs, small_run, name):
     _, _, _, first_store, _ = parallel_runs
     assert _frame(first_store, name, RUN_A).equals(_frame(small_run.curated, name, SMALL_RUN))
+
+
+def test_cli_in_process_runs_every_step_in_the_calling_process(tmp_path, monkeypatch, small_clean_dir):
+    import insightflow_assets.definitions as definitions
+    from insightflow_assets.cli import main
+    from insightflow_assets_tests.conftest import local_defs
+
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(definitions, "defs", local_defs(small_clean_dir, tmp_path / "curated"))
+    key = "run-20260401-090003-in-process"
+    assert main(["run", "--run", key, "--in-process", "--select", *SNAPSHOT]) == 0
+    with DagsterInstance.get() as inst:
+        (run,) = inst.get_runs()
+        assert _step_pids(inst, run.run_id) == {}  # no step process was started
+    assert (tmp_path / "curated" / ARTIFACTS["raw_orders"].keys(key)["orders.parquet"]).exists()
