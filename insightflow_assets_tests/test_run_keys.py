@@ -397,10 +397,11 @@ def add_partition(base: str, key: str) -> None:
     assert data["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", data
 
 
-def materialize(base: str, key: str) -> dict:
-    """Launch the selection for one partition, as the UI's Materialize button does; wait for it."""
+def materialize(base: str, key: str, job: str = "__ASSET_JOB") -> dict:
+    """Launch the selection for one partition, as the UI's Materialize button does (or with the
+    given job, as its Launchpad does); wait for it."""
     params = {
-        "selector": {**REPO, "jobName": "__ASSET_JOB", "assetSelection": [{"path": [n]} for n in SELECTION]},
+        "selector": {**REPO, "jobName": job, "assetSelection": [{"path": [n]} for n in SELECTION]},
         "mode": "default",
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
@@ -474,3 +475,21 @@ def test_graphql_keys_of_one_second_write_their_own_folders_and_a_bad_key_fails_
     message = errors[0]["error"]["message"].strip()
     assert "\n" not in message and "invalid run key 'test'" in message, message
     assert _files(curated, KEY_A) == files_a and not list(curated.rglob("*test*"))
+
+
+def test_graphql_launch_of_insightflow_run_steps_in_processes_and_guards_the_key(ui):
+    """The job's own executor (steps side by side, each in its own process) behind the UI's
+    Launchpad: the run succeeds, and a malformed key still fails before any step."""
+    base, curated = ui
+    key = f"{SECOND}-c"
+    add_partition(base, key)
+    run = materialize(base, key, job="insightflow_run")
+    assert run["status"] == "SUCCESS", run
+    messages = [e.get("message") or "" for e in run["eventConnection"]["events"]]
+    assert any("in subprocess" in m for m in messages), messages  # multiprocess executor's step workers
+    assert (curated / f"after-MICE/{key}/orders_imputed.parquet").is_file()
+
+    bad = materialize(base, BAD, job="insightflow_run")
+    assert bad["status"] == "FAILURE"
+    kinds = [e["__typename"] for e in bad["eventConnection"]["events"]]
+    assert not [k for k in kinds if k.startswith("ExecutionStep")], kinds
