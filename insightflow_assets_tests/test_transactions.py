@@ -133,29 +133,44 @@ def _comma_prices(text: str, separator: str) -> str:
     return "\n".join(separator.join(row) for row in rows) + "\n"
 
 
-@pytest.mark.parametrize("separator", [";", "\t"])
-def test_decimal_commas_in_a_semicolon_or_tab_file_are_read_as_decimals(tmp_path, separator):
+def test_decimal_commas_in_a_semicolon_file_are_read_as_decimals(tmp_path):
     """Where ';' separates the fields, Excel writes prices 1,50: the same tables as 1.50."""
-    other = derive_snapshot(write(tmp_path / "other", _comma_prices(TINY, separator)) / "transactions.csv")
+    other = derive_snapshot(write(tmp_path / "other", _comma_prices(TINY, ";")) / "transactions.csv")
     plain = derive_snapshot(write(tmp_path / "plain") / "transactions.csv")
     assert other.snapshot.orders.equals(plain.snapshot.orders)
     assert other.snapshot.order_products.equals(plain.snapshot.order_products)
 
 
-def test_a_decimal_comma_with_thousands_dots_is_one_number(tmp_path):
+def test_beside_decimal_commas_dots_group_thousands(tmp_path):
     from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
 
-    text = HEADER.replace(",", ";") + "1001;A1;Red mug;2;2011-01-03 09:15:00;1.234,50;17850;UK\n"
+    text = HEADER.replace(",", ";") + "".join(
+        f"1001;{sku};Red mug;2;2011-01-03 09:15:00;{price};17850;UK\n" for sku, price in (("A1", "1.234,50"), ("B2", "1.000"))
+    )
     lines = read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
-    assert lines["unit_price"].to_list() == [1234.5]
+    assert sorted(lines["unit_price"].to_list()) == [1000.0, 1234.5]
 
 
-def test_a_decimal_comma_in_a_comma_separated_file_is_still_named(tmp_path):
-    """In a comma-separated file "1,50" may as well be 150 (thousands): one line, not a guess."""
+def test_a_decimal_point_beside_decimal_commas_is_named(tmp_path):
+    """2.5 beside 1,50: 2.5 or 25? One line, not a guess."""
     from insightflow_assets.ingest.loading import InputError
     from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
 
-    text = HEADER + '1001,A1,Red mug,2,2011-01-03 09:15:00,"1,50",17850,UK\n'
+    text = HEADER.replace(",", ";") + "".join(
+        f"1001;{sku};Red mug;2;2011-01-03 09:15:00;{price};17850;UK\n" for sku, price in (("A1", "1,50"), ("B2", "2.5"))
+    )
+    with pytest.raises(InputError, match=r"column UnitPrice: value '2.5' has a decimal point where others have a decimal comma \('1,50'\)"):
+        read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_a_decimal_comma_in_a_comma_or_tab_separated_file_is_still_named(tmp_path, separator):
+    """In a comma- or tab-separated file "1,50" may as well be 150 (thousands): one line, not a guess."""
+    from insightflow_assets.ingest.loading import InputError
+    from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
+
+    text = (HEADER + '1001,A1,Red mug,2,2011-01-03 09:15:00,"1,50",17850,UK\n').replace(",", separator).replace(
+        f'"1{separator}50"', '"1,50"')
     with pytest.raises(InputError, match=r"transactions.csv: column UnitPrice: value '1,50' is not a number"):
         read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
 

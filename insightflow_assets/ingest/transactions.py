@@ -166,9 +166,9 @@ def read_transactions(
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
     delimiter = sniff_delimiter(path, encoding)
-    # Where ``;`` or a tab separates the fields, a comma in a number is its decimal mark
-    # (Excel's export in the locales that write 1.234,50).
-    decimal_comma = delimiter != ","
+    # Where ``;`` separates the fields, a comma in a number may be its decimal mark (Excel's
+    # export in the locales that write 1.234,50); a tab says nothing about the locale.
+    decimal_comma = delimiter == ";"
     return read_csv_checked(
         path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False, decimal_comma=decimal_comma), delimiter
     )
@@ -466,7 +466,7 @@ def _number(
         s = s.str.strip_chars()
         s = pl.Series(col, s).set(s.is_in(NULLS), None)
         if decimal_comma:
-            s = _decimal_point(s)
+            s = _decimal_point(s, f"{name}: column {cols[col]}")
     parsed = s.cast(pl.Float64, strict=False)
     bad = s.filter(parsed.is_null() & s.is_not_null())
     if len(bad):
@@ -483,16 +483,23 @@ def _number(
 
 # 1,5 / -12,50 / 1.234,50 / 1234,5: a comma decimal mark, dots (if any) grouping thousands
 _DECIMAL_COMMA = r"^[+-]?(\d+|\d{1,3}(\.\d{3})+),\d+$"
+_THOUSANDS = r"^[+-]?\d{1,3}(\.\d{3})+$"  # 1.000 / 12.345.678 beside decimal commas
 
 
-def _decimal_point(s: pl.Series) -> pl.Series:
-    """Numbers written with a decimal comma as ``1234.50``; every other value as it was (a
-    decimal point stays one, and a value that is no number is still named by `_number`)."""
-    comma = s.str.contains(_DECIMAL_COMMA)
+def _decimal_point(s: pl.Series, where: str) -> pl.Series:
+    """A column written with decimal commas, with decimal points (``1.234,50`` -> ``1234.50``,
+    ``1.000`` -> ``1000``), decided for the whole column: one without any decimal comma is left
+    as it is (a point is a decimal point), and a value with a lone point beside decimal commas
+    is refused in one line, as it could be either."""
+    text = s.drop_nulls()
+    comma = text.str.contains(_DECIMAL_COMMA)
     if not comma.any():
         return s
-    fixed = s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
-    return pl.select(pl.when(comma).then(fixed).otherwise(s)).to_series().alias(s.name)
+    dotted = text.filter(~comma & text.str.contains(".", literal=True) & ~text.str.contains(_THOUSANDS))
+    if len(dotted):
+        raise InputError(f"{where}: value {dotted[0]!r} has a decimal point where others have a decimal comma "
+                         f"({text.filter(comma)[0]!r})")
+    return s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
 
 
 def _price(price: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
