@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/run_scale.py --in-process    # one step at a time, in this process
     .venv/bin/python benchmarks/run_scale.py --curve         # also 10 %, 25 %, 50 % → scaling plot
 
-The graph runs as `insightflow run` runs it: the job's executor, steps side by side, each in a
-process of its own. Per asset it records wall time (the step's start/success events), the CPU
+The graph runs as `insightflow run --parallel` runs it: steps side by side, each in a process
+of its own (`--in-process`: one at a time, as `insightflow run` does by default). Per asset it records wall time (the step's start/success events), the CPU
 seconds and peak RSS of the step's process (sampled every 100 ms; in process: the tree's over
 the step) and rows in/out (materialization metadata). The whole graph's figures are of the
 process tree: CPU of every process, and the peak of its summed proportional set sizes (pages
@@ -131,8 +131,8 @@ class TreeSampler(threading.Thread):
 
 def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path | None = None,
              in_process: bool = False) -> dict:
-    """One run of the whole graph as `insightflow run` runs it (the job's executor: steps side
-    by side in processes of their own), or one step at a time in this process."""
+    """One run of the whole graph as `insightflow run --parallel` runs it (steps side by side in
+    processes of their own), or one step at a time in this process."""
     from dagster import DagsterEventType, DagsterInstance
 
     from resources import LocalStorage
@@ -216,7 +216,7 @@ def run_once(users: int, seed: int, run_config: dict | None = None, keep: Path |
         "ok": "yes" if outcome.ok else "NO",
         "errors": outcome.errors,
         "failed_checks": outcome.failed_error_checks,
-        "executor": "in process" if in_process else "multiprocess (insightflow run)",
+        "executor": "in process" if in_process else "multiprocess (insightflow run --parallel)",
         "stages": steps + [total],
         "model_selection_candidates": selection,
         "quality": quality,
@@ -304,7 +304,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="store the run in this (new or empty) folder and keep it, "
                     "e.g. for benchmarks/bench_serving.py --curated")
     ap.add_argument("--in-process", action="store_true", help="one step at a time in this process "
-                    "(as the tests run the graph) instead of the job's executor")
+                    "(insightflow run's default) instead of side by side")
     ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: one curve point, JSON to this path
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit wants single-threaded BLAS

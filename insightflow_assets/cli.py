@@ -108,7 +108,7 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     outcome = run_graph(
         _instance(), run_key=args.run, tag=args.tag, run_config=run_config, selection=args.select, log_level=args.log_level,
-        parallel=not args.in_process,
+        parallel=args.parallel,
     )
     elapsed = time.perf_counter() - t0
     _, curated = storages(resolve=True)
@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, help="a JSON file of Dagster run config")
     r.add_argument("--select", nargs="*", default=None, help="asset names (default: the whole graph)")
     r.add_argument("--log-level", default="CRITICAL", help="console log level of the run (default: only the summary; every log is in the UI)")
-    r.add_argument("--in-process", action="store_true",
-                   help="every step in this process, one at a time (default: the job's executor, steps side by side)")
+    r.add_argument("--parallel", action="store_true",
+                   help="independent steps side by side, each in its own process (default: one at a time in this process)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("runs", help="list registered run partitions")

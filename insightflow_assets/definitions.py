@@ -29,9 +29,8 @@ def make_definitions(resources: dict | None = None, modules: Sequence[ModuleType
         sensors=[new_source_data, daily_retrain],
         # given resources without `compute` (benchmarks' own dicts) compute locally, as before it existed
         resources={"compute": Compute(), **resources} if resources is not None else build_resources(),
-        # One process per run: the stages are numpy/polars-parallel already, and a 2-core
-        # machine gains nothing from a process per step but their memory. Guarded: a run of a
-        # malformed run key (added in the UI, say) fails before any step starts.
+        # One process per run (insightflow_run can run its steps side by side: executor.run_executor).
+        # Guarded: a run of a malformed run key (added in the UI, say) fails before any step starts.
         executor=run_key_guarded(in_process_executor),
     )
 

@@ -10,16 +10,16 @@ guard is there: the run fails with the key's one-line error and nothing else.
 ``execute_in_process`` swaps in an executor of its own; `runner.run_graph` checks the key
 itself for that path.
 
-`parallel_steps` is the executor of the ``insightflow_run`` job: Dagster's multiprocess
-executor, one step per usable core at a time, so independent stages (LightFM beside the
-next-basket model, the basket evaluation beside ALS's) share the machine.
+`run_executor` is the executor of the ``insightflow_run`` job: in process, or, with
+``parallel: true`` in its config, Dagster's multiprocess executor, so independent stages
+(LightFM beside model selection, the basket evaluation beside ALS's) share the machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from dagster import DagsterInstance, Executor, ExecutorDefinition, Field, multiprocess_executor
+from dagster import DagsterInstance, Executor, ExecutorDefinition, Field, multi_or_in_process_executor
 
 from insightflow_assets.parallel import usable_cores
 
@@ -87,25 +87,37 @@ def run_key_guarded(inner: ExecutorDefinition) -> ExecutorDefinition:
 
 
 # Imported once by the forkserver that forks every step's process: each step then starts in
-# well under a second instead of importing dagster, polars and the models again (spawn).
+# well under a second instead of importing dagster, polars and the models again (spawn). Nothing
+# here may start polars' thread pool at import (a fork copies only the forking thread).
 PRELOAD = ("insightflow_assets.definitions", "polars", "numpy", "scipy.sparse", "sklearn", "implicit", "lightfm")
 
-
-def _multiprocess_config(config: dict) -> dict:
-    return {
-        "max_concurrent": config.get("max_concurrent") or usable_cores(),
-        "start_method": {"forkserver": {"preload_modules": list(PRELOAD)}},
-    }
+# run config of `insightflow_run` for steps side by side (what `run_graph(parallel=True)` adds)
+PARALLEL = {"execution": {"config": {"parallel": True}}}
 
 
-def parallel_steps() -> ExecutorDefinition:
-    """Dagster's multiprocess executor (each step in its own process, forked from a server that
-    imported the code location once), guarded; ``max_concurrent`` steps at a time (default:
-    one per usable core). Each stage is parallel inside already (polars, BLAS, `map_blocks`),
-    but not all the time: on 2 cores the whole graph at 206,209 users took 309 s one step at a
-    time and 268 s two at a time (README "Scale")."""
-    inner = multiprocess_executor.configured(
-        _multiprocess_config,
-        config_schema={"max_concurrent": Field(int, is_required=False, description="steps at a time; 0 = one per usable core")},
+def _executor_config(config: dict) -> dict:
+    """Our two settings as Dagster's `multi_or_in_process_executor` config."""
+    if not config.get("parallel"):
+        return {"in_process": {}}
+    steps = config.get("max_concurrent", 0)
+    if steps < 0:
+        raise ValueError(f"execution config max_concurrent must be 0 (one per usable core) or more, not {steps}")
+    return {"multiprocess": {"max_concurrent": steps or usable_cores(),
+                             "start_method": {"forkserver": {"preload_modules": list(PRELOAD)}}}}
+
+
+def run_executor() -> ExecutorDefinition:
+    """The executor of ``insightflow_run``, guarded: one step at a time in the run's process by
+    default (as the code location's other jobs), or with ``parallel: true`` Dagster's
+    multiprocess executor: ``max_concurrent`` steps side by side (default one per usable core),
+    each in its own process forked from a server that imported the code location once. Not the
+    default: a run's event log grows by Dagster's per-process events (worker, resource init,
+    captured logs) past the 300 KB target (README "Operating")."""
+    inner = multi_or_in_process_executor.configured(
+        _executor_config,
+        config_schema={
+            "parallel": Field(bool, default_value=False, description="steps side by side, each in its own process"),
+            "max_concurrent": Field(int, default_value=0, description="with parallel: steps at a time; 0 = one per usable core"),
+        },
     )
     return run_key_guarded(inner)

@@ -2,15 +2,15 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from insightflow_assets.executor import parallel_steps
+from insightflow_assets.executor import run_executor
 
 # The whole graph for one run partition; the sensor, the schedule and `insightflow run` launch it.
 insightflow_run = define_asset_job(
     "insightflow_run",
     selection=AssetSelection.all(),
     description="Materialize the whole InsightFlow graph (with its checks) for one run partition.",
-    # independent steps side by side (the UI's own asset job keeps the code location's executor)
-    executor_def=parallel_steps(),
+    # in process, or with `parallel: true` independent steps side by side (insightflow run --parallel)
+    executor_def=run_executor(),
 )
 
 # Every asset check against what is stored for a run, without re-materializing anything.

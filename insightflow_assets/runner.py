@@ -6,6 +6,7 @@ executed against a real `DagsterInstance`, so it shows up in the UI afterwards.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +54,10 @@ def run_graph(
 ) -> RunOutcome:
     """Register a run partition (unless given) and materialize the graph for it.
 
-    In process by default (tests, given ``defs``). ``parallel``: through the job's own executor
-    (`executor.parallel_steps`, independent steps side by side in processes of their own), as
-    the UI, the sensor and the schedule run it; every process builds the code location from the
-    environment (`definitions.insightflow_run_job`), so ``defs`` cannot be given then.
+    In process by default. ``parallel``: through the job's own executor with ``parallel: true``
+    (`executor.run_executor`: independent steps side by side in processes of their own); every
+    process builds the code location from the environment (`definitions.insightflow_run_job`),
+    so ``defs`` cannot be given then.
 
     A malformed ``run_key`` raises `RunKeyError` before any step runs, even when it was
     registered behind our back (e.g. in the UI): ``execute_in_process`` brings its own executor,
@@ -82,7 +83,9 @@ def run_graph(
     if log_level:
         run_config.setdefault("loggers", {"console": {"config": {"log_level": log_level.upper()}}})
     if parallel:
-        result = _execute_parallel(instance, key, run_config, kwargs)
+        from insightflow_assets.executor import PARALLEL
+
+        result = _execute_parallel(instance, key, {**run_config, **PARALLEL}, kwargs)
     else:
         result = job.execute_in_process(
             instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
@@ -98,8 +101,9 @@ def _execute_parallel(instance: DagsterInstance, key: str, run_config: dict, kwa
     # Dagster keeps the last job it rebuilt (lru_cache on ReconstructableJob); drop it, so this
     # process builds the job from the environment of now, as the step processes will.
     recon = reconstructable(insightflow_run_job)
-    type(recon).get_definition.cache_clear()
-    type(recon).get_repository_definition.cache_clear()
+    with contextlib.suppress(AttributeError):  # internals; without them a test's new environment is not seen
+        type(recon).get_definition.cache_clear()
+        type(recon).get_repository_definition.cache_clear()
     try:
         return execute_job(recon, instance, run_config=run_config,
                            tags={"dagster/partition": key}, raise_on_error=False, **kwargs)
@@ -113,7 +117,8 @@ def _stop_forkserver() -> None:
     parallel run in this process must start a fresh one (a test's changed environment)."""
     from multiprocessing import forkserver
 
-    forkserver._forkserver._stop()
+    with contextlib.suppress(AttributeError):  # CPython's internals: a later run would then reuse it
+        forkserver._forkserver._stop()
 
 
 def run_checks(instance: DagsterInstance, run_key: str, *, defs=None) -> RunOutcome:

@@ -300,8 +300,6 @@ def test_cli_bad_run_config_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    # a fresh home's first launch through the job's executor prints Dagster's telemetry notice
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setattr(definitions, "defs", local_defs(write_tiny(tmp_path / "clean"), tmp_path / "curated"))
     config = tmp_path / "run_config.json"
     config.write_text(json.dumps({"ops": {"als_model": {"config": {"factors": "many"}}}}))

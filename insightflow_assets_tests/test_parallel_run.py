@@ -1,6 +1,6 @@
-"""The graph under its own job's executor (`executor.parallel_steps`), as `insightflow run`, the
-UI, the sensor and the schedule run it: every step in a process of its own, forked from a
-server that imported the code location once; the same stored values as a run in process."""
+"""The graph with its steps side by side (`executor.run_executor` with ``parallel: true``, as
+`insightflow run --parallel` runs it): every step in a process of its own, forked from a server
+that imported the code location once; the same stored values as a run in process."""
 
 from __future__ import annotations
 
@@ -88,17 +88,47 @@ def test_parallel_run_stores_what_a_run_in_process_stores(parallel_runs, small_r
     assert _frame(first_store, name, RUN_A).equals(_frame(small_run.curated, name, SMALL_RUN))
 
 
-def test_cli_in_process_runs_every_step_in_the_calling_process(tmp_path, monkeypatch, small_clean_dir):
+def test_cli_run_is_in_process_unless_parallel(tmp_path, monkeypatch, small_clean_dir):
+    """`insightflow run` keeps one process (the code location it was given); `--parallel` starts
+    a process per step, built from the environment."""
     import insightflow_assets.definitions as definitions
     from insightflow_assets.cli import main
     from insightflow_assets_tests.conftest import local_defs
 
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(definitions, "defs", local_defs(small_clean_dir, tmp_path / "curated"))
-    key = "run-20260401-090003-in-process"
-    assert main(["run", "--run", key, "--in-process", "--select", *SNAPSHOT]) == 0
+    monkeypatch.setattr(definitions, "defs", local_defs(small_clean_dir, tmp_path / "given"))
+    _env(monkeypatch, small_clean_dir, tmp_path / "env")
+    one, side_by_side = "run-20260401-090003-one", "run-20260401-090004-side"
+    assert main(["run", "--run", one, "--select", *SNAPSHOT]) == 0
+    assert main(["run", "--run", side_by_side, "--parallel", "--select", *SNAPSHOT]) == 0
     with DagsterInstance.get() as inst:
-        (run,) = inst.get_runs()
-        assert _step_pids(inst, run.run_id) == {}  # no step process was started
-    assert (tmp_path / "curated" / ARTIFACTS["raw_orders"].keys(key)["orders.parquet"]).exists()
+        runs = {r.tags["dagster/partition"]: r.run_id for r in inst.get_runs()}
+        assert _step_pids(inst, runs[one]) == {}  # no step process was started
+        assert set(_step_pids(inst, runs[side_by_side])) == {"instacart_snapshot"}
+    orders = ARTIFACTS["raw_orders"].keys
+    assert (tmp_path / "given" / orders(one)["orders.parquet"]).exists()
+    assert (tmp_path / "env" / orders(side_by_side)["orders.parquet"]).exists()
+
+
+def test_a_forked_step_process_is_another_lock_holder():
+    """Step processes fork from one server: each must hold S3 leases under an id of its own, or
+    one would take a sibling's live lease for its own dead one (`storage._ours_but_dead`)."""
+    import multiprocessing
+
+    from resources import storage
+
+    storage._LIVE_LEASES.add("parent-lease")
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            child_id, child_leases = pool.apply(_holder_state)
+    finally:
+        storage._LIVE_LEASES.discard("parent-lease")
+    assert child_id != storage._PROCESS and child_leases == []
+
+
+def _holder_state() -> tuple[str, list[str]]:
+    from resources import storage
+
+    return storage._PROCESS, sorted(storage._LIVE_LEASES)

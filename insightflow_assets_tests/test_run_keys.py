@@ -397,13 +397,13 @@ def add_partition(base: str, key: str) -> None:
     assert data["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", data
 
 
-def materialize(base: str, key: str, job: str = "__ASSET_JOB") -> dict:
+def materialize(base: str, key: str, job: str = "__ASSET_JOB", run_config: dict | None = None) -> dict:
     """Launch the selection for one partition, as the UI's Materialize button does (or with the
-    given job, as its Launchpad does); wait for it."""
+    given job and run config, as its Launchpad does); wait for it."""
     params = {
         "selector": {**REPO, "jobName": job, "assetSelection": [{"path": [n]} for n in SELECTION]},
         "mode": "default",
-        "runConfigData": {},
+        "runConfigData": run_config or {},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
     }
     data = gql(
@@ -478,18 +478,20 @@ def test_graphql_keys_of_one_second_write_their_own_folders_and_a_bad_key_fails_
 
 
 def test_graphql_launch_of_insightflow_run_steps_in_processes_and_guards_the_key(ui):
-    """The job's own executor (steps side by side, each in its own process) behind the UI's
-    Launchpad: the run succeeds, and a malformed key still fails before any step."""
+    """insightflow_run with `parallel: true` (steps side by side, each in its own process) from
+    the UI's Launchpad: the run succeeds, and a malformed key still fails before any step."""
+    from insightflow_assets.executor import PARALLEL
+
     base, curated = ui
     key = f"{SECOND}-c"
     add_partition(base, key)
-    run = materialize(base, key, job="insightflow_run")
+    run = materialize(base, key, job="insightflow_run", run_config=PARALLEL)
     assert run["status"] == "SUCCESS", run
     messages = [e.get("message") or "" for e in run["eventConnection"]["events"]]
     assert any("in subprocess" in m for m in messages), messages  # multiprocess executor's step workers
     assert (curated / f"after-MICE/{key}/orders_imputed.parquet").is_file()
 
-    bad = materialize(base, BAD, job="insightflow_run")
+    bad = materialize(base, BAD, job="insightflow_run", run_config=PARALLEL)
     assert bad["status"] == "FAILURE"
     kinds = [e["__typename"] for e in bad["eventConnection"]["events"]]
     assert not [k for k in kinds if k.startswith("ExecutionStep")], kinds

@@ -508,6 +508,17 @@ _LIVE_LEASES: set[str] = set()
 _LIVE_LOCK = threading.Lock()
 
 
+def _forked() -> None:
+    """A forked process (a step's, from the forkserver) is another holder, with no lease yet."""
+    global _PROCESS, _LIVE_LOCK
+    _PROCESS = uuid.uuid4().hex
+    _LIVE_LOCK = threading.Lock()  # another thread may have held it at the fork
+    _LIVE_LEASES.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "process": _PROCESS, "since": time.time()}
 
