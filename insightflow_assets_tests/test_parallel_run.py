@@ -5,6 +5,8 @@ that imported the code location once; the same stored values as a run in process
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -132,3 +134,21 @@ def _holder_state() -> tuple[str, list[str]]:
     from resources import storage
 
     return storage._PROCESS, sorted(storage._LIVE_LEASES)
+
+
+def test_the_preloaded_modules_start_no_polars_worker_threads():
+    """The forkserver imports `PRELOAD`, then forks every step's process, and a fork copies only
+    the forking thread: a polars pool started at import would be a dead pool in every step."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import importlib, os\n"
+        "from insightflow_assets.executor import PRELOAD\n"
+        "for m in PRELOAD: importlib.import_module(m)\n"
+        "print(' '.join(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')))\n"
+    )
+    names = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    pools = [n for n in names if re.fullmatch(r"polars-\d+|tokio-rt-worker", n)]
+    assert names and not pools, names
