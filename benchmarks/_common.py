@@ -23,11 +23,44 @@ def _reset_peak() -> None:
         pass
 
 
+def proc_mb(pid: int | str, field: str, file: str = "status", missing: float = float("nan")) -> float:
+    """``field`` (a kB line such as VmRSS, VmHWM; Pss in ``smaps_rollup``) of ``/proc/<pid>/<file>``
+    in MB; ``missing`` when the process or the line is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return missing
+
+
 def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_mb("self", field)
+
+
+def children_map() -> dict[int, list[int]]:
+    """``ppid -> pids`` of every process now (from ``/proc/*/stat``: the ``children`` files
+    need a kernel option some machines lack)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def descendants(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every live descendant of ``root`` (children, theirs, …)."""
+    children = children_map() if children is None else children
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 class Stages:

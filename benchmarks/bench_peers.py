@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import CACHE, cached_dataset, machine, write_results  # noqa: E402
+from benchmarks._common import CACHE, cached_dataset, descendants, machine, proc_mb, write_results  # noqa: E402
 
 # Instacart's real share of users whose last order is a "test" order (75,000 of 206,209): the
 # target then falls back to the last order with lines, so both branches of the split are used.
@@ -48,37 +48,13 @@ RESULT_TAG = "RESULT "
 # --------------------------------------------------------------------------- #
 # measurement helpers (used inside the child processes)
 # --------------------------------------------------------------------------- #
-def _status_mb(pid: int | str, field: str = "VmHWM") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 def _peak_rss_mb(include_children: bool = False) -> float:
     """This process's peak RSS; with ``include_children`` plus the peaks of its live
     descendants (the Spark JVM), i.e. the footprint of the whole side (an upper bound, as
     the two peaks need not coincide)."""
-    total = _status_mb("self")
+    total = proc_mb("self", "VmHWM", missing=0.0)
     if include_children:
-        total += sum(_status_mb(p) for p in _descendants(os.getpid()))
+        total += sum(proc_mb(p, "VmHWM", missing=0.0) for p in descendants(os.getpid()))
     return round(total)
 
 

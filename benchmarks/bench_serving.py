@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import CACHE, Stages, cached_dataset, machine, write_results  # noqa: E402
+from benchmarks._common import CACHE, Stages, cached_dataset, machine, proc_mb, write_results  # noqa: E402
 
 COLUMNS = ["scenario", "route", "target_rps", "achieved_rps", "requests", "errors", "p50_ms", "p95_ms", "p99_ms",
            "server_rss_mb", "load_s", "load_avg_1m"]  # fmt: skip
@@ -88,13 +88,6 @@ def start_server(curated: Path, admin_key: str) -> tuple[subprocess.Popen, int]:
         time.sleep(0.2)
     proc.terminate()
     raise SystemExit("the server did not become ready")
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def requests_plan(bundle, n: int, user_share: float, seed: int = 0) -> list[tuple[str, str, dict | None]]:
@@ -191,7 +184,7 @@ def summarize(scenario: str, rate: float, results, seconds: float, pid: int) -> 
             "scenario": scenario, "route": route, "target_rps": rate, "achieved_rps": round(len(got) / seconds, 1),
             "requests": len(got), "errors": sum(st != 200 for _, st in got),
             "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "server_rss_mb": round(rss_mb(pid), 0), "load_avg_1m": load,
+            "server_rss_mb": round(proc_mb(pid, "VmRSS"), 0), "load_avg_1m": load,
         })  # fmt: skip
     reloads = [st for r, _, st in results if r == "admin_reload"]
     if reloads:
@@ -222,7 +215,7 @@ def main() -> None:
     load_row = stages.rows[-1]
     rows = [{"scenario": "bundle load (in process; RSS of that process)", "route": "-", "load_s": load_row["seconds"],
              "server_rss_mb": load_row["peak_rss_mb"], "load_avg_1m": round(os.getloadavg()[0], 2)},
-            {"scenario": "idle server", "route": "-", "server_rss_mb": round(rss_mb(proc.pid), 0),
+            {"scenario": "idle server", "route": "-", "server_rss_mb": round(proc_mb(proc.pid, "VmRSS"), 0),
              "load_avg_1m": round(os.getloadavg()[0], 2)}]
     try:
         run_load(port, requests_plan(bundle, 200, args.user_share, seed=99), 100, None, admin_key)  # warm-up
@@ -233,7 +226,7 @@ def main() -> None:
             label = f"{rate:.0f} rps" + (" + reload every 2 s" if reload_every else "")
             rows += summarize(label, rate, results, seconds, proc.pid)
             print(f"  {label}: {rows[-1]['achieved_rps']} rps, p99 {rows[-1]['p99_ms']:.1f} ms, errors {rows[-1]['errors']}", flush=True)
-        peak = round(rss_mb(proc.pid, "VmHWM"), 0)
+        peak = round(proc_mb(proc.pid, "VmHWM"), 0)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

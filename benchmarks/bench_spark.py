@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 
-from benchmarks._common import Stages, cached_dataset, machine, markdown, write_results  # noqa: E402
+from benchmarks._common import Stages, cached_dataset, descendants, machine, markdown, proc_mb, write_results  # noqa: E402
 from insightflow_assets.basket.pairs import count_baskets, dense_items, window_lines  # noqa: E402
 from insightflow_assets.ratings.build import build_holdout, build_ratings  # noqa: E402
 from insightflow_assets.segmentation.popularity import segment_popularity  # noqa: E402
@@ -82,7 +82,7 @@ class TreeRss(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak_mb = max(self.peak_mb, sum(_rss_mb(p) for p in _descendants(os.getpid())))
+            self.peak_mb = max(self.peak_mb, sum(proc_mb(p, "VmRSS", missing=0.0) for p in descendants(os.getpid())))
             if self.peak_mb > self.limit_mb and not self.over:
                 self.over = True
                 if self.on_limit is not None:
@@ -93,32 +93,6 @@ class TreeRss(threading.Thread):
         self._halt.set()
         self.join()
         return round(self.peak_mb, 0)
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def run_polars(paths: dict[str, Path], users: int, out: Path) -> tuple[list[dict], dict[str, str]]:
@@ -194,7 +168,7 @@ def _failure(code: int, log: Path) -> str:
 
 def _kill_group(proc: subprocess.Popen) -> None:
     # pyspark.daemon (the Python workers) starts its own process group: kill the tree's pids too
-    for pid in [proc.pid, *_descendants(proc.pid)]:
+    for pid in [proc.pid, *descendants(proc.pid)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

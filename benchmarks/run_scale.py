@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import CACHE, RESULTS, cached_dataset, machine, markdown, write_results  # noqa: E402
+from benchmarks._common import CACHE, RESULTS, cached_dataset, descendants, machine, markdown, proc_mb, write_results  # noqa: E402
 
 INSTACART_USERS = 206_209
 TARGET_SECONDS, TARGET_RSS_MB = 240, 6 * 1024  # issue 11: the whole graph, validation included, <= 4 min
@@ -55,18 +55,6 @@ def _proc_stats() -> dict[int, tuple[int, float, float, float]]:
     return out
 
 
-def _pss_mb(pid: int, rss_mb: float) -> float:
-    """The process's proportional set size: pages shared with the forkserver (the code location
-    it preloaded) count once across the tree, not once per step process."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss_mb
-
-
 class TreeSampler(threading.Thread):
     """Samples this process and its descendants (the forkserver and each step's process):
     memory and CPU time of the tree, and per process its CPU and peak RSS, so each step gets
@@ -84,14 +72,10 @@ class TreeSampler(threading.Thread):
 
     def sample(self) -> None:
         stats, me = _proc_stats(), os.getpid()
-        tree, frontier = {me}, [me]
         children: dict[int, list[int]] = {}
         for pid, (ppid, *_rest) in stats.items():
             children.setdefault(ppid, []).append(pid)
-        while frontier:
-            for child in children.get(frontier.pop(), []):
-                tree.add(child)
-                frontier.append(child)
+        tree = {me, *descendants(me, children)}
         # PSS costs a walk of the page tables: once a second, or the sampler itself slows the run
         now = time.time()
         with_pss = now - self._pss_at >= 1.0
@@ -100,7 +84,8 @@ class TreeSampler(threading.Thread):
         for pid in tree & stats.keys():
             _, own, reaped, mb = stats[pid]
             cpu += own + reaped  # a finished step's CPU lives on in its parent's reaped time
-            mem += _pss_mb(pid, mb) if with_pss else 0.0
+            # PSS: pages shared with the forkserver (the preloaded code location) count once
+            mem += proc_mb(pid, "Pss", "smaps_rollup", missing=mb) if with_pss else 0.0
             self.cpu_of[pid] = own
             self.peak_of[pid] = max(self.peak_of.get(pid, 0.0), mb)
         self.total.append((now, cpu, mem if with_pss else float("nan")))
