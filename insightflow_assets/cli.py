@@ -324,11 +324,14 @@ def _expected_failure(exc: Exception) -> list[str] | None:
     run config, a store that cannot be reached), or None for anything else."""
     from botocore.exceptions import BotoCoreError, ClientError
     from dagster import DagsterInvalidConfigError
+    from dagster._core.errors import DagsterConfigMappingFunctionError
 
     from insightflow_assets.report import one_line
 
     if isinstance(exc, DagsterInvalidConfigError):  # --config: one line per wrong entry
         return [f"run config: {one_line(err.message)}" for err in exc.errors] or [one_line(exc)]
+    if isinstance(exc, DagsterConfigMappingFunctionError):  # a value our mapping refuses (executor.run_executor)
+        return [f"run config: {one_line(exc.user_exception or exc)}"]
     if isinstance(exc, (ValueError, RuntimeError, OSError, BotoCoreError, ClientError)):
         return [one_line(exc)]
     return None

@@ -22,7 +22,6 @@ from collections.abc import Iterator, Mapping
 from dagster import DagsterInstance, Executor, ExecutorDefinition, Field, multi_or_in_process_executor
 
 from insightflow_assets.parallel import usable_cores
-
 from insightflow_assets.partitions import registered_runs
 from resources.layout import parse_run_key
 
@@ -91,7 +90,7 @@ def run_key_guarded(inner: ExecutorDefinition) -> ExecutorDefinition:
 # here may start polars' thread pool at import (a fork copies only the forking thread).
 PRELOAD = ("insightflow_assets.definitions", "polars", "numpy", "scipy.sparse", "sklearn", "implicit", "lightfm")
 
-# run config of `insightflow_run` for steps side by side (what `run_graph(parallel=True)` adds)
+# run config of `insightflow_run` for steps side by side (what `run_graph(parallel=True)` sets)
 PARALLEL = {"execution": {"config": {"parallel": True}}}
 
 

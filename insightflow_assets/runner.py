@@ -83,9 +83,10 @@ def run_graph(
     if log_level:
         run_config.setdefault("loggers", {"console": {"config": {"log_level": log_level.upper()}}})
     if parallel:
-        from insightflow_assets.executor import PARALLEL
-
-        result = _execute_parallel(instance, key, {**run_config, **PARALLEL}, kwargs)
+        # `parallel: true` beside the run config's own executor settings (max_concurrent)
+        execution = run_config.get("execution") or {}
+        run_config["execution"] = {**execution, "config": {**(execution.get("config") or {}), "parallel": True}}
+        result = _execute_parallel(instance, key, run_config, kwargs)
     else:
         result = job.execute_in_process(
             instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
