@@ -7,6 +7,7 @@ small (issue 13) with the same lineage, values and blocking semantics.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -135,6 +137,9 @@ def lean_step(fn, ins: Mapping[str, AssetIn], checks: Sequence[StepCheck] = ()) 
       it through the same IO manager (`_store_in_step`) and reports the materialization;
     - a check in a step of its own logs that step's start, inputs and success; here the asset's
       checks are evaluated in its step, on what was just stored (`StepCheck.evaluate`).
+
+    An input annotated ``pl.LazyFrame`` is not loaded: the body gets a scan of the stored table
+    (`CuratedIOManager.scan_run`), so a step that hands it to Spark never holds it.
     """
     params = inspect.signature(fn).parameters
     passed = resource_params(fn) | {"context", "config"}
@@ -144,20 +149,24 @@ def lean_step(fn, ins: Mapping[str, AssetIn], checks: Sequence[StepCheck] = ()) 
     for name, spec in reads.items():
         if spec.partition_mapping is not None and not (spec.metadata or {}).get(ALL_RUNS):
             raise TypeError(f"asset {fn.__name__}: input {name!r} reads this run, or every run with {ALL_RUNS}")
+    lazy = _lazy_inputs(fn, reads)
     own = [n for n in params if n not in reads and n != "context"]
 
     def call(context: AssetExecutionContext, io_manager: CuratedIOManager, kwargs: dict):
         run_key = current_run(context)
         values = {n: kwargs[n] for n in own}
-        for name, spec in reads.items():
-            key = (spec.key or AssetKey(name)).path[-1]
-            if (spec.metadata or {}).get(ALL_RUNS):
-                values[name] = io_manager.load_runs(key, context.instance.get_dynamic_partitions(runs_partitions.name))
-            else:
-                values[name] = io_manager.load_run(key, run_key)
-        if "context" in params:
-            values["context"] = context
-        return fn(**values)
+        with contextlib.ExitStack() as scans:  # a scan's temporary file lives until fn returns
+            for name, spec in reads.items():
+                key = (spec.key or AssetKey(name)).path[-1]
+                if (spec.metadata or {}).get(ALL_RUNS):
+                    values[name] = io_manager.load_runs(key, context.instance.get_dynamic_partitions(runs_partitions.name))
+                elif name in lazy:
+                    values[name] = scans.enter_context(io_manager.scan_run(key, run_key))
+                else:
+                    values[name] = io_manager.load_run(key, run_key)
+            if "context" in params:
+                values["context"] = context
+            return fn(**values)
 
     if checks:
         if inspect.isgeneratorfunction(fn):
@@ -186,6 +195,18 @@ def lean_step(fn, ins: Mapping[str, AssetIn], checks: Sequence[StepCheck] = ()) 
     body.__signature__ = _body_signature(fn, own, checks)
     deps = [AssetDep(spec.key or AssetKey(n), partition_mapping=spec.partition_mapping) for n, spec in reads.items()]
     return body, deps
+
+
+def _lazy_inputs(fn, reads: Mapping[str, AssetIn]) -> set[str]:
+    """The inputs ``fn`` takes as ``pl.LazyFrame``: scanned, not loaded (see `lean_step`)."""
+    hints = typing.get_type_hints(fn)
+    lazy = {n for n in reads if hints.get(n) is pl.LazyFrame}
+    if lazy and inspect.isgeneratorfunction(fn):
+        raise TypeError(f"asset {fn.__name__}: a pl.LazyFrame input needs an asset that returns its value")
+    every_run = sorted(n for n in lazy if (reads[n].metadata or {}).get(ALL_RUNS))
+    if every_run:
+        raise TypeError(f"asset {fn.__name__}: input {every_run[0]!r} reads every run, which is loaded, not scanned")
+    return lazy
 
 
 def _body_signature(fn, own: Sequence[str], checks: Sequence[StepCheck]) -> inspect.Signature:

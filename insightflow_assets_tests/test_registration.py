@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
+import polars as pl
 import pytest
 from dagster import AssetKey
 
@@ -162,6 +163,27 @@ def test_an_asset_without_storage_fails_the_load():
 
     error = _load_error(_module(unstored_scores=unstored_scores))
     assert error.startswith("asset 'unstored_scores' has no storage entry") and "\n" not in error
+
+
+def test_a_scanned_input_is_refused_where_it_cannot_work():
+    """A ``pl.LazyFrame`` input is a scan valid while the body runs (`common.lean_step`): an
+    asset that yields (runs after the scan is closed) or an input of every run is refused at
+    definition, in one line."""
+    from dagster import AllPartitionMapping, AssetIn
+
+    from resources.io_manager import ALL_RUNS
+
+    def yielding(ratings: pl.LazyFrame):
+        yield ratings
+
+    def every_run(ratings: pl.LazyFrame): ...
+
+    decorate = run_asset(group="extra", kinds={"polars"}, description="scans")
+    with pytest.raises(TypeError, match=r"^asset yielding: a pl.LazyFrame input needs an asset that returns its value$"):
+        decorate(yielding)
+    every = AssetIn("ratings", partition_mapping=AllPartitionMapping(), metadata={ALL_RUNS: True})
+    with pytest.raises(TypeError, match=r"^asset every_run: input 'ratings' reads every run, which is loaded, not scanned$"):
+        run_asset(group="extra", kinds={"polars"}, description="scans", ins={"ratings": every})(every_run)
 
 
 def test_a_storage_entry_naming_no_asset_fails_the_load(scratch_registry):

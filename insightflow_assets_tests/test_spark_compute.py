@@ -9,7 +9,9 @@ each run stored back and compare: ids and integers exactly, floats within a rela
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import polars as pl
@@ -20,7 +22,7 @@ from insightflow_assets.spark.launch import spark_missing
 
 pytestmark = pytest.mark.skipif(spark_missing() is not None, reason=f"compute: spark needs java and pyspark: {spark_missing()}")
 
-from dagster import AssetKey, AssetSelection, DagsterInstance  # noqa: E402
+from dagster import AssetExecutionContext, AssetKey, AssetSelection, DagsterInstance  # noqa: E402
 
 from insightflow_assets.ingest.loading import InputError, read_table, validate_snapshot  # noqa: E402
 from insightflow_assets.ingest.spark_lines import lines_task  # noqa: E402
@@ -30,6 +32,7 @@ from insightflow_assets_tests.conftest import local_defs  # noqa: E402
 from insightflow_assets_tests.test_ingest import INGEST, _replace, write_tiny  # noqa: E402
 from insightflow_assets_tests.test_ingest import RUN as INGEST_RUN  # noqa: E402
 from resources import Compute, LocalStorage, build_resources  # noqa: E402
+from resources.io_manager import CuratedIOManager  # noqa: E402
 from resources.layout import SOURCE_TABLES, artifact  # noqa: E402
 
 RUN = "run-20260402-000000"
@@ -50,12 +53,46 @@ def _selection(defs) -> list[str]:
 ONE_THREAD = {"ops": {"lightfm_model": {"config": {"num_threads": 1}}}}
 
 
+LINES = ("orders_imputed", "raw_order_products")
+
+
+@contextlib.contextmanager
+def _lines_reads(curated: Path):
+    """``(step, table, how)`` each time a step reads the order lines' data: loaded through the IO
+    manager, or a scan of their stored files collected with a column (a row count reads only the
+    parquet footer: ``PROJECT 0/…``, not counted)."""
+    reads: list[tuple[str, str, str]] = []
+    files = {name: str(curated / next(iter(artifact(name).keys(RUN).values()))) for name in LINES}
+    load_run, collect = CuratedIOManager.load_run, pl.LazyFrame.collect
+
+    def step() -> str:
+        with contextlib.suppress(Exception):
+            return AssetExecutionContext.get().op_def.name
+        return "?"
+
+    def recording_load(self, name, run_key):
+        if name in LINES:
+            reads.append((step(), name, "loaded"))
+        return load_run(self, name, run_key)
+
+    def recording_collect(self, *args, **kwargs):
+        plan = self.explain()
+        reads.extend((step(), name, "collected") for name, path in files.items()
+                     if path in plan and "PROJECT 0/" not in plan)  # fmt: skip
+        return collect(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CuratedIOManager, "load_run", recording_load)
+        mp.setattr(pl.LazyFrame, "collect", recording_collect)
+        yield reads
+
+
 def _run(clean_dir, curated, compute: Compute):
     defs = local_defs(clean_dir, curated, compute=compute)
-    with DagsterInstance.ephemeral() as inst:
+    with DagsterInstance.ephemeral() as inst, _lines_reads(curated) as reads:
         outcome = run_graph(inst, run_key=RUN, defs=defs, selection=_selection(defs), run_config=ONE_THREAD)
     assert outcome.ok, outcome.errors
-    return SimpleNamespace(outcome=outcome, defs=defs, store=LocalStorage(root=str(curated)))
+    return SimpleNamespace(outcome=outcome, defs=defs, store=LocalStorage(root=str(curated)), lines_reads=reads)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +132,18 @@ def test_metadata_names_the_engine(engines):
         assert got["dagster/column_schema"] == want["dagster/column_schema"], name
     for name in ("raw_orders", "orders_imputed"):  # upstream of the switch: untouched
         assert "engine" not in engines.spark.outcome.materialized[name]
+
+
+def test_spark_steps_never_hold_the_lines(engines):
+    """Under spark the switched steps hand the order lines to the job by path: they read their
+    schema and row count, never their data (scans, `common.lean_step`). The local engine's same
+    steps do read them, which shows the recording sees a read when there is one."""
+    def by(run):
+        return {(s, name) for s, name, _ in run.lines_reads if s in SPARK_ASSETS}
+
+    assert {("ratings", "raw_order_products"), ("holdout", "orders_imputed"), ("user_seg", "raw_order_products")} <= by(engines.local)
+    assert not [r for r in engines.local.lines_reads if r[0] in SPARK_ASSETS and r[2] == "loaded"]  # scanned
+    assert by(engines.spark) == set(), engines.spark.lines_reads
 
 
 def test_checks_ran_and_passed_on_spark_outputs(engines):

@@ -104,3 +104,37 @@ def test_s3_storage_over_http(s3_buckets):
     assert store.uri("a/b/one.txt") == f"s3://{curated}/some/prefix/a/b/one.txt"
     raw_keys = [o["Key"] for o in s3.get_client().list_objects_v2(Bucket=curated)["Contents"]]
     assert "some/prefix/a/b/one.txt" in raw_keys
+
+
+RUN = "run-20260501-000000"
+
+
+def _scanned(store) -> None:
+    """`CuratedIOManager.scan_run`: the stored table, read only when collected, valid inside the
+    ``with``; a folder asset (not one parquet file) is refused in one line."""
+    from dagster import AssetKey
+
+    from resources.io_manager import CuratedIOManager
+
+    manager = CuratedIOManager(storage=store)
+    ratings = pl.DataFrame({"user_id": [1, 1, 2], "product_id": [10, 11, 10], "rating": [1.0, 2.0, 3.0]})
+    manager.store(AssetKey("ratings"), RUN, ratings)
+    with manager.scan_run("ratings", RUN) as scan:
+        assert isinstance(scan, pl.LazyFrame)
+        assert scan.collect().equals(manager.load_run("ratings", RUN))
+        assert scan.filter(pl.col("user_id") == 2).select("product_id").collect()["product_id"].to_list() == [10]
+    with pytest.raises(TypeError, match="als_model is not stored as one parquet file"):
+        with manager.scan_run("als_model", RUN):
+            pass
+    with pytest.raises(FileNotFoundError):
+        with manager.scan_run("holdout", RUN):
+            pass
+
+
+def test_scan_run_local(tmp_path):
+    _scanned(LocalStorage(root=str(tmp_path)))
+
+
+def test_scan_run_s3_over_http(s3_buckets):
+    s3, _, curated = s3_buckets
+    _scanned(S3Storage(s3=s3, bucket=curated, prefix="scan"))

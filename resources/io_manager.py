@@ -13,9 +13,10 @@ preview (`resources.previews`), recorded on the materialization event alone.
 """
 
 
+import contextlib
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +195,17 @@ class CuratedIOManager(ConfigurableIOManager):
     def load_run(self, name: str, run_key: str) -> Any:
         """The value stored for asset ``name`` in run ``run_key`` (what `load_input` returns)."""
         return self._load(artifact(name), run_key)
+
+    @contextlib.contextmanager
+    def scan_run(self, name: str, run_key: str) -> Iterator[pl.LazyFrame]:
+        """Asset ``name``'s table of run ``run_key``, not loaded: a scan of its stored parquet
+        (downloaded to a temporary file from a bucket), valid inside the ``with``. A step that
+        hands the table to another engine (Spark) never holds it; one that needs it collects."""
+        spec = artifact(name)
+        if len(spec.files) != 1 or not spec.files[0].endswith(".parquet"):
+            raise TypeError(f"{name} is not stored as one parquet file ({spec.files}): it cannot be scanned")
+        with self.storage.local_path(spec.keys(run_key)[spec.files[0]]) as path:
+            yield pl.scan_parquet(path)
 
     def load_runs(self, name: str, run_keys: Iterable[str]) -> dict[str, Any]:
         """Asset ``name`` across runs (e.g. the evaluation trend): one value per run key; a run

@@ -17,7 +17,8 @@ from resources.layout import Artifact
 from resources.storage import Storage
 
 GROUP = "ratings"
-# what the Spark job reads for both stages: its input name -> the upstream asset stored in this run
+# what the Spark job reads for both stages: its input name -> the upstream asset stored in this run.
+# The steps take those inputs as scans (pl.LazyFrame): under Spark they never load the lines.
 LINES_INPUTS = {"orders": "orders_imputed", "order_products": "raw_order_products"}
 
 
@@ -48,8 +49,8 @@ def ratings(
     config: RatingsConfig,
     compute: Compute,
     curated: Storage,
-    orders_imputed: pl.DataFrame,
-    raw_order_products: pl.DataFrame,
+    orders_imputed: pl.LazyFrame,
+    raw_order_products: pl.LazyFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
     params = config.model_dump()
@@ -63,7 +64,7 @@ def ratings(
         params.pop("event_weights")  # only the events form has event counts
     df, engine = run_stage(
         context, compute, curated, "ratings", inputs=LINES_INPUTS, params=params,
-        local=lambda: build_ratings(orders_imputed, raw_order_products, **params),
+        local=lambda: build_ratings(orders_imputed.collect(), raw_order_products.collect(), **params),
     )  # fmt: skip
     return Output(
         df,
@@ -86,13 +87,13 @@ def holdout(
     context: AssetExecutionContext,
     compute: Compute,
     curated: Storage,
-    orders_imputed: pl.DataFrame,
-    raw_order_products: pl.DataFrame,
+    orders_imputed: pl.LazyFrame,
+    raw_order_products: pl.LazyFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
     df, engine = run_stage(
         context, compute, curated, "holdout", inputs=LINES_INPUTS, params={},
-        local=lambda: build_holdout(orders_imputed, raw_order_products),
+        local=lambda: build_holdout(orders_imputed.collect(), raw_order_products.collect()),
     )  # fmt: skip
     return Output(df, metadata={"users": df["user_id"].n_unique(), **engine})
 

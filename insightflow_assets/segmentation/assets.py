@@ -53,27 +53,29 @@ def user_seg(
     rfm: RfmParams,
     compute: Compute,
     curated: Storage,
-    orders_imputed: pl.DataFrame,
-    raw_order_products: pl.DataFrame,
-    products: pl.DataFrame,
-    ratings: pl.DataFrame,
+    orders_imputed: pl.LazyFrame,
+    raw_order_products: pl.LazyFrame,
+    products: pl.LazyFrame,
+    ratings: pl.LazyFrame,
 ) -> Output[pl.DataFrame]:
     run = current_run(context)
     # Its lines go to the stored driver_log.txt (the seed's); the chosen k and the segments are
     # this materialization's metadata, so the run's log does not repeat them.
     diag = StepDiagnostics()
     try:
+        # the inputs are scans: under Spark this step holds the users, never the lines
+        users = ratings.select("user_id").unique().collect()
         diag.record_schema(orders_imputed)
-        diag.log(f"orders={orders_imputed.height} lines={raw_order_products.height} ratings_users={ratings['user_id'].n_unique()}")
+        diag.log(f"orders={_rows(orders_imputed)} lines={_rows(raw_order_products)} ratings_users={users.height}")
         t0 = time.perf_counter()
-        users = ratings.select("user_id").unique()
         if is_events_form(raw_order_products):
             # sessions, not orders: events_rfm_table's semantics (segmentation.session_rfm), on polars
             definition, engine = "events", {"engine": "local"}
             if compute.engine_name() != "local":
                 diag.log("events form: R/F/M on polars, the Spark job has no session definition")
-            reference = session_reference(orders_imputed, parse_reference_date(rfm.reference_date))
-            table = session_rfm_table(orders_imputed, raw_order_products, users=users, reference_time=reference)
+            orders = orders_imputed.collect()
+            reference = session_reference(orders, parse_reference_date(rfm.reference_date))
+            table = session_rfm_table(orders, raw_order_products.collect(), users=users, reference_time=reference)
         else:
             definition = rfm_definition(orders_imputed)
             reference = rfm_reference_time(orders_imputed, parse_reference_date(rfm.reference_date))
@@ -83,7 +85,8 @@ def user_seg(
             table, engine = run_stage(
                 context, compute, curated, "rfm", inputs=RFM_INPUTS,
                 params={"reference_time": reference and reference.isoformat()},
-                local=lambda: rfm_table(orders_imputed, raw_order_products, products, users=users, reference_time=reference),
+                local=lambda: rfm_table(orders_imputed.collect(), raw_order_products.collect(), products.collect(),
+                                        users=users, reference_time=reference),
             )  # fmt: skip
         diag.metrics.update(rfm_definition=definition, reference_time=reference and reference.isoformat())
         diag.metrics["seconds_rfm"] = round(time.perf_counter() - t0, 3)
@@ -131,15 +134,21 @@ def segment_popularity(
     rfm: RfmParams,
     compute: Compute,
     curated: Storage,
-    user_seg: pl.DataFrame,
-    ratings: pl.DataFrame,
+    user_seg: pl.LazyFrame,
+    ratings: pl.LazyFrame,
 ) -> Output[pl.DataFrame]:
     current_run(context)
     df, engine = run_stage(
         context, compute, curated, "segment_popularity", inputs={"user_seg": "user_seg", "ratings": "ratings"},
-        params={"top_n": rfm.top_n}, local=lambda: build_segment_popularity(user_seg, ratings, top_n=rfm.top_n),
+        params={"top_n": rfm.top_n},
+        local=lambda: build_segment_popularity(user_seg.collect(), ratings.collect(), top_n=rfm.top_n),
     )  # fmt: skip
     return Output(df, metadata={"segments": df["segment"].n_unique(), "top_n": rfm.top_n, **engine})
+
+
+def _rows(frame: pl.LazyFrame) -> int:
+    """A scanned table's row count (from the parquet footer, nothing loaded)."""
+    return frame.select(pl.len()).collect().item()
 
 
 # --- checks --------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ class StepDiagnostics:
         if self._echo:
             self._echo(message)
 
-    def record_schema(self, frame: pl.DataFrame) -> None:
-        self.schema = {name: str(dtype) for name, dtype in frame.schema.items()}
+    def record_schema(self, frame: pl.DataFrame | pl.LazyFrame) -> None:
+        self.schema = {name: str(dtype) for name, dtype in frame.collect_schema().items()}
 
     def failed(self, exc: BaseException) -> None:
         self.metrics["status"] = "failed"
