@@ -27,6 +27,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetSelection, DagsterInst
 from insightflow_assets.ingest.loading import InputError, read_table, validate_snapshot  # noqa: E402
 from insightflow_assets.ingest.spark_lines import lines_task  # noqa: E402
 from insightflow_assets.runner import run_graph  # noqa: E402
+from insightflow_assets.spark import engine as spark_engine  # noqa: E402
 from insightflow_assets.spark.launch import run_spark  # noqa: E402
 from insightflow_assets_tests.conftest import local_defs  # noqa: E402
 from insightflow_assets_tests.test_ingest import INGEST, _replace, write_tiny  # noqa: E402
@@ -60,10 +61,11 @@ LINES = ("orders_imputed", "raw_order_products")
 def _lines_reads(curated: Path):
     """``(step, table, how)`` each time a step reads the order lines' data: loaded through the IO
     manager, or a scan of their stored files collected with a column (a row count reads only the
-    parquet footer: ``PROJECT 0/…``, not counted)."""
+    parquet footer: ``PROJECT 0/…``, not counted); and ``(step, path, "spark output")`` for each
+    output a Spark task is told to write."""
     reads: list[tuple[str, str, str]] = []
     files = {name: str(curated / next(iter(artifact(name).keys(RUN).values()))) for name in LINES}
-    load_run, collect = CuratedIOManager.load_run, pl.LazyFrame.collect
+    load_run, collect, launch = CuratedIOManager.load_run, pl.LazyFrame.collect, spark_engine.run_spark_pipes
 
     def step() -> str:
         with contextlib.suppress(Exception):
@@ -81,9 +83,14 @@ def _lines_reads(curated: Path):
                      if path in plan and "PROJECT 0/" not in plan)  # fmt: skip
         return collect(self, *args, **kwargs)
 
+    def recording_launch(context, tasks, **kwargs):
+        reads.extend((step(), task["output"], "spark output") for task in tasks)
+        return launch(context, tasks, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CuratedIOManager, "load_run", recording_load)
         mp.setattr(pl.LazyFrame, "collect", recording_collect)
+        mp.setattr(spark_engine, "run_spark_pipes", recording_launch)
         yield reads
 
 
@@ -139,11 +146,22 @@ def test_spark_steps_never_hold_the_lines(engines):
     schema and row count, never their data (scans, `common.lean_step`). The local engine's same
     steps do read them, which shows the recording sees a read when there is one."""
     def by(run):
-        return {(s, name) for s, name, _ in run.lines_reads if s in SPARK_ASSETS}
+        return {(s, name) for s, name, how in run.lines_reads if s in SPARK_ASSETS and how != "spark output"}
 
     assert {("ratings", "raw_order_products"), ("holdout", "orders_imputed"), ("user_seg", "raw_order_products")} <= by(engines.local)
     assert not [r for r in engines.local.lines_reads if r[0] in SPARK_ASSETS and r[2] == "loaded"]  # scanned
     assert by(engines.spark) == set(), engines.spark.lines_reads
+
+
+def test_spark_outputs_go_through_the_curated_storage(engines):
+    """Without a `scratch` setting the job writes its outputs into a folder of the curated
+    storage (which a cluster's driver can reach too), one folder per application, removed after."""
+    root = Path(engines.spark.store.uri())
+    outputs = [out for _, out, how in engines.spark.lines_reads if how == "spark output"]
+    assert len(outputs) >= 8  # ratings, holdout, rfm, segment_popularity, basket_pairs' four counts, …
+    assert all(Path(out).parent.parent == root / "scratch" and Path(out).parent.name.startswith("spark-")
+               for out in outputs), outputs  # fmt: skip
+    assert not (root / "scratch").exists()
 
 
 def test_checks_ran_and_passed_on_spark_outputs(engines):

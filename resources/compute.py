@@ -21,7 +21,8 @@ class Compute(ConfigurableResource):
     # Instacart's size (basket item counts), 8g completed 2x that (README "Beyond one machine")
     driver_memory: str = "8g"
     conf: Dict[str, str] = {}  # extra spark-submit --conf, over insightflow_assets.spark.launch.SPARK_CONF
-    # where the job writes its outputs before the step loads them (default: the system temp dir)
+    # a local folder where the job writes its outputs before the step loads them; default: a
+    # scratch folder of the curated storage itself (shared by a cluster's driver and the step)
     scratch: Optional[str] = None
 
     def engine_name(self) -> str:

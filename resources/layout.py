@@ -161,6 +161,16 @@ PROMOTION_JOURNAL = "recsys/latest/promotion-journal.json"
 PROMOTED_MANIFEST = "recsys/promoted/run-{ts}/index.json"
 
 
+# Spark's intermediate outputs (a task's counts, an R/F/M table) while its step reads them back:
+# in the curated storage itself, so a cluster's driver and the step share it; deleted after.
+SPARK_SCRATCH = "scratch/spark-{ts}-{token}"
+
+
+def spark_scratch(run_key: str, token: str) -> str:
+    """The folder of one Spark application's outputs for run ``run_key`` (``token``: unique)."""
+    return SPARK_SCRATCH.format(ts=run_stamp(run_key), token=token)
+
+
 def promoted_manifest_key(run_key: str) -> str:
     """Where the manifest of ``run_key`` is kept once the run has been promoted."""
     return PROMOTED_MANIFEST.format(ts=run_stamp(run_key))

@@ -118,7 +118,9 @@ class IngestConfig(Config):
     group_name="ingest",
 )
 @metadata_on_materialization
-def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, source: Storage, compute: Compute):
+def instacart_snapshot(
+    context: AssetExecutionContext, config: IngestConfig, source: Storage, curated: Storage, compute: Compute
+):
     current_run(context)
     _check_encoding(config.encoding)
     listing = {o.key: o for o in source.list("")}
@@ -132,7 +134,7 @@ def instacart_snapshot(context: AssetExecutionContext, config: IngestConfig, sou
         if TRANSACTIONS_TABLE in chosen:
             snap, details = _transactions(context, source, chosen[TRANSACTIONS_TABLE], config.spec(), config.encoding)
         else:
-            snap, engine = _instacart(context, source, chosen, config.encoding, compute)
+            snap, engine = _instacart(context, source, curated, chosen, config.encoding, compute)
             details = {"form": "instacart", "engine": engine}
 
     provenance = {key: {"uri": source.uri(key), "size": listing[key].size, "version": listing[key].version} for key in used}
@@ -163,10 +165,12 @@ def _check_encoding(encoding: str) -> None:
         raise InputError(f"instacart_snapshot config: encoding {encoding!r} is not a known text encoding") from None
 
 
-def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str, compute: Compute) -> tuple[Snapshot, dict]:
+def _instacart(context, source: Storage, curated: Storage, chosen: dict[str, str], encoding: str,
+               compute: Compute) -> tuple[Snapshot, dict]:
     """The snapshot and the engine of the lines' checks: polars, or under ``compute: spark`` the
     Spark job on the source files (spark_lines.py; reading, typing and the orders / products
-    checks stay on polars, which writes the snapshot)."""
+    checks stay on polars, which writes the snapshot). The job's output goes to the curated
+    storage's scratch, never beside the source files (the new-data sensor watches those)."""
     tables = {}
     for stem, key in chosen.items():
         with source.local_path(key) as path:
@@ -176,7 +180,7 @@ def _instacart(context, source: Storage, chosen: dict[str, str], encoding: str, 
     context.log.info(f"read {source.uri()}: {rows} rows")
     inputs, params = lines_task(chosen, lambda key: spark_uri(source.uri(key)))
     return run_stages(
-        context, compute, source, {"lines": SparkTask("validate_lines", inputs, params, paths=True)},
+        context, compute, curated, {"lines": SparkTask("validate_lines", inputs, params, paths=True)},
         local=lambda: validate_snapshot(tables, names=chosen),
         spark=lambda frames, _: checked_snapshot(tables, chosen, frames["lines"]),
     )  # fmt: skip

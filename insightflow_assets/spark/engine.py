@@ -2,16 +2,20 @@
 through Dagster Pipes (the `resources.compute.Compute` resource chooses).
 
 Under ``spark`` the job reads the upstream assets' stored parquet (this run's keys in the
-storage layout) and writes its output to a scratch folder; the step loads that file and returns
-it, so the IO manager stores it at the asset's own key. The node, lineage, table metadata and
+storage layout) and writes its output to a scratch folder of the same storage (`_scratch`); the
+step loads that file and returns it, so the IO manager stores it at the asset's own key. The node, lineage, table metadata and
 checks are those of a local run, and the layout stays owned by ``resources.layout``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +25,8 @@ import polars as pl
 from insightflow_assets.common import current_run
 from insightflow_assets.spark.launch import run_spark_pipes, spark_missing
 from resources.compute import Compute
-from resources.layout import artifact
-from resources.storage import Storage
+from resources.layout import artifact, spark_scratch
+from resources.storage import LocalStorage, Storage
 
 
 T = TypeVar("T")
@@ -78,17 +82,40 @@ def run_stages(
     if missing:
         raise RuntimeError(f"compute.engine is 'spark' but {missing}")
     run_key = current_run(context)
-    with tempfile.TemporaryDirectory(prefix="insightflow-spark-", dir=compute.scratch) as tmp:
-        specs = {name: _task_spec(curated, run_key, task, Path(tmp) / f"{name}.parquet") for name, task in tasks.items()}
+    with _scratch(compute, curated, run_key) as (where, read):
+        specs = {name: _task_spec(curated, run_key, task, where(f"{name}.parquet")) for name, task in tasks.items()}
         invocation = run_spark_pipes(
             context, list(specs.values()), master=compute.master, driver_memory=compute.driver_memory, conf=dict(compute.conf)
         )
-        frames = {name: pl.read_parquet(spec["output"]) for name, spec in specs.items()}
+        frames = {name: read(f"{name}.parquet") for name in specs}
     messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
     reports = {name: next((m for m in messages if m.get("path") == spec["output"]), {}) for name, spec in specs.items()}
     seconds = sum(float(r.get("seconds", math.nan)) for r in reports.values())
     result = spark(frames, reports)
     return result, {"engine": "spark", "spark_master": compute.master, "spark_seconds": seconds}
+
+
+@contextlib.contextmanager
+def _scratch(compute: Compute, curated: Storage, run_key: str) -> Iterator[tuple[Callable[[str], str], Callable[[str], pl.DataFrame]]]:
+    """Where the job writes its outputs, and how the step reads one back: ``compute.scratch``
+    (a local folder) when set, else a folder of the curated storage itself (`layout.spark_scratch`:
+    a local path, or ``s3a://`` on a bucket), which a cluster's driver can write and the step read.
+    Deleted afterwards either way."""
+    if compute.scratch:
+        with tempfile.TemporaryDirectory(prefix="insightflow-spark-", dir=compute.scratch) as tmp:
+            yield (lambda name: str(Path(tmp) / name)), (lambda name: pl.read_parquet(Path(tmp) / name))
+        return
+    folder = spark_scratch(run_key, uuid.uuid4().hex[:12])
+    try:
+        yield (lambda name: spark_uri(curated.uri(f"{folder}/{name}"))), (
+            lambda name: pl.read_parquet(io.BytesIO(curated.read_bytes(f"{folder}/{name}"))))
+    finally:
+        for obj in curated.list(folder):
+            curated.delete(obj.key)
+        if isinstance(curated, LocalStorage):  # a bucket has no empty folders; a disk keeps them
+            shutil.rmtree(curated.uri(folder), ignore_errors=True)
+            with contextlib.suppress(OSError):  # only when no other application's folder is left
+                Path(curated.uri(folder)).parent.rmdir()
 
 
 def _task_spec(curated: Storage, run_key: str, task: SparkTask, output: Path) -> dict[str, Any]:
