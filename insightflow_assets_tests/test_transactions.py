@@ -181,8 +181,8 @@ TAFENG = """TRANSACTION_DT,CUSTOMER_ID,AGE_GROUP,PRODUCT_ID,AMOUNT,SALES_PRICE
 11/1/2000,01104905,45-49,4710199010373,1,25
 11/1/2000,00418683,45-49,4710857472535,1,46
 11/3/2000,01104905,45-49,4710199010372,1,30
-11/5/2000,00418683,45-49,4710857472535,1,46
-11/5/2000,00418683,45-49,4710199010372,3,30
+11/15/2000,00418683,45-49,4710857472535,1,46
+11/15/2000,00418683,45-49,4710199010372,3,30
 """
 
 
@@ -191,7 +191,7 @@ def test_without_an_order_column_a_customer_and_timestamp_is_an_order(tmp_path, 
 
     result = derive_snapshot(write(tmp_path / "direct", TAFENG) / "transactions.csv")
     orders, lines = result.snapshot.orders, result.snapshot.order_products
-    # customer 1104905: 11/1 (two lines), 11/3; customer 418683: 11/1, 11/5 (two lines)
+    # customer 1104905: 11/1 (two lines), 11/3; customer 418683: 11/1, 11/15 (two lines)
     per_user = orders.group_by("user_id").agg(pl.col("order_number").max()).sort("user_id")
     assert per_user.rows() == [(418683, 2), (1104905, 2)]
     sizes = lines.group_by("order_id").len().join(orders.select("order_id", "user_id", "order_number"), on="order_id")
@@ -203,6 +203,36 @@ def test_without_an_order_column_a_customer_and_timestamp_is_an_order(tmp_path, 
     assert outcome.ok, outcome.errors
     mat = instance.get_latest_materialization_event(AssetKey("raw_order_products")).asset_materialization
     assert mat.metadata["derivation"].value["orders"] == DERIVED_ORDERS
+
+
+def test_day_and_month_order_is_never_guessed(tmp_path):
+    """01/11/2000 is 11 January or 1 November: a column that reads both ways (no day above 12)
+    stops in one line naming both formats; timestamp_format settles it. A day above 12 anywhere
+    settles it too (the Ta-Feng file above)."""
+    ambiguous = TAFENG.replace("11/15/2000", "11/5/2000")
+    path = write(tmp_path / "a", ambiguous) / "transactions.csv"
+    with pytest.raises(InputError, match=r"^transactions.csv: column TRANSACTION_DT: value '11/1/2000' reads as "
+                                         r"'%m/%d/%Y' and as '%d/%m/%Y': set the ingest config timestamp_format"):
+        derive_snapshot(path)
+    for fmt, months in (("%m/%d/%Y", {11}), ("%d/%m/%Y", {1, 3, 5})):
+        orders = derive_snapshot(path, TransactionsSpec(timestamp_format=fmt)).snapshot.orders
+        assert set(orders["order_ts"].dt.month().to_list()) == months, fmt
+    bad = write(tmp_path / "b", ambiguous.replace("11/3/2000", "2000-11-03")) / "transactions.csv"
+    with pytest.raises(InputError, match=r"value '2000-11-03' is not a date or timestamp in the timestamp_format '%m/%d/%Y'"):
+        derive_snapshot(bad, TransactionsSpec(timestamp_format="%m/%d/%Y"))
+
+
+def test_two_digit_years_are_refused_and_european_dates_read(tmp_path):
+    short = TAFENG.replace("/2000", "/00")
+    with pytest.raises(InputError, match=r"column TRANSACTION_DT: value '11/1/00' reads as the year 0: two-digit years are not guessed"):
+        derive_snapshot(write(tmp_path / "y", short) / "transactions.csv")
+    orders = derive_snapshot(write(tmp_path / "y2", short) / "transactions.csv",
+                             TransactionsSpec(timestamp_format="%m/%d/%y")).snapshot.orders
+    assert orders["order_ts"].dt.year().unique().to_list() == [2000]
+    german = "Kunde;Rechnung;Datum;Artikel\n7;r1;01.12.2011 08:26;p1\n7;r2;09.12.2011 17:05;p2\n8;r3;05.12.2011 10:00;p1\n"
+    spec = TransactionsSpec(columns={"customer_id": "Kunde", "order_id": "Rechnung", "timestamp": "Datum", "product_id": "Artikel"})
+    orders = derive_snapshot(write(tmp_path / "de", german) / "transactions.csv", spec).snapshot.orders.sort("order_ts")
+    assert orders["order_ts"].dt.strftime("%Y-%m-%d %H:%M").to_list() == ["2011-12-01 08:26", "2011-12-05 10:00", "2011-12-09 17:05"]
 
 
 def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):

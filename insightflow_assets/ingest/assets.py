@@ -68,6 +68,13 @@ class IngestConfig(Config):
         default=None,
         description="Transactions form: integer times in this unit since 1970 (day, s or ms), e.g. a DAY column numbered 1, 2, …",
     )
+    timestamp_format: str | None = Field(
+        default=None,
+        description=(
+            "Transactions form: the format of text timestamps (strftime, e.g. '%d/%m/%Y %H:%M', '%d.%m.%Y'). "
+            "Default: the known formats; a column two of them read differently (day/month order) is refused."
+        ),
+    )
 
     cutoff: str | None = Field(
         default=None,
@@ -94,6 +101,7 @@ class IngestConfig(Config):
             non_product_codes=tuple(self.non_product_codes),
             non_product_prefixes=tuple(self.non_product_prefixes),
             timestamp_unit=self.timestamp_unit,
+            timestamp_format=self.timestamp_format,
         )
 
 

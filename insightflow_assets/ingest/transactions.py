@@ -84,7 +84,15 @@ EXCLUSION_REASONS = (
 # UCI Online Retail's codes for postage, fees, manual adjustments, samples and vouchers.
 DEFAULT_NON_PRODUCT_CODES = ("POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS")
 DEFAULT_NON_PRODUCT_PREFIXES = ("gift_",)
-_TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%m/%d/%Y")
+# Tried in this order; a column that two of them read differently (01/12/2011: 12 January or
+# 1 December?) is refused rather than guessed: `timestamp_format` settles it.
+_TS_FORMATS = (
+    "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d",
+    "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y",
+    "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y",
+)  # fmt: skip
+_MIN_YEAR = 1900  # earlier years come from two-digit years read by %Y (12/1/10: year 10)
 GAP_CAP = 30
 T, U = TypeVar("T"), TypeVar("U")
 _SAMPLE = 10_000  # first lines judged before the whole file is read one way or another
@@ -104,6 +112,8 @@ class TransactionsSpec:
     # integer times: days (e.g. a DAY column numbered from 1), Unix seconds or milliseconds;
     # None: dates and timestamps only (an integer is never guessed to be one or the other)
     timestamp_unit: str | None = None
+    # strftime-style format of text timestamps (e.g. "%d/%m/%Y %H:%M"); None: the known formats
+    timestamp_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.timestamp_unit not in (None, *TIMESTAMP_UNITS):
@@ -178,7 +188,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     """`read_transactions` of one file; the reader's own errors (`READER_ERRORS`) propagate."""
     found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
-    simple = _read_simple(path, cols, is_parquet) if spec.timestamp_unit is None else None
+    simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if spec.timestamp_unit is None else None
     if simple is not None:
         return _with_orders(simple)
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols)
@@ -187,7 +197,8 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
-    return _with_orders(_typed(out, cols, name, spec.timestamp_unit, decimal_comma).rechunk())
+    typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format)
+    return _with_orders(typed.rechunk())
 
 
 def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
@@ -245,7 +256,7 @@ def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
         return _scan_csv(path, cols, typed=False).collect(optimizations=_EVERY_FIELD)
 
 
-def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataFrame | None:
+def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool, fmt: str | None = None) -> pl.DataFrame | None:
     """The typed table in one pass, when the first lines show a simple layout (`_simple_plan`);
     None when they do not, or when the whole file turns out otherwise: the careful path then
     reads the file again. The text of the ids and timestamps is never held in full.
@@ -258,7 +269,7 @@ def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataF
     try:
         sample = lf.head(_SAMPLE).collect()
         for narrow in (True, False):
-            plan = _simple_plan(sample, narrow)
+            plan = _simple_plan(sample, narrow, fmt)
             if plan is None:
                 return None
             exprs, bad, text_ints = plan
@@ -278,7 +289,7 @@ def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool) -> pl.DataF
     return _tidy_ids(df.drop("_bad"), text_ints).rechunk()
 
 
-def _simple_plan(sample: pl.DataFrame, narrow: bool) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
+def _simple_plan(sample: pl.DataFrame, narrow: bool, fmt: str | None = None) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
     """How to type each column in the one-pass read, judged on the first lines: the typing
     (integers narrowed to Int32 when ``narrow``, see `_narrowed`), expressions true on a line
     the careful path would type differently, and the ids read from text as integers. None when
@@ -292,7 +303,7 @@ def _simple_plan(sample: pl.DataFrame, narrow: bool) -> tuple[list[pl.Expr], lis
         bad += plan[1]
         if plan[1] and sample[c].dtype == pl.String:
             text_ints.add(c)
-    ts = _simple_timestamp(sample["timestamp"])
+    ts = _simple_timestamp(sample["timestamp"], fmt)
     if ts is None:
         return None
     exprs.append(ts[0].alias("timestamp"))
@@ -349,19 +360,20 @@ def _simple_id(s: pl.Series, col: str, narrow: bool) -> tuple[pl.Expr, list[pl.E
     return _narrowed(as_int, s, narrow), [*failed, not_plain]
 
 
-def _simple_timestamp(s: pl.Series) -> tuple[pl.Expr, list[pl.Expr]] | None:
-    """Typing of the timestamp for the one-pass read (the same as `_timestamps`')."""
+def _simple_timestamp(s: pl.Series, fmt: str | None = None) -> tuple[pl.Expr, list[pl.Expr]] | None:
+    """Typing of the timestamp for the one-pass read (the same as `_timestamps`'); a line the
+    careful path would refuse (unreadable, or before `_MIN_YEAR`) sends the file there."""
     ts = pl.col("timestamp")
     if s.dtype == pl.Date:
         return ts.cast(pl.Datetime("us")), []
     if isinstance(s.dtype, pl.Datetime):
         return ts.dt.replace_time_zone(None).cast(pl.Datetime("us")), []
-    fmt = _sample_format(s) if s.dtype == pl.String else None
+    fmt = (fmt or _sample_format(s)) if s.dtype == pl.String else None
     if fmt is None:
         return None
     # see `_timestamps_quick`: untrimmed text reads the same or not at all
     parsed = ts.str.to_datetime(fmt, strict=False, time_unit="us")
-    return parsed, [parsed.is_null() & ts.is_not_null()]
+    return parsed, [parsed.is_null() & ts.is_not_null(), parsed.dt.year() < _MIN_YEAR]
 
 
 def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
@@ -377,7 +389,8 @@ def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
 
 
 def _typed(
-    df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None, decimal_comma: bool = False
+    df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None, decimal_comma: bool = False,
+    fmt: str | None = None,
 ) -> pl.DataFrame:
     """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values
     named. ``decimal_comma``: numbers may be written ``1.234,50`` (`_decimal_point`)."""
@@ -398,7 +411,7 @@ def _typed(
         df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name, decimal_comma))
     if "unit_price" in cols:
         df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name, decimal_comma))
-    return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name, unit))
+    return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name, unit, fmt))
 
 
 def _id_column(s: pl.Series, col: str) -> pl.Series:
@@ -507,31 +520,52 @@ def _price(price: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
     return price.cast(pl.Float64).fill_nan(None)
 
 
-def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None) -> pl.Series:
-    """Datetime (µs); strings are tried against common formats, the first that parses every value
-    wins; with ``unit`` (`TIMESTAMP_UNITS`) the values are integers in that unit since 1970."""
+def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, fmt: str | None = None) -> pl.Series:
+    """Datetime (µs). Text is read with ``fmt``, else with the known formats (`_TS_FORMATS`) that
+    read every value: refused when two of them disagree (day/month order) or none reads all;
+    with ``unit`` (`TIMESTAMP_UNITS`) the values are integers in that unit since 1970."""
     if unit is not None:
         return _epoch_times(s, column, name, unit)
     if s.dtype == pl.Date:
         return s.cast(pl.Datetime("us")).alias("timestamp")
     if isinstance(s.dtype, pl.Datetime):
         return s.dt.replace_time_zone(None).cast(pl.Datetime("us")).alias("timestamp")
-    quick = _timestamps_quick(s)
+    quick = _timestamps_quick(s, fmt)
     if quick is not None:
-        return quick
+        return _checked_years(quick, s, column, name)
     text = s.cast(pl.String).str.strip_chars()
     present = text.is_not_null()
-    best, best_bad = None, None
-    for fmt in _TS_FORMATS:
-        parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+    best, best_bad, readers = None, None, []
+    for f in (fmt,) if fmt else _TS_FORMATS:
+        parsed = text.str.to_datetime(f, strict=False, time_unit="us")
         n_bad = int((parsed.is_null() & present).sum())
-        if n_bad == 0:
-            return parsed.alias("timestamp")
+        if n_bad == 0 and not any(parsed.equals(other) for _, other in readers):
+            readers.append((f, parsed))
         if best_bad is None or n_bad < best_bad:
             best, best_bad = parsed, n_bad
+    if len(readers) > 1:
+        (f1, p1), (f2, p2) = readers[:2]
+        example = text.filter(p1 != p2)[0]
+        raise InputError(f"{name}: column {column}: value {example!r} reads as {f1!r} and as {f2!r}: set the ingest "
+                         f"config timestamp_format to the one the file uses")
+    if readers:
+        return _checked_years(readers[0][1].alias("timestamp"), text, column, name)
     example = text.filter(best.is_null() & present)[0]
     hint = "; integer times need the ingest config timestamp_unit (day, s or ms)" if example.lstrip("-").isdigit() else ""
-    raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp ({best_bad} row(s)){hint}")
+    hint = hint or ("" if fmt else "; other formats: set the ingest config timestamp_format (e.g. '%d.%m.%Y %H:%M')")
+    read_as = f" in the timestamp_format {fmt!r}" if fmt else ""
+    raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp{read_as} ({best_bad} row(s)){hint}")
+
+
+def _checked_years(parsed: pl.Series, text: pl.Series, column: str, name: str) -> pl.Series:
+    """``parsed``, refused in one line when a year is before `_MIN_YEAR`: a two-digit year read
+    by ``%Y`` (12/1/10 is year 10), not a date a retailer has."""
+    early = parsed.dt.year() < _MIN_YEAR
+    if early.any():
+        example = text.filter(early)[0]
+        raise InputError(f"{name}: column {column}: value {example!r} reads as the year {parsed.dt.year().filter(early)[0]}: "
+                         f"two-digit years are not guessed, set the ingest config timestamp_format (e.g. '%m/%d/%y %H:%M')")
+    return parsed
 
 
 def _epoch_times(s: pl.Series, column: str, name: str, unit: str) -> pl.Series:
@@ -545,14 +579,15 @@ def _epoch_times(s: pl.Series, column: str, name: str, unit: str) -> pl.Series:
     return pl.from_epoch(ints, time_unit=TIMESTAMP_UNITS[unit]).cast(pl.Datetime("us")).alias("timestamp")
 
 
-def _timestamps_quick(s: pl.Series) -> pl.Series | None:
+def _timestamps_quick(s: pl.Series, fmt: str | None = None) -> pl.Series | None:
     """The parse `_timestamps` would pick, in one pass over the column, or None when unsure.
 
-    A format that fails on a sample fails on the column, so the first format that reads the
-    sample is the only candidate. The text is not trimmed: a value reads the same with or
-    without surrounding spaces, or not at all (then the full search decides).
+    A format that fails on a sample fails on the column, so the formats that read the sample
+    are the only candidates: one of them (or several that agree on it) is tried on the column.
+    The text is not trimmed: a value reads the same with or without surrounding spaces, or not
+    at all (then the full search decides).
     """
-    fmt = _sample_format(s) if s.dtype == pl.String else None
+    fmt = (fmt or _sample_format(s)) if s.dtype == pl.String else None
     if fmt is None:
         return None
     parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
@@ -560,9 +595,17 @@ def _timestamps_quick(s: pl.Series) -> pl.Series | None:
 
 
 def _sample_format(s: pl.Series) -> str | None:
-    """The first format that reads every value among the first lines."""
+    """The first format that reads every value among the first lines, unless another one
+    reads them all differently (then only the whole column can tell: None)."""
     sample = s.head(_SAMPLE).drop_nulls().str.strip_chars()
-    return next((f for f in _TS_FORMATS if sample.str.to_datetime(f, strict=False, time_unit="us").null_count() == 0), None)
+    found: list[tuple[str, pl.Series]] = []
+    for f in _TS_FORMATS:
+        parsed = sample.str.to_datetime(f, strict=False, time_unit="us")
+        if parsed.null_count() == 0:
+            if found and not parsed.equals(found[0][1]):
+                return None
+            found.append((f, parsed))
+    return found[0][0] if found else None
 
 
 def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr | None:
