@@ -235,6 +235,16 @@ def test_two_digit_years_are_refused_and_european_dates_read(tmp_path):
     assert orders["order_ts"].dt.strftime("%Y-%m-%d %H:%M").to_list() == ["2011-12-01 08:26", "2011-12-05 10:00", "2011-12-09 17:05"]
 
 
+def test_ids_in_scientific_notation_are_refused(tmp_path):
+    """A spreadsheet shows a 16-digit card number as 6.01200E+15: every customer would become
+    one. The ingest stops in one line instead, naming the column and the value."""
+    text = "InvoiceNo,StockCode,InvoiceDate,CustomerID\n1,p1,2011-12-01 08:26,6.01200E+15\n2,p2,2011-12-02 09:00,6.01200E+15\n"
+    with pytest.raises(InputError, match=r"^transactions.csv: column CustomerID: value '6.01200E\+15' is an id in scientific notation"):
+        derive_snapshot(write(tmp_path / "e", text) / "transactions.csv")
+    plain = derive_snapshot(write(tmp_path / "p", text.replace("6.01200E+15", "6012000012345678")) / "transactions.csv")
+    assert plain.snapshot.orders["user_id"].n_unique() == 1 and plain.snapshot.orders.height == 2
+
+
 def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):
     text = "customer,order,date,item\nbob,o1,2024-05-01,x\nann,o2,2024-05-02,y\nbob,o3,2024-05-09,y\n"
     result = derive_snapshot(write(tmp_path / "c", text) / "transactions.csv", TransactionsSpec(

@@ -188,6 +188,8 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     """`read_transactions` of one file; the reader's own errors (`READER_ERRORS`) propagate."""
     found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
+    if not is_parquet:
+        _refuse_scientific_ids(pl.scan_csv(path, infer_schema=False).select(list(cols.values())).head(_SAMPLE).collect(), cols, name)
     simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if spec.timestamp_unit is None else None
     if simple is not None:
         return _with_orders(simple)
@@ -199,6 +201,21 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
     typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format)
     return _with_orders(typed.rechunk())
+
+
+# how Excel (and pandas) print a long number: 6.01200E+15, 6,01200E+15 in a decimal-comma locale
+_SCIENTIFIC = r"^\s*[+-]?\d[.,]\d+[eE][+-]?\d+\s*$"
+
+
+def _refuse_scientific_ids(sample: pl.DataFrame, cols: dict[str, str], name: str) -> None:
+    """Ids written in scientific notation stop the ingest in one line: distinct customers (or
+    orders, products) would silently become one."""
+    for c in (c for c in ("customer_id", "order_id", "product_id") if c in cols):
+        values = sample[cols[c]].drop_nulls()
+        hit = values.filter(values.str.contains(_SCIENTIFIC))
+        if hit.len():
+            raise InputError(f"{name}: column {cols[c]}: value {hit[0]!r} is an id in scientific notation (a spreadsheet's "
+                             f"display of a long number: its last digits are lost); export the column as text")
 
 
 def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
