@@ -7,6 +7,7 @@ executed against a real `DagsterInstance`, so it shows up in the UI afterwards.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,12 +74,10 @@ def run_graph(
         if defs is None:
             from insightflow_assets.definitions import defs
         job = defs.resolve_job_def("insightflow_run")
-    key = register_run(instance, tag=tag) if run_key is None else register_run(instance, key=run_key, exist_ok=True)
     kwargs: dict[str, Any] = {}
-    if selection:
-        from dagster import AssetKey
-
-        kwargs["asset_selection"] = [AssetKey(s) for s in selection]
+    if selection:  # refused before a run partition is registered
+        kwargs["asset_selection"] = selected_keys(job.asset_layer.asset_graph, selection)
+    key = register_run(instance, tag=tag) if run_key is None else register_run(instance, key=run_key, exist_ok=True)
     run_config = dict(run_config or {})
     if log_level:
         run_config.setdefault("loggers", {"console": {"config": {"log_level": log_level.upper()}}})
@@ -92,6 +91,21 @@ def run_graph(
             instance=instance, partition_key=key, run_config=run_config, raise_on_error=False, **kwargs
         )
     return _outcome(key, result, expected_checks=job.asset_layer.asset_graph.asset_check_keys)
+
+
+def selected_keys(graph, names: Sequence[str]) -> list:
+    """The asset keys of ``names``: asset names, or the name of a step that makes several
+    (``instacart_snapshot``: the snapshot's three tables). An unknown name is refused in one line."""
+    from dagster import AssetKey
+
+    assets = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    steps = {d.node_def.name: sorted(k.to_user_string() for k in d.keys) for d in graph.assets_defs if d.is_executable}
+    keys: list[str] = []
+    for name in names:
+        if name not in assets and name not in steps:
+            raise ValueError(f"--select: no asset or step named {name!r}; assets: {', '.join(sorted(assets))}")
+        keys += [name] if name in assets else steps[name]
+    return [AssetKey(k) for k in dict.fromkeys(keys)]
 
 
 def _execute_parallel(instance: DagsterInstance, key: str, run_config: dict, kwargs: dict):

@@ -55,6 +55,26 @@ def test_a_trailing_newline_is_not_a_key(tmp_path, monkeypatch, capsys):
     assert DagsterInstance.get().get_dynamic_partitions("runs") == []
 
 
+def test_select_takes_assets_and_steps_and_refuses_the_rest_in_one_line(tmp_path, monkeypatch, capsys):
+    """`--select` names assets, or a step that makes several (the ingest's `instacart_snapshot`,
+    the name its run config uses); an unknown name stops in one line before a run partition is
+    registered (it used to print Dagster's subset traceback and leave an empty partition)."""
+    from insightflow_assets.cli import main
+    from insightflow_assets.definitions import defs
+    from insightflow_assets.runner import selected_keys
+
+    graph = defs.resolve_job_def("insightflow_run").asset_layer.asset_graph
+    keys = [k.to_user_string() for k in selected_keys(graph, ["instacart_snapshot", "ratings", "raw_orders"])]
+    assert keys == ["products", "raw_order_products", "raw_orders", "ratings"]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("INSIGHTFLOW_SOURCE_DIR", str(tmp_path / "clean"))
+    monkeypatch.setenv("INSIGHTFLOW_CURATED_DIR", str(tmp_path / "curated"))
+    assert main(["run", "--select", "ratings", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("insightflow: --select: no asset or step named 'nope'; assets: ") and "ratings" in err, err
+    assert DagsterInstance.get().get_dynamic_partitions("runs") == []
+
+
 def test_the_folder_is_the_whole_key_and_untagged_keys_keep_their_folders():
     assert artifact("raw_orders").run_folder("run-20261122-054759-ui") == "recsys/raw/run-20261122-054759-ui"
     assert artifact("als_eval").run_folder("run-20261122-054759-ui") == "recsys/eval/als-20261122-054759-ui"
