@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 
 import polars as pl
@@ -84,13 +85,19 @@ def _mice_section(storage: Storage, run_key: str) -> list[str]:
         return []
     lines = ["MICE mask-and-recover (RMSE on hidden known values):", f"  {'column':<24}{'MICE':>8}{'mean':>8}{'median':>8}"]
     for col, v in mice["mask_and_recover"].items():
-        lines.append(f"  {col:<24}{v['mice']['rmse']:>8.3f}{v['mean']['rmse']:>8.3f}{v['median']['rmse']:>8.3f}")
+        lines.append(f"  {col:<24}" + "".join(_decimal(v[m]["rmse"], 8) for m in ("mice", "mean", "median")))
     b, a = mice["day30"]["before"], mice["day30"]["after"]
     lines.append(
-        f"day-30 share {b['day30_share']:.3f} → {a['day30_share']:.3f}; "
-        f"last-30-days share {b['last30_share']:.3f} → {a['last30_share']:.3f}"
+        f"day-30 share {_decimal(b['day30_share'])} → {_decimal(a['day30_share'])}; "
+        f"last-30-days share {_decimal(b['last30_share'])} → {_decimal(a['last30_share'])}"
     )
     return lines
+
+
+def _decimal(x, width: int = 0) -> str:
+    """``x`` to 3 decimals, or "–" when it is undefined (null in the stored JSON, or NaN)."""
+    defined = isinstance(x, (int, float)) and math.isfinite(x)
+    return f"{x:>{width}.3f}" if defined else f"{'–':>{width}}"
 
 
 def _evaluation_section(storage: Storage, run_key: str) -> list[str]:

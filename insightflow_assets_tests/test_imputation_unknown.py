@@ -81,6 +81,11 @@ def test_run_without_time_of_day(tmp_path, instance, small_tables):
 
     report = json.loads((folder / "mice_checks.json").read_text())
     hour = report["mask_and_recover"][HOUR]
-    assert hour["n_masked"] == 0 and math.isnan(hour["mice"]["rmse"])
+    assert hour["n_masked"] == 0 and hour["mice"]["rmse"] is None  # undefined: null, not a NaN token
+    from insightflow_assets.report import run_summary
+    from resources import LocalStorage
+
+    row = next(line for line in run_summary(LocalStorage(root=str(curated)), outcome) if line.strip().startswith(HOUR))
+    assert row.split()[1:] == ["–", "–", "–"], row
     assert report["mask_and_recover"]["order_dow"]["mice"]["estimator"] == "predictive mean (sample_posterior=False)"
     assert report["mask_and_recover_setup"]["estimators"]["mice"] == "predictive mean (sample_posterior=False)"

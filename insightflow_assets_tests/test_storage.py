@@ -54,6 +54,22 @@ def test_values_round_trip():
         encode_value("t.parquet", {"not": "a frame"})
 
 
+def test_json_files_hold_no_nan():
+    """NaN and infinities are stored as null: a bare NaN token is not JSON (mice_checks.json
+    of dates-only data had "rmse": NaN)."""
+    import json
+
+    import numpy as np
+
+    value = {"rmse": float("nan"), "n": [1.0, float("inf"), np.float64("nan"), np.float32(0.5)], "a": np.array([np.nan, 2.0])}
+    text = encode_value("m.json", value).decode()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "rmse": None, "n": [1.0, None, None, 0.5], "a": [None, 2.0]}
+    lines = encode_value("b.jsonl", [{"x": float("nan")}]).decode()
+    assert json.loads(lines) == {"x": None} and "NaN" not in lines
+
+
 def _exercise(store):
     store.write_bytes("a/b/one.txt", b"1")
     store.write_bytes("a/b/two.txt", b"22")

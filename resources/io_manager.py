@@ -16,6 +16,7 @@ preview (`resources.previews`), recorded on the materialization event alone.
 import contextlib
 import io
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +54,11 @@ def encode_value(name: str, value: Any) -> bytes:
         value.write_parquet(buf, compression="zstd", statistics=True)
         return buf.getvalue()
     if name.endswith(".json"):
-        return json.dumps(value, indent=2, sort_keys=False, default=_json_default).encode()
+        return json.dumps(_json_safe(value), indent=2, sort_keys=False, default=_json_default).encode()
     if name.endswith(".csv") and isinstance(value, pl.DataFrame):
         return value.write_csv().encode()
     if name.endswith(".jsonl") and isinstance(value, list):
-        return "".join(json.dumps(v, default=_json_default) + "\n" for v in value).encode()
+        return "".join(json.dumps(_json_safe(v), default=_json_default) + "\n" for v in value).encode()
     if isinstance(value, str):
         return value.encode()
     raise TypeError(f"do not know how to store {type(value).__name__} as {name}")
@@ -69,6 +70,24 @@ def decode_value(name: str, data: bytes) -> Any:
     if name.endswith(".json"):
         return json.loads(data)
     return data
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity as null: JSON has neither, and Python's ``NaN``
+    token makes the file unreadable to other JSON readers (BI tools, the LLM's loader)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(o: Any) -> Any:
