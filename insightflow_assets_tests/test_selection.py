@@ -75,6 +75,20 @@ def test_winner_is_the_best_on_validation(data):
     assert set(report["best_per_method"]) == {c.method for c in CANDIDATES}
 
 
+def test_an_exact_tie_goes_to_a_baseline():
+    """A model that only equals a baseline on validation is not exported (a one-day log: every
+    candidate scored 0 and ALS, the first candidate, won the tie); better scores still win."""
+    from insightflow_assets.selection.select import ranking
+
+    def row(method, map10, recall):
+        return {"method": method, "map@10": map10, "recall@10": recall}
+
+    zeros = [row("als", 0.0, 0.0), row("tifu_knn", 0.0, 0.0), row("baseline", 0.0, 0.0), row("gp_topfreq", 0.0, 0.0)]
+    assert [zeros[i]["method"] for i in ranking(zeros)] == ["gp_topfreq", "baseline", "als", "tifu_knn"]
+    ahead = [row("als", 0.2, 0.3), row("gp_topfreq", 0.2, 0.29), row("p_topfreq", 0.21, 0.1)]
+    assert [ahead[i]["method"] for i in ranking(ahead)] == ["p_topfreq", "als", "gp_topfreq"]
+
+
 def test_complete_lists_fill_and_fallback():
     recs = pl.DataFrame({
         "user_id": [1, 1, 2], "rank": [1, 2, 1], "product_id": [10, 11, 12],

@@ -81,6 +81,9 @@ class Recommender(ABC):
     # Recommenders of one family whose `fit_params` are equal share one fit (e.g. ALS and the
     # post-rank of the same ALS): the model selection fits once and `adopt`s it.
     fit_family: ClassVar[str | None] = None
+    # a baseline (no model, nothing tuned) wins an exact tie of validation scores: a model is
+    # exported only when it beats one (the model selection's tie rule)
+    baseline: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)

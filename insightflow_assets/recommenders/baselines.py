@@ -10,6 +10,8 @@ from insightflow_assets.recommenders.base import Recommender, TrainingWindow, re
 
 
 class _FromRatings(Recommender):
+    baseline = True
+
     def fit(self, window: TrainingWindow) -> "Recommender":
         self.ratings = window.ratings
         return self

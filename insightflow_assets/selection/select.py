@@ -67,8 +67,7 @@ def select(
     *,
     n: int = 10,
 ) -> dict[str, Any]:
-    """Score every candidate on the validation baskets and name the winner (highest `METRIC`,
-    then recall@10, then the earlier candidate)."""
+    """Score every candidate on the validation baskets and name the winner (`ranking`)."""
     popular = item_popularity(window.ratings)
     judged = prepare_truth(truth, users=users)  # prepared once, every candidate is scored on it
     by_index: dict[int, dict] = {}
@@ -81,7 +80,7 @@ def select(
             cand, rec, fit_seconds = fitted[i]
             by_index[i] = _scored(cand, rec, recs, users, n, popular, judged, fit_seconds + shared)
     rows = [by_index[i] for i in range(len(fitted))]
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i][METRIC], -rows[i]["recall@10"], i))
+    order = ranking(rows)
     winner = rows[order[0]]
     return {
         "metric": METRIC,
@@ -98,6 +97,19 @@ def select(
 
 
 UNVALIDATED_DEFAULT = "gp_topfreq"  # what is exported when nothing can be validated: it needs no tuning
+
+
+def ranking(rows: list[dict]) -> list[int]:
+    """Indices of the scored candidates, best first: highest `METRIC`, then recall@10; on an
+    exact tie of both a baseline before a model (GP-TopFreq first), then the earlier candidate.
+    A model that only equals a baseline (every score 0 on a tiny validation set) is not exported."""
+
+    def tie_rank(row: dict) -> int:
+        if row["method"] == UNVALIDATED_DEFAULT:
+            return 0
+        return 1 if REGISTRY[row["method"]].baseline else 2
+
+    return sorted(range(len(rows)), key=lambda i: (-rows[i][METRIC], -rows[i]["recall@10"], tie_rank(rows[i]), i))
 
 
 def unvalidated(candidates: list[Candidate]) -> dict[str, Any]:
