@@ -403,3 +403,19 @@ def test_integer_days_need_and_take_a_timestamp_unit(tmp_path, instance, unit, o
     assert orders.select("user_id", "order_number", "days_since_prior_order").rows() == [
         (1364, 1, None), (1364, 2, 8.0), (2375, 1, None), (2375, 2, 4.0)]
     assert orders["order_hour_of_day"].null_count() == orders.height  # days carry no time of day
+
+
+def test_everyone_with_one_order_stops_at_ratings_in_one_line(tmp_path, instance):
+    """A new shop or guest checkouts: every customer has one order, so no one has history before
+    the target basket. The ratings step says so in one line and stores nothing (it stored an
+    empty table and the blocking check reported only rows=0)."""
+    from insightflow_assets.runner import run_graph
+    from insightflow_assets_tests.conftest import local_defs
+
+    lines = [f"{i},p{i % 7},2011-12-{1 + i % 9:02d} 10:00,{100 + i}" for i in range(60)]
+    clean, curated = write(tmp_path / "clean", "InvoiceNo,StockCode,InvoiceDate,CustomerID\n" + "\n".join(lines) + "\n"), tmp_path / "curated"
+    outcome = run_graph(instance, run_key=RUN, defs=local_defs(clean, curated),
+                        selection=["raw_orders", "raw_order_products", "products", "orders_imputed", "ratings"])
+    assert not outcome.success and len(outcome.errors) == 1 and "\n" not in outcome.errors[0], outcome.errors
+    assert "ratings: no customer has an order before their last (target) order" in outcome.errors[0]
+    assert not (curated / f"recsys/ratings/{RUN}").exists()

@@ -66,6 +66,11 @@ def ratings(
         context, compute, curated, "ratings", inputs=LINES_INPUTS, params=params,
         local=lambda: build_ratings(orders_imputed.collect(), raw_order_products.collect(), **params),
     )  # fmt: skip
+    if df.height == 0:  # refused before anything is stored; the check would only say "rows=0"
+        raise ValueError(
+            "ratings: no customer has an order before their last (target) order, so there is no history to learn "
+            "from: every customer of the input has a single order, or min_user/min_item_interactions removed the rest"
+        )
     return Output(
         df,
         metadata={
