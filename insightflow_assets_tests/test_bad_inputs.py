@@ -120,6 +120,19 @@ def test_latin1_transactions_file_names_the_line_and_column(tmp_path, instance):
     _fails_with_one_line(outcome, curated, "transactions.csv: line 8: column Description: bytes that are not valid utf-8")
 
 
+def test_latin1_semicolon_file_names_the_right_column(tmp_path, instance):
+    """In a `;` file the bad byte's column is found at semicolons (it was reported against the
+    first column: the line was split at commas)."""
+    from insightflow_assets_tests.test_transactions import TINY as TRANSACTIONS
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    text = TRANSACTIONS.replace("Green bowl", "Bol vert clair é").replace(",", ";")
+    (clean / "transactions.csv").write_bytes(text.encode("latin-1"))
+    outcome, curated = ingest(tmp_path, instance, clean)
+    _fails_with_one_line(outcome, curated, "transactions.csv: line 8: column Description: bytes that are not valid utf-8")
+
+
 def test_a_transactions_row_with_extra_fields_names_the_line(tmp_path, instance):
     """Country is not mapped: the reader skips unmapped columns, and with them the field count."""
     from insightflow_assets_tests.test_transactions import HEADER, LINES

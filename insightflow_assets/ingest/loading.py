@@ -257,7 +257,7 @@ def _recode(raw, out, name: str, encoding: str, delimiter: str = ",") -> None:
                 )
             writer.writerow(record)
     except _BadBytes as bad:
-        raise InputError(_bad_bytes_message(bad, header, name, encoding)) from None
+        raise InputError(_bad_bytes_message(bad, header, name, encoding, delimiter)) from None
     except csv.Error as exc:
         raise InputError(f"{name}: line {reader.line_num}: {exc}") from None
 
@@ -281,9 +281,10 @@ def _decoded_lines(raw, name: str, encoding: str) -> Iterator[str]:
             raise _BadBytes(n, line, exc) from None
 
 
-def _bad_bytes_message(bad: _BadBytes, header: list[str], name: str, encoding: str) -> str:
-    # latin-1 maps every byte to one character, so the line splits into fields whatever it holds.
-    fields = next(csv.reader([bad.raw.decode("latin-1")]), [])
+def _bad_bytes_message(bad: _BadBytes, header: list[str], name: str, encoding: str, delimiter: str = ",") -> str:
+    # latin-1 maps every byte to one character, so the line splits into fields whatever it holds
+    # (at the file's own delimiter: a `;` line read at commas is one field, the first column)
+    fields = next(csv.reader([bad.raw.decode("latin-1")], delimiter=delimiter), [])
     where, shown = "", bad.raw.decode(encoding, errors="backslashreplace").strip()
     for i, field in enumerate(fields):
         try:
