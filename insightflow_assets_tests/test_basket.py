@@ -218,9 +218,14 @@ def test_query_check_finds_a_catalog_too_small_for_k():
 
 def test_blend_vs_pairs_verdict():
     metrics = {"headline": "blend:x", "methods": {"blend:x": {"hit@10": 0.2}, "pairs": {"hit@10": 0.3}}}
-    assert blend_vs_pairs(metrics) == (False, {"blend_hit@10": 0.2, "pairs_hit@10": 0.3})
+    assert blend_vs_pairs(metrics) == (False, {"blend_hit@10": 0.2, "pairs_hit@10": 0.3, "tolerance": 0.01})
     metrics["methods"]["pairs"]["hit@10"] = 0.1
     assert blend_vs_pairs(metrics)[0]
+    # within 1 %: a tie (the same inputs gave 0.24459 and 0.24467 on two runs), not a warning
+    metrics["methods"] = {"blend:x": {"hit@10": 0.24459}, "pairs": {"hit@10": 0.24467}}
+    assert blend_vs_pairs(metrics)[0]
+    metrics["methods"]["blend:x"]["hit@10"] = 0.24
+    assert not blend_vs_pairs(metrics)[0]
 
 
 # --- the assets of a real run ---------------------------------------------------------------------
