@@ -3,8 +3,9 @@ through Dagster Pipes (the `resources.compute.Compute` resource chooses).
 
 Under ``spark`` the job reads the upstream assets' stored parquet (this run's keys in the
 storage layout) and writes its output to a scratch folder of the same storage (`_scratch`); the
-step loads that file and returns it, so the IO manager stores it at the asset's own key. The node, lineage, table metadata and
-checks are those of a local run, and the layout stays owned by ``resources.layout``.
+step loads that file and returns it, so the IO manager stores it at the asset's own key. The
+node, lineage, table metadata and checks are those of a local run, and the layout stays owned
+by ``resources.layout``.
 """
 
 from __future__ import annotations
