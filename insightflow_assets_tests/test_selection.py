@@ -73,6 +73,11 @@ def test_winner_is_the_best_on_validation(data):
     best = max(report["candidates"], key=lambda r: (r["map@10"], r["recall@10"]))
     assert report["winner"]["map@10"] == best["map@10"]
     assert set(report["best_per_method"]) == {c.method for c in CANDIDATES}
+    # the winner is ranking()'s first (its tie rule tested below applies to the report)
+    from insightflow_assets.selection.select import ranking
+
+    first = report["candidates"][ranking(report["candidates"])[0]]
+    assert (report["winner"]["method"], report["winner"]["params"]) == (first["method"], first["params"])
 
 
 def test_an_exact_tie_goes_to_a_baseline():

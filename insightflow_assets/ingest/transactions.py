@@ -189,7 +189,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
     if not is_parquet:
-        _refuse_scientific_ids(pl.scan_csv(path, infer_schema=False).select(list(cols.values())).head(_SAMPLE).collect(), cols, name)
+        _refuse_scientific_ids(_scan_csv(path, cols, typed=False).head(_SAMPLE).collect(), cols, name)
     simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if spec.timestamp_unit is None else None
     if simple is not None:
         return _with_orders(simple)
