@@ -283,3 +283,35 @@ def test_bedrock_example_in_metadata_keeps_the_shape_with_short_lists():
     assert short == {"user_id": 7, "segment": {"id": 1, "label": "champions"}, "recommendations": [1, 2],
                      "top_products": [{"product_id": 9}, {"product_id": 8}]}
     assert line["recommendations"] == [1, 2, 3, 4]  # the stored line is not touched
+
+
+def test_exports_name_customers_and_products_by_the_retailers_ids(world):
+    """Where the ingest numbered customers (raw_orders' customer_code) and products
+    (products' product_code), every export says the retailer's ids beside the numbers; where
+    it kept them as given, the codes are the ids themselves."""
+    w = world
+    users = w["user_seg"]["user_id"].sort()
+    orders = pl.DataFrame({"user_id": users, "customer_code": [f"C-{u:05d}" for u in users]})
+    orders = pl.concat([orders, orders])  # one row per order: a customer repeats
+    products = w["products"].with_columns(product_code=pl.format("SKU{}", pl.col("product_id")))
+    args = (w["user_seg"], w["centroids"], w["seg_pop"], w["ratings"], w["user_recos"])
+    coded = build_exports(*args, products, orders=orders.lazy(), hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
+    plain = build_exports(*args, w["products"], hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
+    for name in ("users_high_value.parquet", "users_random.parquet", "user_recos.csv"):
+        frame = coded[name]
+        assert frame["customer_code"].to_list() == [f"C-{u:05d}" for u in frame["user_id"]], name
+        assert plain[name]["customer_code"].to_list() == [str(u) for u in plain[name]["user_id"]], name
+        # the same rows either way: the codes are added, nothing else moves
+        assert frame.drop("customer_code", "product_code", strict=False).equals(
+            plain[name].drop("customer_code", "product_code", strict=False)), name
+    for name in ("segment_topn.parquet", "user_recos.csv"):
+        assert coded[name]["product_code"].to_list() == [f"SKU{p}" for p in coded[name]["product_id"]]
+        assert plain[name]["product_code"].to_list() == [str(p) for p in plain[name]["product_id"]]
+    lines = coded["bedrock_inputs.jsonl"]
+    assert validate_bedrock_lines(lines) == []
+    assert all(d["customer_code"] == f"C-{d['user_id']:05d}" for d in lines)
+    items = [p for d in lines for p in d["top_products"] + d["recommendations"]]
+    assert items and all(p["product_code"] == f"SKU{p['product_id']}" for p in items)
+    # a line without the customer's code is refused by the schema
+    del lines[0]["customer_code"]
+    assert any("customer_code" in e for e in validate_bedrock_lines(lines[:1]))

@@ -147,8 +147,12 @@ def test_uci_p_topfreq_recomputed_independently(uci_run, usable):
 
 
 def test_purchase_log_without_time_of_day_runs_through(tmp_path):
-    """Real lines with dates only: hour is unknown (null, WARN check), everything else runs."""
-    raw = pl.read_parquet(_uci()).head(60_000).with_columns(pl.col("InvoiceDate").str.slice(0, 10))
+    """Real lines with dates only and text customer ids: hour is unknown (null, WARN check),
+    everything else runs, and the exports name customers and products by the file's ids."""
+    raw = pl.read_parquet(_uci()).head(60_000).with_columns(
+        pl.col("InvoiceDate").str.slice(0, 10),
+        CustomerID=pl.format("UK-{}", pl.col("CustomerID").cast(pl.Int64)),  # numbered by the ingest
+    )
     clean = tmp_path / "clean"
     clean.mkdir()
     raw.write_csv(clean / "transactions.csv")
@@ -163,3 +167,21 @@ def test_purchase_log_without_time_of_day_runs_through(tmp_path):
     warn = [c for c in outcome.checks if c["check"] == "no_unknown_fields"]
     assert len(warn) == 1 and not warn[0]["passed"] and warn[0]["severity"] == "WARN"
     assert outcome.materialized["orders_imputed"]["unknown_fields"] == ["order_hour_of_day"]
+    _exports_use_the_files_ids(raw, curated / f"recsys/exports/{RUN}/data")
+
+
+def _exports_use_the_files_ids(raw: pl.DataFrame, exports: Path) -> None:
+    """Every product a cohort customer "bought before" (bedrock top_products) is, under the
+    exported customer_code and product_code, a line of the file; the csv says the same codes."""
+    lines = [json.loads(line) for line in (exports / "bedrock_inputs.jsonl").read_text().splitlines()]
+    bought = pl.DataFrame(
+        [(d["customer_code"], p["product_code"]) for d in lines for p in d["top_products"]],
+        schema=["CustomerID", "StockCode"], orient="row",
+    )  # fmt: skip
+    assert bought.height >= 100 and bought["CustomerID"].str.starts_with("UK-").all()
+    assert bought.join(raw, on=["CustomerID", "StockCode"], how="anti").height == 0
+    recos = pl.read_csv(exports / "user_recos.csv", schema_overrides={"customer_code": pl.String, "product_code": pl.String})
+    by_user = recos.select("user_id", "customer_code").unique()
+    assert by_user.height == by_user["user_id"].n_unique() == by_user["customer_code"].n_unique()
+    assert set(by_user["customer_code"]) == {d["customer_code"] for d in lines}
+    assert recos.join(raw.select(pl.col("StockCode").alias("product_code")).unique(), on="product_code", how="anti").height == 0

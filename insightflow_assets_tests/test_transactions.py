@@ -251,9 +251,25 @@ def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):
         columns={"customer_id": "customer", "order_id": "order", "product_id": "item"}))
     orders = result.snapshot.orders.sort("order_ts")
     assert orders["user_id"].to_list() == [2, 1, 2]  # ann = 1, bob = 2 (sorted)
+    # the exports name customers by the file's ids: raw_orders keeps the map back
+    assert orders["customer_code"].to_list() == ["bob", "ann", "bob"]
     assert orders["order_hour_of_day"].null_count() == 3
     assert result.info["time_of_day"] is False
     assert orders["days_since_prior_order"].to_list() == [None, None, 8.0]
+
+
+
+def test_integer_customer_ids_past_int32_are_numbered_in_numeric_order(tmp_path):
+    """A parquet file's Int64 ids beyond Int32 are numbered 1.. by value and mapped back."""
+    path = tmp_path / "transactions.parquet"
+    pl.DataFrame({
+        "customer_id": [10_000_000_000, 7, 10_000_000_000, 900_000_000_000],
+        "order_id": [1, 2, 3, 4], "timestamp": ["2024-05-01", "2024-05-02", "2024-05-09", "2024-05-10"],
+        "product_id": ["p1", "p2", "p1", "p3"],
+    }).write_parquet(path)  # fmt: skip
+    orders = derive_snapshot(path).snapshot.orders.sort("order_code")
+    assert orders["user_id"].to_list() == [2, 1, 2, 3]  # 7 < 10^10 < 9*10^11 by value, not as text
+    assert orders["customer_code"].to_list() == ["10000000000", "7", "10000000000", "900000000000"]
 
 
 BAD = {

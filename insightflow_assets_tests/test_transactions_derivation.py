@@ -189,6 +189,11 @@ def test_ids_that_outgrow_int32_after_the_first_lines_are_read_again_wide(tmp_pa
     snap = result.snapshot
     assert result.lines_in == 10_002 and result.excluded["no_customer_id"] == 0
     assert result.info["customer_ids"].startswith("numbered")  # beyond Int32: ranked as text
+    # each number maps back to the file's id (the exports print it)
+    codes = snap.orders.select("user_id", "customer_code").unique().sort("user_id")
+    assert codes.height == snap.orders["user_id"].n_unique() == 51
+    assert set(codes["customer_code"]) == {str(c) for c in range(1, 51)} | {"3000000000"}
+    assert codes["customer_code"].to_list() == sorted(codes["customer_code"])  # numbered in text order
     assert snap.order_products.height == 10_002
     assert {"4000000000", "4000000001"} <= set(snap.products["product_code"])
     big = snap.orders.filter(pl.col("order_code") == "5000000000")

@@ -40,6 +40,7 @@ __all__ = [
     "bedrock_schema",
     "build_exports",
     "centroids_frame",
+    "customer_codes",
     "jsonl_text",
     "overview_frame",
     "reason_for",
@@ -66,6 +67,7 @@ EXPORT_FILES = (
 
 USER_COLUMNS = [
     "user_id",
+    "customer_code",
     "recency_days",
     "frequency",
     "monetary",
@@ -81,6 +83,7 @@ SEGMENT_TOPN_COLUMNS = [
     "segment_label",
     "rank",
     "product_id",
+    "product_code",
     "product_name",
     "aisle",
     "department",
@@ -93,10 +96,12 @@ SEGMENT_TOPN_COLUMNS = [
 USER_RECOS_COLUMNS = [
     "cohort",
     "user_id",
+    "customer_code",
     "segment",
     "segment_label",
     "rank",
     "product_id",
+    "product_code",
     "product_name",
     "aisle",
     "department",
@@ -109,9 +114,10 @@ def _df(frame: Frame) -> pl.DataFrame:
 
 
 def _product_info(products: Frame) -> pl.DataFrame:
-    """``product_id Int32, product_name, aisle, department`` (Strings)."""
+    """``product_id Int32, product_code, product_name, aisle, department`` (Strings)."""
     p = _df(products)
     cols = {
+        "product_code": pl.String,
         "product_name": pl.String,
         "aisle": pl.String,
         "department": pl.String,
@@ -126,11 +132,13 @@ def _product_info(products: Frame) -> pl.DataFrame:
 
 
 def _with_product_info(frame: pl.DataFrame, products: Frame) -> pl.DataFrame:
-    """Left-join names; a product missing from the catalogue gets
-    ``"product <id>"`` and aisle / department ``"unknown"``."""
+    """Left-join codes and names; a product missing from the catalogue gets
+    ``"product <id>"`` and aisle / department ``"unknown"``. ``product_code`` is the
+    retailer's id (the transactions and events forms keep it), else the product id."""
     return (
         frame.join(_product_info(products), on="product_id", how="left")
         .with_columns(
+            product_code=pl.coalesce("product_code", pl.col("product_id").cast(pl.String)),
             product_name=pl.coalesce(
                 "product_name", pl.format("product {}", pl.col("product_id"))
             ),
@@ -192,13 +200,33 @@ def segment_topn_frame(
 # --------------------------------------------------------------------------- #
 # cohorts
 # --------------------------------------------------------------------------- #
+def customer_codes(orders: Frame | None) -> pl.DataFrame | None:
+    """``user_id, customer_code`` where the ingest had to number the file's customer ids
+    (raw_orders' ``customer_code``); None when it kept them as given."""
+    if orders is None or "customer_code" not in orders.lazy().collect_schema().names():
+        return None
+    return _df(
+        orders.lazy()
+        .select(pl.col("user_id").cast(pl.Int32), pl.col("customer_code").cast(pl.String))
+        .unique("user_id")
+    )
+
+
+def _with_codes(users: pl.DataFrame) -> pl.DataFrame:
+    """``customer_code``: the retailer's id of each user (`customer_codes`), else the user id."""
+    code = pl.col("user_id").cast(pl.String)
+    if "customer_code" in users.columns:
+        code = pl.coalesce(pl.col("customer_code").cast(pl.String), code)
+    return users.with_columns(customer_code=code)
+
+
 def users_high_value_frame(user_seg: pl.DataFrame, *, hv_n: int = 150) -> pl.DataFrame:
     """``users_high_value.parquet``: exactly the ``hv_n`` users with the highest
     ``hv`` (ties by user_id asc; fewer if fewer users), ordered by hv desc."""
     if hv_n < 0:
         raise ValueError("hv_n must be >= 0")
     return (
-        user_seg.select(USER_COLUMNS)
+        _with_codes(user_seg).select(USER_COLUMNS)
         .sort(["hv", "user_id"], descending=[True, False])
         .head(hv_n)
     )
@@ -211,14 +239,14 @@ def users_random_frame(user_seg: pl.DataFrame, *, rand_n: int = 150, seed: int =
     the seed), returned sorted by ``user_id``."""
     if rand_n < 0:
         raise ValueError("rand_n must be >= 0")
-    base = user_seg.select(USER_COLUMNS).sort("user_id")
+    base = _with_codes(user_seg).select(USER_COLUMNS).sort("user_id")
     n = min(int(rand_n), base.height)
     idx = np.sort(np.random.default_rng(seed).choice(base.height, size=n, replace=False))
     return base[idx] if n else base.head(0)
 
 
 def _cohorts(high_value: pl.DataFrame, random: pl.DataFrame) -> pl.DataFrame:
-    """``cohort, _pos, user_id, segment, segment_label`` in output order."""
+    """``cohort, _pos, user_id, customer_code, segment, segment_label`` in output order."""
     parts = []
     for name, frame in zip(COHORTS, (high_value, random)):
         parts.append(
@@ -226,6 +254,7 @@ def _cohorts(high_value: pl.DataFrame, random: pl.DataFrame) -> pl.DataFrame:
                 pl.lit(name).alias("cohort"),
                 pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos"),
                 pl.col("user_id").cast(pl.Int32),
+                pl.col("customer_code").cast(pl.String),
                 pl.col("segment").cast(pl.Int8),
                 pl.col("segment_label").cast(pl.String),
             )
@@ -343,7 +372,7 @@ def bedrock_lines(
     """``bedrock_inputs.jsonl``: one dict per cohort user (cohort order as in
     :func:`user_recos_frame`), matching ``bedrock_inputs.schema.json``:
 
-    ``user_id, cohort, segment {id, label}, rfm {recency_days, frequency,
+    ``user_id, customer_code, cohort, segment {id, label}, rfm {recency_days, frequency,
     monetary, r_z, f_z, m_z, hv}`` (z and hv rounded to 4 decimals),
     ``top_products`` (up to ``top_products_n`` products the user bought most
     before their target -- ratings ``purchases`` desc, product_id asc -- with
@@ -385,7 +414,7 @@ def bedrock_lines(
     )
     top_by_user: dict[int, list[dict[str, Any]]] = {}
     for d in top.select(
-        "user_id", "product_id", "product_name", "aisle", "department", "purchases"
+        "user_id", "product_id", "product_code", "product_name", "aisle", "department", "purchases"
     ).iter_rows(named=True):
         uid = d.pop("user_id")
         top_by_user.setdefault(uid, []).append(d)
@@ -399,6 +428,7 @@ def bedrock_lines(
             {
                 "rank": int(d["rank"]),
                 "product_id": int(d["product_id"]),
+                "product_code": d["product_code"],
                 "product_name": d["product_name"],
                 "aisle": d["aisle"],
                 "department": d["department"],
@@ -413,6 +443,7 @@ def bedrock_lines(
         lines.append(
             {
                 "user_id": uid,
+                "customer_code": d["customer_code"],
                 "cohort": d["cohort"],
                 "segment": {"id": int(d["segment"]), "label": d["segment_label"]},
                 "rfm": {
@@ -473,12 +504,16 @@ def build_exports(
     user_recos: Frame,
     products: Frame,
     *,
+    orders: Frame | None = None,
     hv_n: int = 150,
     rand_n: int = 150,
     topn_per_segment: int = 5,
     seed: int = 42,
 ) -> dict[str, Any]:
     """Every export, keyed by file name (:data:`EXPORT_FILES` order).
+
+    Users carry ``customer_code`` and products ``product_code``, the retailer's own ids:
+    from ``orders`` (raw_orders) and ``products`` where the ingest renumbered them, else the ids.
 
     DataFrames for the ``.csv`` / ``.parquet`` files (``user_recos.csv`` and
     ``user_recos.parquet`` are the same frame) and a ``list[dict]`` for
@@ -487,6 +522,9 @@ def build_exports(
     seg_topn = segment_topn_frame(
         segment_popularity, products, centroids, topn_per_segment=topn_per_segment
     )
+    codes = customer_codes(orders)
+    if codes is not None:
+        user_seg = user_seg.join(codes, on="user_id", how="left", maintain_order="left")
     high_value = users_high_value_frame(user_seg, hv_n=hv_n)
     random = users_random_frame(user_seg, rand_n=rand_n, seed=seed)
     recos = user_recos_frame(

@@ -9,7 +9,9 @@ downstream asset runs unchanged:
   customer), ``eval_set`` (the customer's last order is ``train``, the target basket),
   ``days_since_prior_order`` (calendar days, capped at 30 like Instacart's), ``order_dow``
   (0 = Sunday), ``order_hour_of_day`` (null when the data has no time of day), plus
-  ``order_ts`` (the real timestamp) and ``order_code`` (the original invoice id);
+  ``order_ts`` (the real timestamp) and ``order_code`` (the original invoice id); when the
+  customer ids had to be numbered (text, or integers past Int32), ``customer_code`` (the
+  file's id) too, so the exports name customers as the retailer knows them;
 * order lines: ``add_to_cart_order`` from the file's line order, ``reordered`` from the
   customer's history, ``quantity`` and ``unit_price`` when the file has them;
 * products: ``product_code`` (the original id), a name, and the category as both aisle and
@@ -712,9 +714,11 @@ def derive_snapshot(
 
 def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[Snapshot, dict]:
     """The internal tables from the usable lines; counts the duplicate lines into ``excluded``."""
-    users, user_info = _user_ids(lines["customer_id"])
+    users, user_info, codes = _user_ids(lines["customer_id"])
     lines = lines.with_columns(users)
     (products, line_products), (orders, line_orders) = _in_parallel(lambda: _products(lines), lambda: _orders(lines, name))
+    if codes is not None:
+        orders = orders.join(codes, on="user_id", how="left", maintain_order="left")
     order_products, merged, duplicates = _order_lines(lines, line_orders, line_products, name)
     excluded["duplicate_line"] = duplicates
     has_time = _has_time_of_day(orders["order_ts"])
@@ -750,26 +754,38 @@ def _plain_pages() -> Iterator[None]:
 _SHIFT = 1 << 32
 
 
-def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict]:
-    """Integer customer ids are kept; any other id is numbered 1.. in sorted order.
+def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None]:
+    """Integer customer ids are kept; any other id is numbered 1.. in sorted order, and then
+    the third value maps each number back to the file's id (``user_id``, ``customer_code``).
 
     Text ids are judged and numbered once per distinct id, then mapped to the lines.
     """
     if customer.dtype.is_integer():
         lo, hi = customer.min(), customer.max()
         if lo >= -(2**31) and hi < 2**31:
-            return customer.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}
-        return customer.rank("dense").cast(pl.Int32).alias("user_id"), _NUMBERED
+            return customer.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}, None
+        distinct = _distinct(customer).sort()  # numbered in numeric order
+        number = pl.int_range(1, distinct.len() + 1, dtype=pl.Int32, eager=True)
+        return _numbered_ids(customer, distinct, number, distinct.cast(pl.String))
     distinct = customer.unique()
     text = distinct.cast(pl.String)
     as_float = text.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
     as_int = as_float.cast(pl.Int64, strict=False)
     if as_float.null_count() == 0 and bool((as_float == as_int).all()) and as_int.min() >= -(2**31) and as_int.max() < 2**31:
-        return _lookup(customer, distinct, as_int.cast(pl.Int32)).alias("user_id"), {"customer_ids": "as given"}
-    return _lookup(customer, distinct, text.rank("dense").cast(pl.Int32)).alias("user_id"), _NUMBERED
+        return _lookup(customer, distinct, as_int.cast(pl.Int32)).alias("user_id"), {"customer_ids": "as given"}, None
+    return _numbered_ids(customer, distinct, text.rank("dense").cast(pl.Int32), text)
 
 
-_NUMBERED = {"customer_ids": "numbered 1.. in sorted order of the file's ids"}
+def _numbered_ids(
+    customer: pl.Series, distinct: pl.Series, number: pl.Series, text: pl.Series
+) -> tuple[pl.Series, dict, pl.DataFrame]:
+    """Each line's ``number`` (that of its id in ``distinct``) and the map back to ``text``, the
+    ids as the file spells them, which raw_orders keeps as ``customer_code`` for the exports."""
+    codes = pl.DataFrame({"user_id": number, "customer_code": text})
+    return _lookup(customer, distinct, number).alias("user_id"), _NUMBERED, codes
+
+
+_NUMBERED = {"customer_ids": "numbered 1.. in sorted order of the file's ids; raw_orders.customer_code keeps them"}
 
 
 def _lookup(keys: pl.Series, table: pl.Series, values: pl.Series) -> pl.Series:
