@@ -27,3 +27,17 @@ def user_ids(users: Any, dtype: pl.DataType = pl.Int32) -> pl.DataFrame:
     else:
         s = pl.Series(np.asarray(users if isinstance(users, np.ndarray) else list(users)).ravel())
     return pl.DataFrame({"user_id": s.drop_nulls().cast(dtype)}).unique().sort("user_id")
+
+
+def customer_codes(frame: Frame) -> pl.DataFrame | None:
+    """``user_id, customer_code`` (one row per user) of a frame that carries the retailer's
+    customer ids, i.e. orders whose ids the ingest had to number (`ingest.transactions`) and
+    the tables built from them; None when it kept the ids as given (no such column)."""
+    if "customer_code" not in lazy(frame).collect_schema().names():
+        return None
+    out = (
+        lazy(frame)
+        .select(pl.col("user_id").cast(pl.Int32), pl.col("customer_code").cast(pl.String))
+        .unique("user_id")
+    )
+    return out.collect()

@@ -286,20 +286,24 @@ def test_bedrock_example_in_metadata_keeps_the_shape_with_short_lists():
 
 
 def test_exports_name_customers_and_products_by_the_retailers_ids(world):
-    """Where the ingest numbered customers (raw_orders' customer_code) and products
-    (products' product_code), every export says the retailer's ids beside the numbers; where
-    it kept them as given, the codes are the ids themselves."""
+    """Where the ingest numbered customers (user_recos carries their customer_code, from the
+    orders) and products (products' product_code), every export says the retailer's ids beside
+    the numbers; where it kept them as given, the codes are the ids themselves."""
     w = world
-    users = w["user_seg"]["user_id"].sort()
-    orders = pl.DataFrame({"user_id": users, "customer_code": [f"C-{u:05d}" for u in users]})
-    orders = pl.concat([orders, orders])  # one row per order: a customer repeats
+    recos = w["user_recos"].with_columns(customer_code=pl.format("C-{}", pl.col("user_id").cast(pl.String).str.zfill(5)))
     products = w["products"].with_columns(product_code=pl.format("SKU{}", pl.col("product_id")))
-    args = (w["user_seg"], w["centroids"], w["seg_pop"], w["ratings"], w["user_recos"])
-    coded = build_exports(*args, products, orders=orders.lazy(), hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
-    plain = build_exports(*args, w["products"], hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
+    args = (w["user_seg"], w["centroids"], w["seg_pop"], w["ratings"])
+    coded = build_exports(*args, recos, products, hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
+    plain = build_exports(*args, w["user_recos"], w["products"], hv_n=40, rand_n=60, topn_per_segment=K, seed=42)
+    listed = set(recos["user_id"])  # a user without a list (none in a run) keeps the number
+
+    def code(u: int) -> str:
+        return f"C-{u:05d}" if u in listed else str(u)
+
     for name in ("users_high_value.parquet", "users_random.parquet", "user_recos.csv"):
         frame = coded[name]
-        assert frame["customer_code"].to_list() == [f"C-{u:05d}" for u in frame["user_id"]], name
+        assert frame["customer_code"].to_list() == [code(u) for u in frame["user_id"]], name
+        assert frame["customer_code"].str.starts_with("C-").sum() >= frame.height // 2, name
         assert plain[name]["customer_code"].to_list() == [str(u) for u in plain[name]["user_id"]], name
         # the same rows either way: the codes are added, nothing else moves
         assert frame.drop("customer_code", "product_code", strict=False).equals(
@@ -309,7 +313,7 @@ def test_exports_name_customers_and_products_by_the_retailers_ids(world):
         assert plain[name]["product_code"].to_list() == [str(p) for p in plain[name]["product_id"]]
     lines = coded["bedrock_inputs.jsonl"]
     assert validate_bedrock_lines(lines) == []
-    assert all(d["customer_code"] == f"C-{d['user_id']:05d}" for d in lines)
+    assert all(d["customer_code"] == code(d["user_id"]) for d in lines)
     items = [p for d in lines for p in d["top_products"] + d["recommendations"]]
     assert items and all(p["product_code"] == f"SKU{p['product_id']}" for p in items)
     # a line without the customer's code is refused by the schema

@@ -168,6 +168,11 @@ def test_purchase_log_without_time_of_day_runs_through(tmp_path):
     assert len(warn) == 1 and not warn[0]["passed"] and warn[0]["severity"] == "WARN"
     assert outcome.materialized["orders_imputed"]["unknown_fields"] == ["order_hour_of_day"]
     _exports_use_the_files_ids(raw, curated / f"recsys/exports/{RUN}/data")
+    # user_recos (what the API's /customers route maps) carries every user's code
+    recos = pl.read_parquet(curated / f"recsys/recos/{RUN}/user_recos.parquet")
+    codes = recos.select("user_id", "customer_code").unique()
+    assert codes.height == recos["user_id"].n_unique() == orders["user_id"].n_unique()
+    assert codes["customer_code"].is_in(raw["CustomerID"].unique().implode()).all()
 
 
 def _exports_use_the_files_ids(raw: pl.DataFrame, exports: Path) -> None:

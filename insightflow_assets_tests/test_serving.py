@@ -30,6 +30,7 @@ from insightflow_assets.data.generate import generate_instacart, write_instacart
 from insightflow_assets.runner import run_graph
 from insightflow_assets.serving.app import create_app
 from insightflow_assets.serving.bundle import BundleError, load_latest, load_run
+from insightflow_assets.serving.bundle import user_lists as bundle_user_lists
 from insightflow_assets_tests.conftest import _free_port, local_defs
 from resources import LocalStorage, S3Storage
 from resources.layout import ARTIFACTS
@@ -158,6 +159,32 @@ def test_unknown_user_gets_popular_items_as_fallback(served):
     top = items.filter(pl.col("segment") == -1).sort(["baskets", "product_id"], descending=[True, False])["product_id"][:4]
     assert body["source"] == "fallback" and [i["product_id"] for i in body["items"]] == top.to_list()
     assert metric(served, "insightflow_fallbacks_total", endpoint="users") == before + 1
+
+
+def test_customer_route_answers_like_the_user_route(served):
+    """Ids kept as given (these Instacart files): the customer code is the user id."""
+    c, lists = served.client, served.lists[RUN_B]
+    user = sorted(lists)[5]
+    by_code = c.get(f"/customers/{user}/recommendations", params={"k": 7}).json()
+    by_id = c.get(f"/users/{user}/recommendations", params={"k": 7}).json()
+    assert by_code["user_id"] == user and by_code["customer_code"] == str(user) and by_code["source"] == "model"
+    assert by_code["items"] == by_id["items"] and [i["product_id"] for i in by_code["items"]] == lists[user][:7]
+    before = metric(served, "insightflow_fallbacks_total", endpoint="customers")
+    unknown = c.get("/customers/UK-nobody/recommendations", params={"k": 3}).json()
+    assert unknown["source"] == "fallback" and unknown["user_id"] is None and len(unknown["items"]) == 3
+    assert metric(served, "insightflow_fallbacks_total", endpoint="customers") == before + 1
+
+
+def test_numbered_customers_are_found_by_their_code():
+    """Where the ingest numbered the customers, user_recos carries customer_code and the
+    bundle maps it back; a number is then not a code."""
+    recos = pl.DataFrame({"user_id": [1, 1, 2], "rank": [1, 2, 1], "product_id": [10, 11, 12], "score": [0.9, 0.5, 0.7],
+                          "source": ["repeat", "repeat", "neighbors"], "customer_code": ["ann", "ann", "bob"]})
+    lists = bundle_user_lists(recos)
+    assert lists.user_of("bob") == 2 and lists.user_of("ann") == 1 and lists.user_of("2") is None
+    assert lists.of(lists.user_of("bob"))[0].tolist() == [12]
+    plain = bundle_user_lists(recos.drop("customer_code"))
+    assert plain.user_of("2") == 2 and plain.user_of("bob") is None and plain.user_of(str(2**31)) is None
 
 
 def test_basket_complements(served):

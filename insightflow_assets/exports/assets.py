@@ -33,7 +33,6 @@ def exports(
     ratings: pl.DataFrame,
     user_recos: pl.DataFrame,
     products: pl.DataFrame,
-    raw_orders: pl.LazyFrame,
 ) -> Output[ArtifactFolder]:
     run = current_run(context)
     seg, pop = conform_segmentation(user_seg, segment_popularity, run, strict=rfm.strict_parquet)
@@ -44,7 +43,6 @@ def exports(
         ratings,
         user_recos,
         products,
-        orders=raw_orders,  # the retailer's customer ids, where the ingest numbered them
         hv_n=rfm.hv_n,
         rand_n=rfm.rand_n,
         topn_per_segment=rfm.topn_per_segment,

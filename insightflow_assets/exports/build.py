@@ -30,6 +30,8 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 
+from insightflow_assets.frames import customer_codes
+
 Frame = pl.DataFrame | pl.LazyFrame
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "bedrock_schema",
     "build_exports",
     "centroids_frame",
-    "customer_codes",
     "jsonl_text",
     "overview_frame",
     "reason_for",
@@ -200,20 +201,8 @@ def segment_topn_frame(
 # --------------------------------------------------------------------------- #
 # cohorts
 # --------------------------------------------------------------------------- #
-def customer_codes(orders: Frame | None) -> pl.DataFrame | None:
-    """``user_id, customer_code`` where the ingest had to number the file's customer ids
-    (raw_orders' ``customer_code``); None when it kept them as given."""
-    if orders is None or "customer_code" not in orders.lazy().collect_schema().names():
-        return None
-    return _df(
-        orders.lazy()
-        .select(pl.col("user_id").cast(pl.Int32), pl.col("customer_code").cast(pl.String))
-        .unique("user_id")
-    )
-
-
 def _with_codes(users: pl.DataFrame) -> pl.DataFrame:
-    """``customer_code``: the retailer's id of each user (`customer_codes`), else the user id."""
+    """``customer_code``: the retailer's id of each user (`frames.customer_codes`), else the user id."""
     code = pl.col("user_id").cast(pl.String)
     if "customer_code" in users.columns:
         code = pl.coalesce(pl.col("customer_code").cast(pl.String), code)
@@ -504,7 +493,6 @@ def build_exports(
     user_recos: Frame,
     products: Frame,
     *,
-    orders: Frame | None = None,
     hv_n: int = 150,
     rand_n: int = 150,
     topn_per_segment: int = 5,
@@ -513,7 +501,7 @@ def build_exports(
     """Every export, keyed by file name (:data:`EXPORT_FILES` order).
 
     Users carry ``customer_code`` and products ``product_code``, the retailer's own ids:
-    from ``orders`` (raw_orders) and ``products`` where the ingest renumbered them, else the ids.
+    from ``user_recos`` and ``products`` where the ingest numbered them, else the ids.
 
     DataFrames for the ``.csv`` / ``.parquet`` files (``user_recos.csv`` and
     ``user_recos.parquet`` are the same frame) and a ``list[dict]`` for
@@ -522,7 +510,7 @@ def build_exports(
     seg_topn = segment_topn_frame(
         segment_popularity, products, centroids, topn_per_segment=topn_per_segment
     )
-    codes = customer_codes(orders)
+    codes = customer_codes(user_recos)
     if codes is not None:
         user_seg = user_seg.join(codes, on="user_id", how="left", maintain_order="left")
     high_value = users_high_value_frame(user_seg, hv_n=hv_n)

@@ -20,6 +20,7 @@ from insightflow_assets.evaluation.offline import (
     methods_of,
     undefined_metrics,
 )
+from insightflow_assets.frames import customer_codes
 from insightflow_assets.ingest.events_schema import is_events_form
 from insightflow_assets.model.als import AlsModel, lists_from
 from insightflow_assets.postrank.events_lists import (
@@ -103,6 +104,9 @@ def user_recos(
         recos, reranked = _category_export(config, rec, users, orders_imputed, raw_order_products, products)
     else:
         recos = complete_lists(rec.recommend(users, config.k), users, config.k, item_popularity(ratings))
+    codes = customer_codes(orders_imputed)
+    if codes is not None:  # the retailer's ids, for the exports and the API's /customers route
+        recos = recos.join(codes, on="user_id", how="left", maintain_order="left")
     sources = recos.group_by("source").agg(pl.len()).sort("source")
     return Output(
         recos,

@@ -134,6 +134,19 @@ def _user_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
         return JSONResponse({"run_key": b.run_key, "user_id": user_id, "source": "model" if known else "fallback",
                              "method": b.exported_method.get("method") if known else "popularity", "items": items})
 
+    @app.get("/customers/{customer_code}/recommendations")
+    async def customer_recommendations(customer_code: Annotated[str, Path(min_length=1, max_length=200)],
+                                       k: K = 10) -> JSONResponse:
+        """The same list by the retailer's customer id (``customer_code`` in the exports)."""
+        b = _current(state)
+        user_id = b.users.user_of(customer_code)
+        known, items = b.user_items(user_id if user_id is not None else -1, k)
+        if not known:
+            metrics.fallbacks.labels("customers").inc()
+        return JSONResponse({"run_key": b.run_key, "customer_code": customer_code, "user_id": user_id,
+                             "source": "model" if known else "fallback",
+                             "method": b.exported_method.get("method") if known else "popularity", "items": items})
+
 
 def _basket_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
     @app.post("/baskets/complements")

@@ -28,6 +28,7 @@ from insightflow_assets.basket import profiles as prof
 from insightflow_assets.basket.pairs import ANY
 from insightflow_assets.basket.recommender import BasketModel
 from insightflow_assets.evaluation.offline import exported_method
+from insightflow_assets.frames import customer_codes
 from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
 from insightflow_assets.report import one_line
 from resources.layout import ARTIFACTS, LATEST_MANIFEST, parse_run_key, promoted_manifest_key
@@ -58,6 +59,15 @@ class UserLists:
     scores: np.ndarray
     source_codes: np.ndarray
     source_names: tuple[str, ...]
+    # the retailer's customer id → user id, where the ingest numbered them (else the ids are the codes)
+    customers: Mapping[str, int] = field(default_factory=dict)
+
+    def user_of(self, customer_code: str) -> int | None:
+        """The user id of a customer as the retailer names them, None when unknown."""
+        if self.customers:
+            return self.customers.get(customer_code)
+        text = customer_code.strip()
+        return int(text) if text.isascii() and text.isdigit() and int(text) < 2**31 else None
 
     def of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         u = int(np.searchsorted(self.user_ids, user_id))
@@ -237,7 +247,8 @@ def _assemble(files: dict, manifest: dict, *, profile, version, verified, read) 
 
 
 def user_lists(recos: pl.DataFrame) -> UserLists:
-    """`user_recos` (user_id, rank, product_id, score, source) as a CSR, best first."""
+    """`user_recos` (user_id, rank, product_id, score, source, and customer_code where the
+    ingest numbered the customers) as a CSR, best first."""
     recos = recos.sort("user_id", "rank")
     users, counts = np.unique(recos["user_id"].to_numpy(), return_counts=True)
     names = tuple(sorted(recos["source"].unique().to_list()))
@@ -245,8 +256,15 @@ def user_lists(recos: pl.DataFrame) -> UserLists:
     return UserLists(
         user_ids=_frozen(users.astype(np.int64)), indptr=_frozen(np.concatenate(([0], np.cumsum(counts))).astype(np.int64)),
         items=_frozen(recos["product_id"].to_numpy().astype(np.int64)), scores=_frozen(recos["score"].to_numpy().astype(np.float32)),
-        source_codes=_frozen(np.array(codes)), source_names=names,
+        source_codes=_frozen(np.array(codes)), source_names=names, customers=_customer_map(recos),
     )
+
+
+def _customer_map(recos: pl.DataFrame) -> Mapping[str, int]:
+    codes = customer_codes(recos)
+    if codes is None:
+        return MappingProxyType({})
+    return MappingProxyType(dict(zip(codes["customer_code"].to_list(), codes["user_id"].to_list())))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
