@@ -60,9 +60,9 @@ LINES = ("orders_imputed", "raw_order_products")
 @contextlib.contextmanager
 def _lines_reads(curated: Path):
     """``(step, table, how)`` each time a step reads the order lines' data: loaded through the IO
-    manager, or a scan of their stored files collected with a column (a row count reads only the
-    parquet footer: ``PROJECT 0/…``, not counted); and ``(step, path, "spark output")`` for each
-    output a Spark task is told to write."""
+    manager, or a scan of their stored files collected with columns (``one column`` when only
+    one; a row count reads only the parquet footer: ``PROJECT 0/…``, not counted); and
+    ``(step, path, "spark output")`` for each output a Spark task is told to write."""
     reads: list[tuple[str, str, str]] = []
     files = {name: str(curated / next(iter(artifact(name).keys(RUN).values()))) for name in LINES}
     load_run, collect, launch = CuratedIOManager.load_run, pl.LazyFrame.collect, spark_engine.run_spark_pipes
@@ -79,7 +79,8 @@ def _lines_reads(curated: Path):
 
     def recording_collect(self, *args, **kwargs):
         plan = self.explain()
-        reads.extend((step(), name, "collected") for name, path in files.items()
+        how = "one column" if "PROJECT 1/" in plan else "collected"
+        reads.extend((step(), name, how) for name, path in files.items()
                      if path in plan and "PROJECT 0/" not in plan)  # fmt: skip
         return collect(self, *args, **kwargs)
 
@@ -151,6 +152,11 @@ def test_spark_steps_never_hold_the_lines(engines):
     assert {("ratings", "raw_order_products"), ("holdout", "orders_imputed"), ("user_seg", "raw_order_products")} <= by(engines.local)
     assert not [r for r in engines.local.lines_reads if r[0] in SPARK_ASSETS and r[2] == "loaded"]  # scanned
     assert by(engines.spark) == set(), engines.spark.lines_reads
+    # basket_pairs: the job counts the pairs and hands back the validation baskets' lines; the
+    # step reads the orders' ids and numbers and one column of the lines (cart positions missing)
+    basket = {(name, how) for s, name, how in engines.spark.lines_reads if s == "basket_pairs" and how != "spark output"}
+    assert basket <= {("orders_imputed", "collected"), ("raw_order_products", "one column")}, basket
+    assert ("raw_order_products", "collected") in {(n, h) for s, n, h in engines.local.lines_reads if s == "basket_pairs"}
 
 
 def test_spark_outputs_go_through_the_curated_storage(engines):

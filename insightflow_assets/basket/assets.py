@@ -11,7 +11,7 @@ from pydantic import Field
 from insightflow_assets.basket import evaluate as ev
 from insightflow_assets.basket import profiles as prof
 from insightflow_assets.basket.choose import ChoiceParams, pairs_and_profile, pairs_and_profile_counted
-from insightflow_assets.basket.pairs import PairParams, validation_lines, window_lines
+from insightflow_assets.basket.pairs import PairParams, window_lines
 from insightflow_assets.basket.recommender import BasketModel
 from insightflow_assets.basket.report import CHART_FILE, blend_vs_pairs, chart, query_problems
 from insightflow_assets.common import current_run, run_asset, run_check
@@ -54,13 +54,14 @@ def basket_pairs(
     config: BasketPairsConfig,
     compute: Compute,
     curated: Storage,
-    orders_imputed: pl.DataFrame,
-    raw_order_products: pl.DataFrame,
+    orders_imputed: pl.LazyFrame,
+    raw_order_products: pl.LazyFrame,
     user_seg: pl.DataFrame,
     products: pl.DataFrame,
     lightfm_model: ArtifactFolder,
 ) -> Output[ArtifactFolder]:
     current_run(context)
+    # scans: under spark the step reads the orders' ids and numbers, never the lines
     t0 = time.perf_counter()
     params = PairParams(window=config.window, min_support=config.min_support, max_neighbours=config.max_neighbours)
     emb = LightfmEmbeddings.from_files(lightfm_model.files)
@@ -68,17 +69,14 @@ def basket_pairs(
                   choice=ChoiceParams(baskets=config.choice_baskets, seed=config.seed))
     (pairs, items, info), engine = run_stages(
         context, compute, curated, basket_tasks(params),
-        local=lambda: pairs_and_profile(window_lines(orders_imputed, raw_order_products, user_seg), orders_imputed,
-                                        products, **common),
+        local=lambda: _local_pairs(orders_imputed.collect(), raw_order_products.collect(), user_seg, products, common),
         spark=lambda counts, reports: pairs_and_profile_counted(
-            counts, reports["pairs"], validation_lines(orders_imputed, raw_order_products, user_seg), orders_imputed,
-            products, **common),
+            counts, reports["pairs"], _cart_lines(counts["validation"], orders_imputed), orders_imputed, products, **common),
     )  # fmt: skip
     choice = info["profile_choice"]
     profiles = info.pop("profiles")  # profiles.json, not params.json
     info["seconds"] = round(time.perf_counter() - t0, 2)
-    info["cart_order_missing_lines"] = int(raw_order_products["add_to_cart_order"].null_count()) \
-        if "add_to_cart_order" in raw_order_products.columns else raw_order_products.height
+    info["cart_order_missing_lines"] = _missing_cart_positions(raw_order_products)
     return Output(
         ArtifactFolder.of({"pairs.parquet": pairs, "items.parquet": items, "params.json": info,
                            "profiles.json": profiles}),
@@ -96,10 +94,28 @@ def basket_pairs(
     )
 
 
+def _local_pairs(orders: pl.DataFrame, lines: pl.DataFrame, user_seg: pl.DataFrame, products: pl.DataFrame,
+                 common: dict) -> tuple:
+    return pairs_and_profile(window_lines(orders, lines, user_seg), orders, products, **common)
+
+
+def _cart_lines(job_lines: pl.DataFrame, orders: pl.LazyFrame) -> pl.DataFrame:
+    """The job's validation lines (in cart order) typed as `pairs.cart_lines` types them."""
+    return job_lines.select(pl.col("order_id").cast(orders.collect_schema()["order_id"]), pl.col("segment").cast(pl.Int8),
+                            pl.col("product_id").cast(pl.Int32))
+
+
+def _missing_cart_positions(lines: pl.LazyFrame) -> int:
+    """Lines without an ``add_to_cart_order`` (every line when the column is absent): one column read."""
+    if "add_to_cart_order" in lines.collect_schema().names():
+        return int(lines.select(pl.col("add_to_cart_order").null_count()).collect().item())
+    return int(lines.select(pl.len()).collect().item())
+
+
 def basket_tasks(params: PairParams) -> dict[str, SparkTask]:
-    """The Spark job's counts for `basket_pairs`: pairs and items of the training window, and of
-    its validation baskets alone (every pair: choose subtracts them). Picking the validation
-    baskets' lines for the queries, normalising, ranking and the profile choice stay in polars."""
+    """The Spark job's work for `basket_pairs`: pairs and items of the training window, and of
+    its validation baskets alone (every pair: choose subtracts them), and those baskets' lines in
+    cart order (the profile choice's queries). Normalising, ranking and the choice stay in polars."""
     inputs = {"orders": "orders_imputed", "order_products": "raw_order_products", "user_seg": "user_seg"}
     held = {"part": "validation"}
     return {
@@ -107,6 +123,7 @@ def basket_tasks(params: PairParams) -> dict[str, SparkTask]:
         "items": SparkTask("basket_item_counts", inputs),
         "held_pairs": SparkTask("basket_pair_counts", inputs, {"window": params.window, "min_support": 1, **held}),
         "held_items": SparkTask("basket_item_counts", inputs, held),
+        "validation": SparkTask("basket_validation_lines", inputs),
     }
 
 

@@ -34,7 +34,7 @@ class ChoiceParams:
     m_max: int = 10
 
 
-def validation_queries(window: pl.DataFrame, orders: pl.DataFrame, params: ChoiceParams) -> tuple[np.ndarray, list[ev.Query]]:
+def validation_queries(window: pl.DataFrame, orders: pl.DataFrame | pl.LazyFrame, params: ChoiceParams) -> tuple[np.ndarray, list[ev.Query]]:
     """Which lines of the training window (`pairs.window_lines`) are the validation baskets (a
     boolean per line), and the prefix queries of a seeded sample of those baskets.
 
@@ -45,7 +45,8 @@ def validation_queries(window: pl.DataFrame, orders: pl.DataFrame, params: Choic
     first[1:] = order_id[1:] != order_id[:-1]
     targets = (
         orders.lazy().select("order_id", pl.col("user_id").cast(pl.Int32), "order_number")
-        .join(pl.LazyFrame({"order_id": order_id[first]}).cast({"order_id": orders.schema["order_id"]}), on="order_id", how="semi")
+        .join(pl.LazyFrame({"order_id": order_id[first]}).cast({"order_id": orders.lazy().collect_schema()["order_id"]}),
+              on="order_id", how="semi")
         # hash aggregations, no sort of the orders; order_id breaks (invalid) order_number ties
         .filter(pl.col("order_number") == pl.col("order_number").max().over("user_id"))
         .group_by("user_id").agg(pl.col("order_id").min())
@@ -95,7 +96,7 @@ def pairs_and_profile_counted(
     counts: dict[str, pl.DataFrame],
     stats: dict,
     validation: pl.DataFrame,
-    orders: pl.DataFrame,
+    orders: pl.DataFrame | pl.LazyFrame,
     products: pl.DataFrame,
     *,
     item_ids: np.ndarray | None = None,

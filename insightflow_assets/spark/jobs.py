@@ -524,6 +524,12 @@ def _task_basket_item_counts(spark: SparkSession, inputs: dict, params: dict) ->
     return basket_item_counts(_basket_window(spark, inputs, params))
 
 
+def _task_basket_validation_lines(spark: SparkSession, inputs: dict, params: dict) -> DataFrame:
+    """The validation baskets' lines (pairs.validation_lines), which the profile choice draws
+    its queries from; written in cart order (ORDER), ``_key`` / ``_line`` kept for it."""
+    return _basket_window(spark, inputs, {**params, "part": "validation"})
+
+
 def _as_list(paths: str | list[str]) -> list[str]:
     return [paths] if isinstance(paths, str) else list(paths)
 
@@ -536,6 +542,7 @@ TASKS: dict[str, Callable[[SparkSession, dict, dict], DataFrame | tuple[DataFram
     "segment_popularity": _task_segment_popularity,
     "basket_pair_counts": _task_basket_pair_counts,
     "basket_item_counts": _task_basket_item_counts,
+    "basket_validation_lines": _task_basket_validation_lines,
     "validate_lines": _task_validate_lines,
 }
 
@@ -548,6 +555,7 @@ ORDER = {
     "segment_popularity": ("segment", "rank"),
     "basket_pair_counts": ("segment", "product_id", "neighbour_id"),
     "basket_item_counts": ("segment", "product_id"),
+    "basket_validation_lines": ("order_id", "_key", "_line"),
     "validate_lines": ("lines",),
 }
 
