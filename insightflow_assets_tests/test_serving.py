@@ -30,6 +30,7 @@ from insightflow_assets.data.generate import generate_instacart, write_instacart
 from insightflow_assets.runner import run_graph
 from insightflow_assets.serving.app import create_app
 from insightflow_assets.serving.bundle import BundleError, load_latest, load_run
+from insightflow_assets.serving.bundle import product_catalog
 from insightflow_assets.serving.bundle import user_lists as bundle_user_lists
 from insightflow_assets_tests.conftest import _free_port, local_defs
 from resources import LocalStorage, S3Storage
@@ -185,6 +186,9 @@ def test_numbered_customers_are_found_by_their_code():
     assert lists.of(lists.user_of("bob"))[0].tolist() == [12]
     plain = bundle_user_lists(recos.drop("customer_code"))
     assert plain.user_of("2") == 2 and plain.user_of("bob") is None and plain.user_of(str(2**31)) is None
+    # products: /products/enrich says the retailer's code where the snapshot kept one
+    catalog = product_catalog(pl.DataFrame({"product_id": [10], "product_code": ["85123A"], "product_name": ["mug"]}))
+    assert dict(catalog[10]) == {"product_code": "85123A", "product_name": "mug"}
 
 
 def test_basket_complements(served):

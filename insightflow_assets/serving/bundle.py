@@ -274,8 +274,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def product_catalog(products: pl.DataFrame) -> Mapping[int, dict]:
-    """product id → name, aisle and department (names when the snapshot has them)."""
-    cols = [c for c in ("product_name", "aisle_id", "aisle", "department_id", "department") if c in products.columns]
+    """product id → the retailer's code (transactions and events forms), name, aisle and
+    department (names when the snapshot has them)."""
+    cols = [c for c in ("product_code", "product_name", "aisle_id", "aisle", "department_id", "department")
+            if c in products.columns]
     rows = products.select("product_id", *cols).iter_rows(named=True)
     return MappingProxyType({int(r.pop("product_id")): MappingProxyType(r) for r in rows})
 
