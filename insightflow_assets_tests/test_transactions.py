@@ -435,3 +435,76 @@ def test_everyone_with_one_order_stops_at_ratings_in_one_line(tmp_path, instance
     assert not outcome.success and len(outcome.errors) == 1 and "\n" not in outcome.errors[0], outcome.errors
     assert "ratings: no customer has an order before their last (target) order" in outcome.errors[0]
     assert not (curated / f"recsys/ratings/{RUN}").exists()
+
+
+# --- real exports the probe of 2026-12-01 found mis-read ------------------------------------
+def _codes_file(tmp_path, rows: list[str], header: str = "order,customer,date,item,qty") -> Path:
+    return write(tmp_path / "c", header + "\n" + "\n".join(rows) + "\n") / "transactions.csv"
+
+
+SPEC = TransactionsSpec(columns={"order_id": "order", "customer_id": "customer", "product_id": "item", "quantity": "qty"})
+
+
+def test_cancellations_are_a_prefix_then_digits(tmp_path):
+    """Superstore's CA-2016-… orders and GUIDs starting with C are orders; C536379 is UCI's cancellation."""
+    rows = ["CA-2016-1,7,2024-05-01,p1,1", "CA-2016-2,7,2024-05-03,p2,1", "C3F2A9E1-77B0,8,2024-05-02,p1,1",
+            "C3F2A9E2-77B0,8,2024-05-04,p3,2", "536379,9,2024-05-02,p1,1", "C536379,9,2024-05-05,p1,1"]
+    result = derive_snapshot(_codes_file(tmp_path, rows), SPEC)
+    assert result.excluded["cancellation"] == 1
+    assert sorted(result.snapshot.orders["order_code"]) == ["536379", "C3F2A9E1-77B0", "C3F2A9E2-77B0", "CA-2016-1", "CA-2016-2"]
+
+
+def test_a_negative_placeholder_customer_is_numbered(tmp_path):
+    """A till's guest account -1 is not a user id (the exports' schema wants ids from 0): numbered, code kept."""
+    rows = ["1,-1,2024-05-01,p1,1", "2,-1,2024-05-02,p2,1", "3,17850,2024-05-02,p1,1", "4,17850,2024-05-03,p2,1"]
+    orders = derive_snapshot(_codes_file(tmp_path, rows), SPEC).snapshot.orders.sort("order_code")
+    assert orders["user_id"].min() >= 1 and orders["customer_code"].to_list() == ["-1", "-1", "17850", "17850"]
+
+
+def test_a_sales_price_column_is_not_taken_for_the_unit_price(tmp_path):
+    """Ta-Feng's SALES_PRICE is the line's total: M would multiply it by the quantity again."""
+    rows = ["1,7,2024-05-01,p1,2,3.0", "2,7,2024-05-03,p2,1,1.5"]
+    result = derive_snapshot(_codes_file(tmp_path, rows, "order,customer,date,item,qty,SALES_PRICE"), SPEC)
+    assert "unit_price" not in result.snapshot.order_products.columns
+
+
+@pytest.mark.parametrize("unit, values, words", [
+    ("ms", ["1323434940", "1323521340"], "every value read in ms since 1970 falls before 1990"),
+    ("s", ["1323434940000", "1323521340000"], "value 1323521340000 in s since 1970 is after"),
+    ("day", ["1323434940", "1323521340"], "in day since 1970 is after"),  # polars panicked on it
+])
+def test_an_integer_time_in_the_wrong_unit_stops_in_one_line(tmp_path, unit, values, words):
+    rows = [f"{i},7,{v},p{i},1" for i, v in enumerate(values, 1)]
+    spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"}, timestamp_unit=unit)
+    with pytest.raises(InputError, match=rf"^transactions.csv: column date: .*{words}"):
+        derive_snapshot(_codes_file(tmp_path, rows), spec)
+    ok = derive_snapshot(_codes_file(tmp_path, [f"{i},7,{v},p{i},1" for i, v in enumerate(("1323434940", "1323521340"), 1)]),
+                         TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"}, timestamp_unit="s"))
+    assert str(ok.snapshot.orders["order_ts"].min()) == "2011-12-09 12:49:00"
+
+
+def test_an_order_longer_than_a_cart_stops_in_one_line(tmp_path):
+    rows = [f"1,7,2024-05-01,p{i},1" for i in range(32_768)]
+    with pytest.raises(InputError, match=r"^transactions.csv: column order_id: an order has 32,768 lines \(at most 32,767"):
+        derive_snapshot(_codes_file(tmp_path, rows), SPEC)
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    """A CSV file ending in a blank line (or with one inside) reads as the same file without."""
+    rows = ["1,7,2024-05-01,p1,1", "2,7,2024-05-03,p2,1", "3,8,2024-05-02,p1,2"]
+    plain = derive_snapshot(_codes_file(tmp_path / "a", rows), SPEC).snapshot
+    blank = derive_snapshot(_codes_file(tmp_path / "b", [rows[0], "", *rows[1:], ",,,,"]), SPEC).snapshot
+    assert blank.orders.equals(plain.orders) and blank.order_products.equals(plain.order_products)
+
+
+def test_unsigned_64_bit_hash_ids_and_iso_milliseconds(tmp_path):
+    """Parquet UInt64 hashes past Int64 are text ids (numbered, code kept), and JavaScript's
+    toISOString() times (…T08:26:00.000Z) are a known layout."""
+    path = tmp_path / "transactions.parquet"
+    big = 10_799_493_812_214_053_345
+    pl.DataFrame({"customer_id": pl.Series([big, big, 5], dtype=pl.UInt64), "order_id": [1, 2, 3],
+                  "timestamp": ["2011-12-01T08:26:00.000Z", "2011-12-02T09:00:05.250Z", "2011-12-02T10:00:00.000Z"],
+                  "product_id": ["p1", "p2", "p1"]}).write_parquet(path)  # fmt: skip
+    orders = derive_snapshot(path).snapshot.orders.sort("order_code")
+    assert orders["customer_code"].to_list() == [str(big), str(big), "5"]
+    assert [str(t) for t in orders["order_ts"]] == ["2011-12-01 08:26:00", "2011-12-02 09:00:05.250000", "2011-12-02 10:00:00"]

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from datetime import datetime, timezone
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -60,7 +61,8 @@ DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
                   "order_datetime", "event_time"),
     "product_id": ("product_id", "StockCode", "sku", "item_id", "product_code", "article_id", "sku_id", "product"),
     "quantity": ("quantity", "Quantity", "qty", "units"),
-    "unit_price": ("unit_price", "UnitPrice", "Price", "price", "sales_price", "selling_price"),
+    # not "sales_price": Ta-Feng's SALES_PRICE is the line's total, and M would multiply it again
+    "unit_price": ("unit_price", "UnitPrice", "Price", "price", "selling_price"),
     "product_name": ("product_name", "Description", "name", "item_name", "product_title"),
     "category": ("category", "Category", "department", "product_category", "category_name"),
 }
@@ -90,7 +92,7 @@ DEFAULT_NON_PRODUCT_PREFIXES = ("gift_",)
 # 1 December?) is refused rather than guessed: `timestamp_format` settles it.
 _TS_FORMATS = (
     "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d",
+    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d",
     "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y",
     "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y",
 )  # fmt: skip
@@ -263,7 +265,8 @@ def _scan_csv(path: Path, cols: dict[str, str], typed: bool) -> pl.LazyFrame:
     the markers of `NULLS` are applied to ids, numbers and timestamps when they are typed.
     """
     types = {"schema_overrides": _csv_types(cols)} if typed else {"infer_schema": False}
-    return pl.scan_csv(path, **types).select(list(cols.values()))
+    # a row with none of the mapped fields is a blank line (a file ending in one is common)
+    return pl.scan_csv(path, **types).select(list(cols.values())).filter(pl.any_horizontal(pl.all().is_not_null()))
 
 
 def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
@@ -360,6 +363,8 @@ def _simple_id(s: pl.Series, col: str, narrow: bool) -> tuple[pl.Expr, list[pl.E
     narrowed to Int32 when they fit, see `_narrowed`) and the expressions that send the file
     to the careful path."""
     c = pl.col(col)
+    if s.dtype == pl.UInt64:  # the careful path reads it (`_past_int64`)
+        return None
     if s.dtype.is_integer():
         return _narrowed(c.cast(pl.Int64), s, narrow), []
     if s.dtype.is_float():
@@ -440,6 +445,8 @@ def _id_column(s: pl.Series, col: str) -> pl.Series:
     does text that is plainly an integer (`_plain_integers`): it prints back as the same text.
     Customer ids as text stay text unless they fit Int32 (`_user_ids` ranks larger ones as text).
     """
+    if _past_int64(s):  # a 64-bit hash as UInt64: its digits are the id
+        return s.cast(pl.String).cast(pl.Categorical).alias(col)
     if s.dtype.is_integer() or (s.dtype.is_float() and bool((s.drop_nulls() % 1 == 0).all())):
         return s.cast(pl.Int64).alias(col)
     if s.dtype == pl.String:
@@ -454,6 +461,10 @@ def _id_column(s: pl.Series, col: str) -> pl.Series:
     if s.dtype != pl.String or bool(s.str.contains(r"^\s|\s$").any()):
         e = e.str.strip_chars()
     return s.to_frame(col).select(pl.when(e.is_in(NULLS)).then(None).otherwise(e).cast(pl.Categorical).alias(col)).to_series()
+
+
+def _past_int64(s: pl.Series) -> bool:
+    return s.dtype == pl.UInt64 and (s.max() or 0) > 2**63 - 1
 
 
 def _plain_integers(s: pl.Series, bounds: tuple[int, int] | None) -> pl.Series | None:
@@ -595,7 +606,31 @@ def _epoch_times(s: pl.Series, column: str, name: str, unit: str) -> pl.Series:
     if bad.any():
         raise InputError(f"{name}: column {column}: value {text.filter(bad)[0]!r} is not an integer time "
                          f"in {unit} (timestamp_unit; {int(bad.sum())} row(s))")
+    _check_epoch_range(ints, column, name, unit)
     return pl.from_epoch(ints, time_unit=TIMESTAMP_UNITS[unit]).cast(pl.Datetime("us")).alias("timestamp")
+
+
+_UNIT_SECONDS = {"day": 86_400, "s": 1, "ms": 0.001}
+_EPOCH_FLOOR = 1990  # seconds or milliseconds that all fall before it are in a smaller unit
+
+
+def _check_epoch_range(ints: pl.Series, column: str, name: str, unit: str) -> None:
+    """Integer times in ``unit`` that cannot be dates of a purchase log stop in one line: one
+    after next year (a larger unit read as this one), or, in seconds or milliseconds, all of
+    them before 1990 (a smaller unit). Days from 1 up are allowed: some logs number their days."""
+    lo, hi = ints.min(), ints.max()
+    if lo is None:
+        return
+    last = datetime.now(timezone.utc).year + 1
+    top = (datetime(last + 1, 1, 1, tzinfo=timezone.utc).timestamp()) / _UNIT_SECONDS[unit]
+    floor = datetime(_EPOCH_FLOOR, 1, 1, tzinfo=timezone.utc).timestamp() / _UNIT_SECONDS[unit]
+    where = f"{name}: column {column}"
+    if hi >= top or lo <= -top:
+        raise InputError(f"{where}: value {hi if hi >= top else lo} in {unit} since 1970 is after {last} or far "
+                         f"before 1970: is timestamp_unit right (day, s or ms)?")
+    if unit != "day" and hi < floor:
+        raise InputError(f"{where}: every value read in {unit} since 1970 falls before {_EPOCH_FLOOR} (largest {hi}): "
+                         f"is timestamp_unit right (day, s or ms)?")
 
 
 def _timestamps_quick(s: pl.Series, fmt: str | None = None) -> pl.Series | None:
@@ -634,7 +669,8 @@ def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr | None
     The code rules are evaluated once per distinct product / order id, not per line: a file
     has far fewer ids than lines, and string tests on every line dominate the ingest time.
     """
-    bad_orders = _ids_matching(df, "order_id", spec.cancel_prefixes, (), upper=False)
+    # a prefix then digits only (UCI's C536379): "CA-2016-152156" or a GUID is an order
+    bad_orders = _ids_matching(df, "order_id", spec.cancel_prefixes, (), upper=False, digits_after=True)
     bad_products = _ids_matching(df, "product_id", spec.non_product_prefixes, spec.non_product_codes, upper=True)
     rules = [
         pl.col("customer_id").is_null() if df["customer_id"].null_count() else None,
@@ -653,8 +689,10 @@ def exclusion_reason(df: pl.DataFrame, spec: TransactionsSpec) -> pl.Expr | None
     return expr
 
 
-def _ids_matching(df: pl.DataFrame, col: str, prefixes: tuple[str, ...], codes: tuple[str, ...], upper: bool) -> pl.Series:
-    """The distinct ids of ``col`` that start with one of ``prefixes`` or equal one of ``codes``.
+def _ids_matching(df: pl.DataFrame, col: str, prefixes: tuple[str, ...], codes: tuple[str, ...], upper: bool,
+                  digits_after: bool = False) -> pl.Series:
+    """The distinct ids of ``col`` that start with one of ``prefixes`` (followed by digits only
+    with ``digits_after``) or equal one of ``codes``.
 
     Integer ids print as digits: unless a rule is digits too, none can match, and the ids
     are not even listed.
@@ -666,7 +704,9 @@ def _ids_matching(df: pl.DataFrame, col: str, prefixes: tuple[str, ...], codes: 
     text = ids.cast(pl.String).str.to_uppercase() if upper else ids.cast(pl.String)
     hit = text.is_in([c.upper() if upper else c for c in codes])
     for prefix in prefixes:
-        hit = hit | text.str.starts_with(prefix.upper() if upper else prefix)
+        p = prefix.upper() if upper else prefix
+        starts = text.str.starts_with(p)
+        hit = hit | (starts & text.str.slice(len(p)).str.contains(r"^\d+$") if digits_after else starts)
     return ids.filter(hit)
 
 
@@ -755,14 +795,15 @@ _SHIFT = 1 << 32
 
 
 def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None]:
-    """Integer customer ids are kept; any other id is numbered 1.. in sorted order, and then
+    """Integer customer ids from 0 to Int32's top are kept; any other id (text, a negative
+    placeholder such as a POS guest's -1, past Int32) is numbered 1.. in sorted order, and then
     the third value maps each number back to the file's id (``user_id``, ``customer_code``).
 
     Text ids are judged and numbered once per distinct id, then mapped to the lines.
     """
     if customer.dtype.is_integer():
         lo, hi = customer.min(), customer.max()
-        if lo >= -(2**31) and hi < 2**31:
+        if lo >= 0 and hi < 2**31:
             return customer.cast(pl.Int32).alias("user_id"), {"customer_ids": "as given"}, None
         distinct = _distinct(customer).sort()  # numbered in numeric order
         number = pl.int_range(1, distinct.len() + 1, dtype=pl.Int32, eager=True)
@@ -771,7 +812,8 @@ def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None
     text = distinct.cast(pl.String)
     as_float = text.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
     as_int = as_float.cast(pl.Int64, strict=False)
-    if as_float.null_count() == 0 and bool((as_float == as_int).all()) and as_int.min() >= -(2**31) and as_int.max() < 2**31:
+    integral = as_int.null_count() == 0 and bool((as_float == as_int).all())  # past Int64: null, so text
+    if integral and as_int.min() >= 0 and as_int.max() < 2**31:
         return _lookup(customer, distinct, as_int.cast(pl.Int32)).alias("user_id"), {"customer_ids": "as given"}, None
     return _numbered_ids(customer, distinct, text.rank("dense").cast(pl.Int32), text)
 
@@ -1016,7 +1058,7 @@ def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series,
     merged = duplicates = 0
     if len(repeated):
         lines, merged, duplicates = _merge_pairs(lines, repeated, kept)
-    out = lines.with_columns(_cart_positions(lines["order_id"]))
+    out = lines.with_columns(_cart_positions(lines["order_id"], name))
     cast = [_quantity_int32(out["quantity"], name)] if "quantity" in out.columns else []
     cast += [pl.col("unit_price")] if "unit_price" in out.columns else []
     return out.select("order_id", "product_id", "add_to_cart_order", "reordered", *cast), merged, duplicates
@@ -1035,12 +1077,17 @@ def _quantity_int32(quantity: pl.Series, name: str) -> pl.Series:
     return quantity.cast(pl.Int32)
 
 
-def _cart_positions(order_id: pl.Series) -> pl.Series:
-    """1.. within each order, for lines sorted by order."""
+def _cart_positions(order_id: pl.Series, name: str) -> pl.Series:
+    """1.. within each order, for lines sorted by order (Int16, as Instacart's cart positions);
+    an order of more lines stops in one line."""
     lengths = np.diff(_run_starts(order_id), append=len(order_id))
-    fits = len(lengths) == 0 or lengths.max() <= 32_767
-    positions = _ranges(np.ones(len(lengths), dtype=np.int64), lengths, np.int16 if fits else np.int32)
-    return pl.Series("add_to_cart_order", positions).cast(pl.Int16)  # an order too long fails here
+    if len(lengths) and lengths.max() > _CART_MAX:
+        raise InputError(f"{name}: column order_id: an order has {int(lengths.max()):,} lines (at most {_CART_MAX:,} "
+                         f"per order): is the order column an order, not a day or a store?")
+    return pl.Series("add_to_cart_order", _ranges(np.ones(len(lengths), dtype=np.int64), lengths, np.int16))
+
+
+_CART_MAX = 32_767
 
 
 def _by_order(order_id: pl.Series) -> pl.Series:
