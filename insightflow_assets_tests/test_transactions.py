@@ -196,7 +196,8 @@ def test_without_an_order_column_a_customer_and_timestamp_is_an_order(tmp_path, 
     assert per_user.rows() == [(418683, 2), (1104905, 2)]
     sizes = lines.group_by("order_id").len().join(orders.select("order_id", "user_id", "order_number"), on="order_id")
     assert sorted(sizes.select("user_id", "order_number", "len").rows()) == [(418683, 1, 1), (418683, 2, 2), (1104905, 1, 2), (1104905, 2, 1)]
-    assert "quantity" not in lines.columns and orders["order_hour_of_day"].null_count() == orders.height
+    # no quantity column: each line is one unit
+    assert lines["quantity"].to_list() == [1] * 6 and orders["order_hour_of_day"].null_count() == orders.height
     assert result.info["orders"] == DERIVED_ORDERS
     # through the ingest asset: the derivation says where the orders came from
     outcome, _ = ingest(tmp_path, instance, write(tmp_path / "clean", TAFENG))
@@ -508,3 +509,15 @@ def test_unsigned_64_bit_hash_ids_and_iso_milliseconds(tmp_path):
     orders = derive_snapshot(path).snapshot.orders.sort("order_code")
     assert orders["customer_code"].to_list() == [str(big), str(big), "5"]
     assert [str(t) for t in orders["order_ts"]] == ["2011-12-01 08:26:00", "2011-12-02 09:00:05.250000", "2011-12-02 10:00:00"]
+
+
+def test_without_a_quantity_column_each_line_is_a_unit(tmp_path):
+    """H&M's and Olist's logs write a row per item: repeated rows are units of one line, not a
+    double export (with a quantity column they still are, see the derivation test)."""
+    rows = ["1,7,2024-05-01,p1", "1,7,2024-05-01,p1", "1,7,2024-05-01,p2", "2,7,2024-05-03,p1", "2,7,2024-05-03,p1",
+            "2,7,2024-05-03,p1"]
+    result = derive_snapshot(_codes_file(tmp_path, rows, "order,customer,date,item"), TransactionsSpec(
+        columns={"order_id": "order", "customer_id": "customer", "product_id": "item"}))
+    lines = result.snapshot.order_products.sort("order_id", "add_to_cart_order")
+    assert lines.select("product_id", "quantity").rows() == [(1, 2), (2, 1), (1, 3)]
+    assert result.excluded["duplicate_line"] == 0 and result.info["quantity"].startswith("one unit per line")

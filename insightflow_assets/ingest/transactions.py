@@ -753,13 +753,17 @@ def derive_snapshot(
 
 
 def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[Snapshot, dict]:
-    """The internal tables from the usable lines; counts the duplicate lines into ``excluded``."""
+    """The internal tables from the usable lines; counts the duplicate lines into ``excluded``.
+
+    Without a quantity column each line is one unit (H&M's and Olist's logs write a row per
+    item): a product's lines in one order add up to its quantity, and no line is a duplicate."""
     users, user_info, codes = _user_ids(lines["customer_id"])
-    lines = lines.with_columns(users)
+    units = "quantity" not in lines.columns
+    lines = lines.with_columns(users, *([pl.lit(1, pl.Int32).alias("quantity")] if units else []))
     (products, line_products), (orders, line_orders) = _in_parallel(lambda: _products(lines), lambda: _orders(lines, name))
     if codes is not None:
         orders = orders.join(codes, on="user_id", how="left", maintain_order="left")
-    order_products, merged, duplicates = _order_lines(lines, line_orders, line_products, name)
+    order_products, merged, duplicates = _order_lines(lines, line_orders, line_products, name, units)
     excluded["duplicate_line"] = duplicates
     has_time = _has_time_of_day(orders["order_ts"])
     if not has_time:
@@ -769,6 +773,7 @@ def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[S
         "form": "transactions",
         "time_of_day": has_time,
         "repeated_product_lines_merged": merged,
+        **({"quantity": "one unit per line (the file has no quantity column)"} if units else {}),
         "first_ts": str(orders["order_ts"].min()),
         "last_ts": str(orders["order_ts"].max()),
     }
@@ -1040,12 +1045,14 @@ def _block_position(first: pl.Expr) -> pl.Expr:
     return idx - pl.when(first).then(idx).forward_fill() + 1
 
 
-def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series, name: str) -> tuple[pl.DataFrame, int, int]:
+def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series, name: str,
+                 units: bool = False) -> tuple[pl.DataFrame, int, int]:
     """Order lines, lines merged and exact duplicates dropped.
 
     An exact duplicate (every mapped column equal to an earlier line: a double export) repeats
     its (order, product) pair; the other lines of a repeated pair are merged into one
-    (quantities summed), which takes the place of the pair's first line.
+    (quantities summed), which takes the place of the pair's first line. With ``units`` (each
+    line one unit) no line is a duplicate: every line of a pair is merged.
     """
     extra = [c for c in ("quantity", "unit_price") if c in kept.columns]
     # order ids follow time and each customer's order numbers: (order, file line) is the output order
@@ -1057,7 +1064,7 @@ def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series,
     lines = keys.hstack(rest).with_columns(reordered=reordered)
     merged = duplicates = 0
     if len(repeated):
-        lines, merged, duplicates = _merge_pairs(lines, repeated, kept)
+        lines, merged, duplicates = _merge_pairs(lines, repeated, kept, units)
     out = lines.with_columns(_cart_positions(lines["order_id"], name))
     cast = [_quantity_int32(out["quantity"], name)] if "quantity" in out.columns else []
     cast += [pl.col("unit_price")] if "unit_price" in out.columns else []
@@ -1205,12 +1212,14 @@ def _user_product_key(lines: pl.DataFrame) -> pl.Series | np.ndarray:
     return users * span + lines["product_id"].cast(pl.UInt64)
 
 
-def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
-    """Drop exact duplicates among the lines of repeated pairs (at positions ``repeated``), merge
-    the rest into the pair's first line; the lines merged and the duplicates dropped."""
+def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame, units: bool = False) -> tuple[pl.DataFrame, int, int]:
+    """Drop exact duplicates among the lines of repeated pairs (at positions ``repeated``; none
+    with ``units``), merge the rest into the pair's first line; the lines merged and the
+    duplicates dropped."""
     rep = lines.gather(repeated).select("_line", "order_id", "product_id", "user_id", _pos=repeated).sort("_line")
     rep = rep.hstack(kept.drop("user_id", "order_id", "product_id").gather(rep["_line"]))
-    distinct = rep.select(pl.struct(pl.exclude("_line", "_pos")).is_first_distinct()).to_series()
+    distinct = (pl.repeat(True, rep.height, eager=True) if units
+                else rep.select(pl.struct(pl.exclude("_line", "_pos")).is_first_distinct()).to_series())
     grouped = _merge_repeated(rep.drop("_pos").filter(distinct))
     merged = int(distinct.sum()) - grouped.height
     # the merged line takes the place of the pair's first line; the others go
