@@ -521,3 +521,13 @@ def test_without_a_quantity_column_each_line_is_a_unit(tmp_path):
     lines = result.snapshot.order_products.sort("order_id", "add_to_cart_order")
     assert lines.select("product_id", "quantity").rows() == [(1, 2), (2, 1), (1, 3)]
     assert result.excluded["duplicate_line"] == 0 and result.info["quantity"].startswith("one unit per line")
+
+
+def test_a_midnight_written_as_the_date_alone_reads(tmp_path):
+    """Excel's CSV export writes 12/1/2010 0:00 as 12/1/2010 beside 12/1/2010 8:26."""
+    rows = ["1,7,12/1/2010 8:26,p1,1", "2,7,12/1/2010,p2,1", "3,7,12/13/2010 17:05,p1,1"]  # a 13th: month first
+    spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"})
+    orders = derive_snapshot(_codes_file(tmp_path, rows), spec).snapshot.orders.sort("order_code")
+    assert [str(t) for t in orders["order_ts"]] == ["2010-12-01 08:26:00", "2010-12-01 00:00:00", "2010-12-13 17:05:00"]
+    given = TransactionsSpec(columns=spec.columns, timestamp_format="%m/%d/%Y %H:%M")
+    assert derive_snapshot(_codes_file(tmp_path / "g", rows), given).snapshot.orders.sort("order_code")["order_ts"].equals(orders["order_ts"])

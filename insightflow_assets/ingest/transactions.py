@@ -567,7 +567,7 @@ def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, f
     present = text.is_not_null()
     best, best_bad, readers = None, None, []
     for f in (fmt,) if fmt else _TS_FORMATS:
-        parsed = text.str.to_datetime(f, strict=False, time_unit="us")
+        parsed = _read_as(text, f)
         n_bad = int((parsed.is_null() & present).sum())
         if n_bad == 0 and not any(parsed.equals(other) for _, other in readers):
             readers.append((f, parsed))
@@ -585,6 +585,16 @@ def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, f
     hint = hint or ("" if fmt else "; other formats: set the ingest config timestamp_format (e.g. '%d.%m.%Y %H:%M')")
     read_as = f" in the timestamp_format {fmt!r}" if fmt else ""
     raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp{read_as} ({best_bad} row(s)){hint}")
+
+
+def _read_as(text: pl.Series, fmt: str) -> pl.Series:
+    """``text`` read with ``fmt``; a value that is only its date part is that day at midnight
+    (Excel writes a midnight time as the date alone, beside the other rows' times), when the
+    format reads some value with its time: a column of dates alone is for the date formats."""
+    parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+    if " %H" in fmt and text.null_count() < parsed.null_count() < len(text):
+        parsed = parsed.fill_null(text.str.to_datetime(fmt.split(" %H")[0], strict=False, time_unit="us"))
+    return parsed
 
 
 def _checked_years(parsed: pl.Series, text: pl.Series, column: str, name: str) -> pl.Series:
