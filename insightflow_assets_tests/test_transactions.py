@@ -531,3 +531,18 @@ def test_a_midnight_written_as_the_date_alone_reads(tmp_path):
     assert [str(t) for t in orders["order_ts"]] == ["2010-12-01 08:26:00", "2010-12-01 00:00:00", "2010-12-13 17:05:00"]
     given = TransactionsSpec(columns=spec.columns, timestamp_format="%m/%d/%Y %H:%M")
     assert derive_snapshot(_codes_file(tmp_path / "g", rows), given).snapshot.orders.sort("order_code")["order_ts"].equals(orders["order_ts"])
+
+
+def test_an_invoice_number_used_again_months_later_is_another_order(tmp_path):
+    """A till that numbers its receipts again: the same customer's invoice 5 in May and in
+    November are two orders (one per day), not one order dated May."""
+    rows = ["5,7,2024-05-01 10:00,p1,1", "5,7,2024-05-01 10:00,p2,1", "6,7,2024-06-01 10:00,p1,1",
+            "5,7,2024-11-20 09:00,p3,1", "9,8,2024-05-02 10:00,p1,1", "9,8,2024-05-04 08:00,p2,1", "4,8,2024-05-09 10:00,p1,1",
+            "4,8,2024-05-09 23:00,p3,1"]  # within a day: one order
+    spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"})
+    result = derive_snapshot(_codes_file(tmp_path, rows), spec)
+    orders = result.snapshot.orders.sort("user_id", "order_number")
+    assert orders.select("user_id", "order_code").rows() == [
+        (7, "5@2024-05-01"), (7, "6"), (7, "5@2024-11-20"), (8, "9@2024-05-02"), (8, "9@2024-05-04"), (8, "4")]
+    assert [str(t) for t in orders["order_ts"]][:3] == ["2024-05-01 10:00:00", "2024-06-01 10:00:00", "2024-11-20 09:00:00"]
+    assert result.snapshot.order_products.height == 8

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -929,7 +929,10 @@ def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.Series]:
     single = bool((orders["user_id"] == orders["_other_user"]).all())
     keys = ["order_id"] if single else ["order_id", "user_id"]
     orders = orders if single else _order_groups(lines, keys)
-    orders = orders.rename({"order_id": "_key"})
+    reused = orders.filter(pl.col("_last") - pl.col("order_ts") > _ONE_ORDER_SPAN).select(keys)
+    if reused.height:  # an invoice number used again on other days: one order per day
+        return _orders(_by_day(lines, reused, keys), name)
+    orders = orders.drop("_last").rename({"order_id": "_key"})
     orders = _in_time_order(orders, single).with_row_index("order_id", offset=1).with_columns(pl.col("order_id").cast(pl.Int32))
     if single:
         line_orders = _lookup(lines["order_id"], orders["_key"], orders["order_id"])
@@ -939,6 +942,19 @@ def _orders(lines: pl.DataFrame, name: str) -> tuple[pl.DataFrame, pl.Series]:
     # in order_id order, a stable sort by customer gives each customer's orders in time order
     by_user = _stable_order(orders["user_id"].cast(pl.Int64) - int(orders["user_id"].min()))
     return _numbered(orders.gather(by_user), name), line_orders.alias("order_id")
+
+
+_ONE_ORDER_SPAN = timedelta(days=1)  # an order's lines further apart are orders of other days
+
+
+def _by_day(lines: pl.DataFrame, reused: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """``lines`` with the order ids in ``reused`` (keyed by ``keys``) suffixed by each line's
+    date (``123@2011-03-01``): the id a till numbered again, or a system reset, months later."""
+    flagged = lines.select(keys).join(reused.with_columns(_reused=pl.lit(True)), on=keys, how="left",
+                                      maintain_order="left")["_reused"].fill_null(False)
+    code = pl.col("order_id").cast(pl.String)
+    day = pl.format("{}@{}", code, pl.col("timestamp").dt.date())
+    return lines.with_columns(order_id=pl.when(flagged).then(day).otherwise(code).cast(pl.Categorical))
 
 
 def _in_time_order(orders: pl.DataFrame, single: bool) -> pl.DataFrame:
@@ -979,25 +995,28 @@ def _text_order(ids: pl.Series) -> pl.Series:
 
 def _order_groups(lines: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     users = [pl.col("user_id").min(), pl.col("user_id").max().alias("_other_user")] if "user_id" not in keys else []
+    last = pl.col("timestamp").max()
     starts = _run_starts(lines["order_id"]) if keys == ["order_id"] else None
     if starts is not None and len(starts) <= lines.height // 4:
         # an order's lines usually come together: summarise each run of lines, then group the runs
         lines = _run_summary(lines, starts)
         if _all_distinct(lines["order_id"]):  # each order is one run: the runs are the orders
             return lines.rename({"timestamp": "order_ts"})
-        users = [pl.col("user_id").min(), pl.col("_other_user").max()]
+        users, last = [pl.col("user_id").min(), pl.col("_other_user").max()], pl.col("_last").max()
     # one chunk: the orders are gathered several times
-    return lines.lazy().group_by(keys).agg(*users, order_ts=pl.col("timestamp").min()).collect().rechunk()
+    return lines.lazy().group_by(keys).agg(*users, order_ts=pl.col("timestamp").min(), _last=last).collect().rechunk()
 
 
 def _run_summary(lines: pl.DataFrame, starts: np.ndarray) -> pl.DataFrame:
-    """Per run of lines (starting at ``starts``): its order id, smallest and largest customer id, earliest time."""
-    users = lines["user_id"].to_numpy()
+    """Per run of lines (starting at ``starts``): its order id, smallest and largest customer id,
+    earliest and latest time."""
+    users, ts = lines["user_id"].to_numpy(), lines["timestamp"].to_numpy()
     return pl.DataFrame({
         "order_id": lines["order_id"].gather(starts),
         "user_id": np.minimum.reduceat(users, starts),
         "_other_user": np.maximum.reduceat(users, starts),
-        "timestamp": np.minimum.reduceat(lines["timestamp"].to_numpy(), starts),
+        "timestamp": np.minimum.reduceat(ts, starts),
+        "_last": np.maximum.reduceat(ts, starts),
     })
 
 
