@@ -29,7 +29,7 @@ from insightflow_assets.basket import profiles as prof
 from insightflow_assets.data.generate import generate_instacart, write_instacart
 from insightflow_assets.runner import run_graph
 from insightflow_assets.serving.app import create_app
-from insightflow_assets.serving.bundle import BundleError, load_latest, load_run
+from insightflow_assets.serving.bundle import BundleError, id_of_code, load_latest, load_run
 from insightflow_assets.serving.bundle import product_catalog
 from insightflow_assets.serving.bundle import user_lists as bundle_user_lists
 from insightflow_assets_tests.conftest import _free_port, local_defs
@@ -211,6 +211,26 @@ def test_basket_complements(served):
     assert seg["segment_mix"] == {"0": 1.0} and not seg["segment_detected"] and seg["profile"] == "popular_heavy"
 
 
+def test_basket_by_product_codes(served):
+    """The basket by the retailer's codes: these Instacart files keep their ids, so the codes
+    are the ids as text; an unknown code is reported, not fatal."""
+    c = served.client
+    basket = served.lists[RUN_B][sorted(served.lists[RUN_B])[0]][:3]
+    by_id = c.post("/baskets/complements", json={"product_ids": basket, "k": 6}).json()
+    before = metric(served, "insightflow_unknown_ids_total", endpoint="baskets")
+    by_code = c.post("/baskets/complements", json={"product_codes": [*map(str, basket), "SKU-X"], "k": 6}).json()
+    assert by_code["items"] == by_id["items"] and by_code["unknown_codes"] == ["SKU-X"]
+    assert metric(served, "insightflow_unknown_ids_total", endpoint="baskets") == before + 1
+    both = c.post("/baskets/complements", json={"product_ids": basket, "product_codes": ["1"]})
+    assert both.status_code == 422 and "product_ids or as product_codes" in both.json()["error"]
+
+
+def test_product_codes_map_to_ids_where_the_ingest_numbered_them():
+    codes = {"85123A": 1, "71053": 2}
+    assert id_of_code(codes, "85123A") == 1 and id_of_code(codes, "1") is None  # a number is not a code then
+    assert id_of_code({}, "71053") == 71053 and id_of_code({}, "85123A") is None and id_of_code({}, str(2**31)) is None
+
+
 def test_empty_basket_gets_popular_items(served):
     body = served.client.post("/baskets/complements", json={"product_ids": [], "k": 5}).json()
     assert body["source"] == "fallback" and "empty basket" in body["note"] and len(body["items"]) == 5
@@ -247,7 +267,7 @@ def test_enrich(served):
         ("get", "/users/abc/recommendations", None, "path user_id"),
         ("get", "/users/-4/recommendations", None, "path user_id"),
         ("get", "/products/0/similar", None, "path product_id"),
-        ("post", "/baskets/complements", {"k": 5}, "body product_ids"),
+        ("post", "/baskets/complements", {"k": 5}, "product_ids or as product_codes"),
         ("post", "/baskets/complements", {"product_ids": ["x"]}, "body product_ids 0"),
         ("post", "/baskets/complements", {"product_ids": [1], "k": 500}, "body k"),
         ("post", "/baskets/complements", {"product_ids": [1], "kk": 5}, "body kk"),

@@ -17,11 +17,11 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from insightflow_assets.basket.pairs import ANY
 from insightflow_assets.report import one_line
-from insightflow_assets.serving.bundle import Bundle
+from insightflow_assets.serving.bundle import Bundle, id_of_code
 from insightflow_assets.serving.metrics import Metrics, MetricsMiddleware
 from insightflow_assets.serving.state import ServingState
 from resources.layout import RunKeyError, parse_run_key
@@ -38,9 +38,17 @@ class Strict(BaseModel):
 
 
 class ComplementsRequest(Strict):
-    product_ids: list[ProductId] = Field(..., max_length=200, description="the basket, in the order items were added")
+    product_ids: list[ProductId] | None = Field(None, max_length=200, description="the basket, in the order items were added")
+    product_codes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=200, description="or the basket by the retailer's product codes (product_code)")
     k: int = Field(10, ge=1, le=100)
     segment: int | None = Field(None, ge=ANY, le=127, description="user_seg segment; omitted: detected from the basket")
+
+    @model_validator(mode="after")
+    def _one_basket(self) -> "ComplementsRequest":
+        if (self.product_ids is None) == (self.product_codes is None):
+            raise ValueError("give the basket as product_ids or as product_codes (one of them)")
+        return self
     profile: str | None = Field(None, max_length=64, description="basket profile; omitted: the bundle's active one")
     expand: bool = Field(False, description="add name, aisle and department to each product")
 
@@ -157,7 +165,10 @@ def _basket_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
             raise HTTPException(422, f"profile {profile!r} is unknown (known: {', '.join(sorted(b.basket.profiles))})")
         if req.segment is not None and req.segment not in b.basket.popularity:
             raise HTTPException(422, f"segment {req.segment} is unknown (known: {', '.join(map(str, sorted(b.basket.popularity)))})")
-        res = b.basket.recommend(req.product_ids, req.k, segment=req.segment, profile=profile)
+        ids, unknown_codes = _basket_ids(b, req)
+        res = b.basket.recommend(ids, req.k, segment=req.segment, profile=profile)
+        if unknown_codes:
+            metrics.unknown_ids.labels("baskets").inc(len(unknown_codes))
         if res.unknown_ids:
             metrics.unknown_ids.labels("baskets").inc(len(res.unknown_ids))
         if res.note:
@@ -168,8 +179,17 @@ def _basket_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
         return JSONResponse({
             "run_key": b.run_key, "source": "fallback" if res.note else "basket", "note": res.note or None,
             "profile": profile, "size_key": res.size_key, "segment_mix": {str(s): w for s, w in res.segment_mix.items()},
-            "segment_detected": res.segment_detected, "unknown_ids": res.unknown_ids, "items": items,
+            "segment_detected": res.segment_detected, "unknown_ids": res.unknown_ids,
+            **({"unknown_codes": unknown_codes} if req.product_codes is not None else {}), "items": items,
         })  # fmt: skip
+
+
+def _basket_ids(b: Bundle, req: ComplementsRequest) -> tuple[list[int], list[str]]:
+    """The basket's product ids, and the codes no product has (reported, not fatal)."""
+    if req.product_codes is None:
+        return list(req.product_ids or []), []
+    found = [(c, id_of_code(b.product_codes, c)) for c in req.product_codes]
+    return [i for _, i in found if i is not None], [c for c, i in found if i is None]
 
 
 def _product_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:

@@ -64,10 +64,7 @@ class UserLists:
 
     def user_of(self, customer_code: str) -> int | None:
         """The user id of a customer as the retailer names them, None when unknown."""
-        if self.customers:
-            return self.customers.get(customer_code)
-        text = customer_code.strip()
-        return int(text) if text.isascii() and text.isdigit() and int(text) < 2**31 else None
+        return id_of_code(self.customers, customer_code)
 
     def of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         u = int(np.searchsorted(self.user_ids, user_id))
@@ -93,6 +90,7 @@ class Bundle:
     popular_scores: np.ndarray
     basket: BasketModel
     products: Mapping[int, dict]  # product id → name, aisle, department
+    product_codes: Mapping[str, int]  # the retailer's product code → id, where the ingest numbered them
     item_ids: np.ndarray  # LightFM's sorted product ids
     item_unit: np.ndarray  # their L2-normalised vectors (cosine = dot product)
     counts: Mapping[str, int] = field(default_factory=dict)
@@ -238,7 +236,7 @@ def _assemble(files: dict, manifest: dict, *, profile, version, verified, read) 
         promoted_at_utc=manifest.get("promoted_at_utc"), exported_method=exported_method(_json(files, "model_selection", "selection.json")),
         profile=profile, verified=verified, version=version, loaded_at_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         objects=tuple(read), users=users, popular=basket.ids[popular], popular_scores=basket.popularity[ANY][popular],
-        basket=basket, products=catalog, item_ids=emb.item_ids, item_unit=_frozen(np.ascontiguousarray(unit, np.float32)),
+        basket=basket, products=catalog, product_codes=_code_map(products, "product_code", "product_id"), item_ids=emb.item_ids, item_unit=_frozen(np.ascontiguousarray(unit, np.float32)),
         counts=MappingProxyType({
             "users": int(users.user_ids.size), "products": len(catalog), "basket_items": int(basket.ids.size),
             "embedded_items": int(emb.item_ids.size), "segments": len([s for s in basket.popularity if s != ANY]),
@@ -262,9 +260,22 @@ def user_lists(recos: pl.DataFrame) -> UserLists:
 
 def _customer_map(recos: pl.DataFrame) -> Mapping[str, int]:
     codes = customer_codes(recos)
-    if codes is None:
+    return _code_map(codes, "customer_code", "user_id") if codes is not None else MappingProxyType({})
+
+
+def _code_map(frame: pl.DataFrame, code: str, key: str) -> Mapping[str, int]:
+    if code not in frame.columns:
         return MappingProxyType({})
-    return MappingProxyType(dict(zip(codes["customer_code"].to_list(), codes["user_id"].to_list())))
+    return MappingProxyType(dict(zip(frame[code].cast(pl.String).to_list(), frame[key].to_list())))
+
+
+def id_of_code(codes: Mapping[str, int], code: str) -> int | None:
+    """The internal id of a retailer's code: from ``codes`` where the ingest numbered the ids,
+    else the code itself when it is an id (ids kept as given); None when unknown."""
+    if codes:
+        return codes.get(code)
+    text = code.strip()
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**31 else None
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
