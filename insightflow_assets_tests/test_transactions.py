@@ -546,3 +546,15 @@ def test_an_invoice_number_used_again_months_later_is_another_order(tmp_path):
         (7, "5@2024-05-01"), (7, "6"), (7, "5@2024-11-20"), (8, "9@2024-05-02"), (8, "9@2024-05-04"), (8, "4")]
     assert [str(t) for t in orders["order_ts"]][:3] == ["2024-05-01 10:00:00", "2024-06-01 10:00:00", "2024-11-20 09:00:00"]
     assert result.snapshot.order_products.height == 8
+
+
+def test_a_utc_offset_keeps_the_shops_wall_time(tmp_path):
+    """Shopify writes 2024-05-01 10:00:00 +0200, web logs 2024-05-02T08:26:00+01:00: the hour of
+    day is the shop's (10 and 8), as a time-zone-aware parquet column keeps it, not UTC's."""
+    rows = ["1,7,2024-05-01 10:00:00 +0200,p1,1", "2,7,2024-05-13 08:26:00 -0500,p2,1", "3,8,2024-05-02 23:30:00 +0000,p1,1"]
+    spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"})
+    orders = derive_snapshot(_codes_file(tmp_path, rows), spec).snapshot.orders.sort("order_code")
+    assert [str(t) for t in orders["order_ts"]] == ["2024-05-01 10:00:00", "2024-05-13 08:26:00", "2024-05-02 23:30:00"]
+    iso = ["1,7,2024-05-02T08:26:00+01:00,p1,1", "2,7,2024-05-14T09:00:00Z,p2,1"]
+    orders = derive_snapshot(_codes_file(tmp_path / "iso", iso), spec).snapshot.orders.sort("order_code")
+    assert orders["order_hour_of_day"].to_list() == [8, 9]

@@ -564,6 +564,10 @@ def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, f
     if quick is not None:
         return _checked_years(quick, s, column, name)
     text = s.cast(pl.String).str.strip_chars()
+    if not (fmt and "%z" in fmt):
+        # a UTC offset (Shopify's "2024-05-01 10:00:00 +0200", ISO's "+01:00" or "Z") is dropped:
+        # the shop's wall time is kept, as from a time-zone-aware parquet column
+        text = text.str.replace(_UTC_OFFSET, "")
     present = text.is_not_null()
     best, best_bad, readers = None, None, []
     for f in (fmt,) if fmt else _TS_FORMATS:
@@ -585,6 +589,9 @@ def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, f
     hint = hint or ("" if fmt else "; other formats: set the ingest config timestamp_format (e.g. '%d.%m.%Y %H:%M')")
     read_as = f" in the timestamp_format {fmt!r}" if fmt else ""
     raise InputError(f"{name}: column {column}: value {example!r} is not a date or timestamp{read_as} ({best_bad} row(s)){hint}")
+
+
+_UTC_OFFSET = r"\s*(?:[+-]\d{2}:?\d{2}|Z)$"
 
 
 def _read_as(text: pl.Series, fmt: str) -> pl.Series:
