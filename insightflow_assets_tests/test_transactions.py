@@ -558,3 +558,11 @@ def test_a_utc_offset_keeps_the_shops_wall_time(tmp_path):
     iso = ["1,7,2024-05-02T08:26:00+01:00,p1,1", "2,7,2024-05-14T09:00:00Z,p2,1"]
     orders = derive_snapshot(_codes_file(tmp_path / "iso", iso), spec).snapshot.orders.sort("order_code")
     assert orders["order_hour_of_day"].to_list() == [8, 9]
+
+
+def test_a_given_timestamp_format_reads_the_text_as_written(tmp_path):
+    """With timestamp_format the offset is not dropped: %z reads the times as UTC."""
+    rows = ["1,7,2024-05-01 10:00:00 +0200,p1,1", "2,7,2024-05-13 08:26:00 +0200,p2,1"]
+    spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"}, timestamp_format="%Y-%m-%d %H:%M:%S %z")
+    orders = derive_snapshot(_codes_file(tmp_path, rows), spec).snapshot.orders.sort("order_code")
+    assert [str(t) for t in orders["order_ts"]] == ["2024-05-01 08:00:00", "2024-05-13 06:26:00"]

@@ -397,6 +397,7 @@ def _simple_timestamp(s: pl.Series, fmt: str | None = None) -> tuple[pl.Expr, li
         return None
     # see `_timestamps_quick`: untrimmed text reads the same or not at all
     parsed = ts.str.to_datetime(fmt, strict=False, time_unit="us")
+    parsed = parsed.dt.replace_time_zone(None) if "%z" in fmt else parsed  # as `_utc_wall`
     return parsed, [parsed.is_null() & ts.is_not_null(), parsed.dt.year() < _MIN_YEAR]
 
 
@@ -564,9 +565,10 @@ def _timestamps(s: pl.Series, column: str, name: str, unit: str | None = None, f
     if quick is not None:
         return _checked_years(quick, s, column, name)
     text = s.cast(pl.String).str.strip_chars()
-    if not (fmt and "%z" in fmt):
+    if fmt is None:
         # a UTC offset (Shopify's "2024-05-01 10:00:00 +0200", ISO's "+01:00" or "Z") is dropped:
-        # the shop's wall time is kept, as from a time-zone-aware parquet column
+        # the shop's wall time is kept, as from a time-zone-aware parquet column; a given
+        # timestamp_format is applied to the text as written
         text = text.str.replace(_UTC_OFFSET, "")
     present = text.is_not_null()
     best, best_bad, readers = None, None, []
@@ -598,10 +600,16 @@ def _read_as(text: pl.Series, fmt: str) -> pl.Series:
     """``text`` read with ``fmt``; a value that is only its date part is that day at midnight
     (Excel writes a midnight time as the date alone, beside the other rows' times), when the
     format reads some value with its time: a column of dates alone is for the date formats."""
-    parsed = text.str.to_datetime(fmt, strict=False, time_unit="us")
+    parsed = _utc_wall(text.str.to_datetime(fmt, strict=False, time_unit="us"))
     if " %H" in fmt and text.null_count() < parsed.null_count() < len(text):
         parsed = parsed.fill_null(text.str.to_datetime(fmt.split(" %H")[0], strict=False, time_unit="us"))
     return parsed
+
+
+def _utc_wall(parsed: pl.Series) -> pl.Series:
+    """Times read with ``%z`` come back in UTC with a time zone: the UTC wall time, like every
+    other timestamp of the snapshot (naive)."""
+    return parsed.dt.replace_time_zone(None) if getattr(parsed.dtype, "time_zone", None) else parsed
 
 
 def _checked_years(parsed: pl.Series, text: pl.Series, column: str, name: str) -> pl.Series:
@@ -661,7 +669,7 @@ def _timestamps_quick(s: pl.Series, fmt: str | None = None) -> pl.Series | None:
     fmt = (fmt or _sample_format(s)) if s.dtype == pl.String else None
     if fmt is None:
         return None
-    parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
+    parsed = _utc_wall(s.str.to_datetime(fmt, strict=False, time_unit="us"))
     return parsed.alias("timestamp") if parsed.null_count() == s.null_count() else None
 
 
