@@ -29,7 +29,7 @@ from insightflow_assets.basket import profiles as prof
 from insightflow_assets.data.generate import generate_instacart, write_instacart
 from insightflow_assets.runner import run_graph
 from insightflow_assets.serving.app import create_app
-from insightflow_assets.serving.bundle import BundleError, id_of_code, load_latest, load_run
+from insightflow_assets.serving.bundle import BundleError, code_map, id_of_code, load_latest, load_run
 from insightflow_assets.serving.bundle import product_catalog
 from insightflow_assets.serving.bundle import user_lists as bundle_user_lists
 from insightflow_assets_tests.conftest import _free_port, local_defs
@@ -229,6 +229,10 @@ def test_product_codes_map_to_ids_where_the_ingest_numbered_them():
     codes = {"85123A": 1, "71053": 2}
     assert id_of_code(codes, "85123A") == 1 and id_of_code(codes, "1") is None  # a number is not a code then
     assert id_of_code({}, "71053") == 71053 and id_of_code({}, "85123A") is None and id_of_code({}, str(2**31)) is None
+    # what the bundle builds from products.parquet (transactions form: product_code beside the id)
+    products = pl.DataFrame({"product_id": [1, 2], "product_code": ["85123A", "71053"], "product_name": ["a", "b"]})
+    assert dict(code_map(products, "product_code", "product_id")) == codes
+    assert dict(code_map(products.drop("product_code"), "product_code", "product_id")) == {}
 
 
 def test_empty_basket_gets_popular_items(served):

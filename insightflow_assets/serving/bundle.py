@@ -236,7 +236,7 @@ def _assemble(files: dict, manifest: dict, *, profile, version, verified, read) 
         promoted_at_utc=manifest.get("promoted_at_utc"), exported_method=exported_method(_json(files, "model_selection", "selection.json")),
         profile=profile, verified=verified, version=version, loaded_at_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         objects=tuple(read), users=users, popular=basket.ids[popular], popular_scores=basket.popularity[ANY][popular],
-        basket=basket, products=catalog, product_codes=_code_map(products, "product_code", "product_id"), item_ids=emb.item_ids, item_unit=_frozen(np.ascontiguousarray(unit, np.float32)),
+        basket=basket, products=catalog, product_codes=code_map(products, "product_code", "product_id"), item_ids=emb.item_ids, item_unit=_frozen(np.ascontiguousarray(unit, np.float32)),
         counts=MappingProxyType({
             "users": int(users.user_ids.size), "products": len(catalog), "basket_items": int(basket.ids.size),
             "embedded_items": int(emb.item_ids.size), "segments": len([s for s in basket.popularity if s != ANY]),
@@ -260,10 +260,11 @@ def user_lists(recos: pl.DataFrame) -> UserLists:
 
 def _customer_map(recos: pl.DataFrame) -> Mapping[str, int]:
     codes = customer_codes(recos)
-    return _code_map(codes, "customer_code", "user_id") if codes is not None else MappingProxyType({})
+    return code_map(codes, "customer_code", "user_id") if codes is not None else MappingProxyType({})
 
 
-def _code_map(frame: pl.DataFrame, code: str, key: str) -> Mapping[str, int]:
+def code_map(frame: pl.DataFrame, code: str, key: str) -> Mapping[str, int]:
+    """The retailer's ``code`` → internal ``key`` of a table (empty when it has no such column)."""
     if code not in frame.columns:
         return MappingProxyType({})
     return MappingProxyType(dict(zip(frame[code].cast(pl.String).to_list(), frame[key].to_list())))
