@@ -12,10 +12,12 @@ from dagster import (
     MetadataValue,
     Output,
 )
+from pydantic import Field
 
 from insightflow_assets.common import current_run, run_asset, run_check
 from insightflow_assets.evaluation.event_report import category_method, is_unbounded, peer_scores
 from insightflow_assets.evaluation.offline import (
+    EVAL_SAMPLE_USERS,
     HEADLINE_K,
     eval_users,
     evaluation_report,
@@ -34,7 +36,9 @@ GROUP = "evaluation"
 
 class EvalConfig(Config):
     ks: list[int] = [5, 10, 20]
-    sample_users: Optional[int] = None  # None: every holdout user; N: a seeded sample of N users
+    sample_users: Optional[int] = Field(
+        EVAL_SAMPLE_USERS, description="holdout users evaluated: a seeded sample of this many when there are more; None = all"
+    )
     seed: int = 42
 
 
@@ -42,7 +46,9 @@ class CandidatesConfig(Config):
     """Whose ALS lists are scored once for both evaluations, and how deep."""
 
     n: int = 100  # the post-rank's candidate pool; every evaluation K reads a prefix of it
-    sample_users: Optional[int] = None  # as EvalConfig: the evaluations' users (others are scored there)
+    sample_users: Optional[int] = Field(
+        EVAL_SAMPLE_USERS, description="as als_eval's: the evaluations' users (others are scored there); None = all"
+    )
     seed: int = 42
 
 

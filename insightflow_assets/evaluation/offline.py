@@ -18,6 +18,10 @@ from insightflow_assets.evaluation.baselines import global_popularity, gp_topfre
 from insightflow_assets.evaluation.metrics import Truth, coverage, evaluate, intra_list_diversity, novelty, prepare_truth
 
 HEADLINE_K = 10
+# Holdout users scored by the evaluations (a seeded sample above it): at 206,209 Instacart users
+# every method's map@10 and recall@10 on 50,000 stayed within 0.002 of all users' and the
+# ranking of the methods did not change, for a third of the scoring (README "Evaluation").
+EVAL_SAMPLE_USERS = 50_000
 _SHIFT = 1 << 32
 # Methods that are not recommenders of their own (a post-processing of one).
 _EXTRA_LABELS = {"als_postrank": "ALS post-rank"}
