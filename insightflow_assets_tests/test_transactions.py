@@ -163,6 +163,27 @@ def test_a_decimal_point_beside_decimal_commas_is_named(tmp_path):
         read_transactions(write(tmp_path / "t", text) / "transactions.csv", TransactionsSpec())
 
 
+def test_quantities_with_thousands_dots_beside_comma_prices_are_thousands(tmp_path):
+    """A German wholesaler's export: quantity 1.500 beside prices 2,50 is 1,500 units, not
+    1.5 kg (weighed goods are read as fractions since 2026-12-01); 2.5 there is refused."""
+    from insightflow_assets.ingest.loading import InputError
+    from insightflow_assets.ingest.transactions import TransactionsSpec, read_transactions
+
+    def lines(qty_a: str, qty_b: str, price_b: str = "2,50") -> str:
+        return HEADER.replace(",", ";") + "".join(
+            f"1001;{sku};Red mug;{q};2011-01-03 09:15:00;{p};17850;UK\n" for sku, q, p in (("A1", qty_a, "1,50"), ("B2", qty_b, price_b))
+        )
+
+    read = read_transactions(write(tmp_path / "t", lines("1.500", "12")) / "transactions.csv", TransactionsSpec())
+    assert sorted(read["quantity"].to_list()) == [12, 1500] and read["quantity"].dtype == pl.Int64
+    with pytest.raises(InputError, match=r"column Quantity: value '2.5' has a decimal point where others have a decimal comma"):
+        read_transactions(write(tmp_path / "u", lines("1.500", "2.5")) / "transactions.csv", TransactionsSpec())
+    # no decimal comma anywhere in the file: its points are decimal points (weighed goods)
+    plain = lines("1.500", "12", "2.50").replace(";1,50;", ";1.50;")
+    read = read_transactions(write(tmp_path / "v", plain) / "transactions.csv", TransactionsSpec())
+    assert sorted(read["quantity"].to_list()) == [1.5, 12.0]
+
+
 @pytest.mark.parametrize("separator", [",", "\t"])
 def test_a_decimal_comma_in_a_comma_or_tab_separated_file_is_still_named(tmp_path, separator):
     """In a comma- or tab-separated file "1,50" may as well be 150 (thousands): one line, not a guess."""
@@ -278,7 +299,6 @@ BAD = {
     "mapped column absent": (None, ["transactions.csv", "missing column cust", "customer_id"]),
     "bad timestamp": (TINY.replace("2011-01-10 14:00:00", "yesterday"), ["transactions.csv", "column InvoiceDate", "'yesterday'"]),
     "bad quantity": (TINY.replace(",3,2011", ",three,2011"), ["transactions.csv", "column Quantity", "'three'"]),
-    "fractional quantity": (TINY.replace(",3,2011", ",2.5,2011"), ["transactions.csv", "column Quantity", "not an integer"]),
     "customer column empty": (
         HEADER + "\n".join(",".join(l.split(",")[:6] + ["", l.split(",")[7]]) for l in LINES) + "\n",
         ["transactions.csv", "column CustomerID", "no value at all"],
@@ -566,3 +586,30 @@ def test_a_given_timestamp_format_reads_the_text_as_written(tmp_path):
     spec = TransactionsSpec(columns={**SPEC.columns, "timestamp": "date"}, timestamp_format="%Y-%m-%d %H:%M:%S %z")
     orders = derive_snapshot(_codes_file(tmp_path, rows), spec).snapshot.orders.sort("order_code")
     assert [str(t) for t in orders["order_ts"]] == ["2024-05-01 08:00:00", "2024-05-13 06:26:00"]
+
+
+def test_weighed_goods_keep_their_fractional_quantities(tmp_path):
+    """A grocery till sells apples by the kilo: 0.5 and 0.25 kg of one product in one invoice
+    merge into 0.75 kg at the weighted price, and M is the spend. Before, the file was refused
+    ("not an integer"); a file of whole quantities still stores them as Int32."""
+    text = TINY.replace("Red mug,2,", "Red mug,0.5,").replace("Red mug,3,", "Red mug,0.25,")
+    result = derive_snapshot(write(tmp_path / "kg", text) / "transactions.csv")
+    lines = result.snapshot.order_products
+    assert lines["quantity"].dtype == pl.Float64
+    assert result.excluded == derive_snapshot(write(tmp_path / "whole") / "transactions.csv").excluded
+    mug = _line(result, "1001", "A1")
+    assert mug["quantity"] == pytest.approx(0.75) and mug["unit_price"] == pytest.approx(1.50)
+    assert _line(result, "1002", "A1")["quantity"] == pytest.approx(1.0)  # whole values beside them stay as written
+    whole = derive_snapshot(write(tmp_path / "ints", TINY) / "transactions.csv").snapshot.order_products
+    assert whole["quantity"].dtype == pl.Int32
+    # written with ".0" (a spreadsheet's float column) is still whole: Int32
+    floats = derive_snapshot(write(tmp_path / "f", TINY.replace("Red mug,2,", "Red mug,2.0,")) / "transactions.csv")
+    assert floats.snapshot.order_products["quantity"].dtype == pl.Int32
+
+
+def _line(result, order_code: str, product_code: str) -> dict:
+    orders, products = result.snapshot.orders, result.snapshot.products
+    oid = orders.filter(pl.col("order_code") == order_code)["order_id"][0]
+    code = "product_code" if "product_code" in products.columns else "product_id"
+    pid = products.filter(pl.col(code).cast(pl.String) == product_code)["product_id"][0]
+    return result.snapshot.order_products.filter((pl.col("order_id") == oid) & (pl.col("product_id") == pid)).row(0, named=True)

@@ -432,10 +432,12 @@ def _typed(
     for col in (c for c in ("order_id", "product_id") if c in cols):
         if df[col].null_count():
             raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s)")
+    # a decimal comma in one number column sets the file's locale: dots in the others group thousands
+    comma_locale = decimal_comma and any(_has_decimal_comma(df[c]) for c in ("quantity", "unit_price") if c in cols)
     if "quantity" in cols:
-        df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name, decimal_comma))
+        df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name, decimal_comma, comma_locale))
     if "unit_price" in cols:
-        df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name, decimal_comma))
+        df = df.with_columns(_number(df, "unit_price", pl.Float64, cols, name, decimal_comma, comma_locale))
     return df.with_columns(_timestamps(df["timestamp"], cols["timestamp"], name, unit, fmt))
 
 
@@ -499,7 +501,8 @@ def _needs_cleaning(ids: pl.Series) -> bool:
 
 
 def _number(
-    df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str, decimal_comma: bool = False
+    df: pl.DataFrame, col: str, dtype: pl.DataType, cols: dict[str, str], name: str, decimal_comma: bool = False,
+    comma_locale: bool = False,
 ) -> pl.Series:
     s = df[col]
     if dtype == pl.Float64 and s.dtype.is_numeric():
@@ -510,18 +513,16 @@ def _number(
         s = s.str.strip_chars()
         s = pl.Series(col, s).set(s.is_in(NULLS), None)
         if decimal_comma:
-            s = _decimal_point(s, f"{name}: column {cols[col]}")
+            s = _decimal_point(s, f"{name}: column {cols[col]}", comma_locale)
     parsed = s.cast(pl.Float64, strict=False)
     bad = s.filter(parsed.is_null() & s.is_not_null())
     if len(bad):
         raise InputError(f"{name}: column {cols[col]}: value {bad[0]!r} is not a number ({len(bad)} row(s))")
     if dtype == pl.Float64:
         return _price(parsed).alias(col)
-    if dtype == pl.Int64:
-        frac = parsed.drop_nulls()
-        frac = frac.filter(frac % 1 != 0)
-        if len(frac):
-            raise InputError(f"{name}: column {cols[col]}: value {frac[0]!r} is not an integer")
+    if dtype == pl.Int64 and (parsed.drop_nulls() % 1 != 0).any():
+        # weighed goods (1.235 kg of apples): the quantity stays as written, in Float64
+        return parsed.alias(col)
     return parsed.cast(dtype).alias(col)
 
 
@@ -530,19 +531,25 @@ _DECIMAL_COMMA = r"^[+-]?(\d+|\d{1,3}(\.\d{3})+),\d+$"
 _THOUSANDS = r"^[+-]?\d{1,3}(\.\d{3})+$"  # 1.000 / 12.345.678 beside decimal commas
 
 
-def _decimal_point(s: pl.Series, where: str) -> pl.Series:
+def _has_decimal_comma(s: pl.Series) -> bool:
+    return s.dtype == pl.String and bool(s.drop_nulls().str.strip_chars().str.contains(_DECIMAL_COMMA).any())
+
+
+def _decimal_point(s: pl.Series, where: str, comma_locale: bool = False) -> pl.Series:
     """A column written with decimal commas, with decimal points (``1.234,50`` -> ``1234.50``,
     ``1.000`` -> ``1000``), decided for the whole column: one without any decimal comma is left
-    as it is (a point is a decimal point), and a value with a lone point beside decimal commas
-    is refused in one line, as it could be either."""
+    as it is (a point is a decimal point), unless another number column of the file has decimal
+    commas (``comma_locale``: a German export's quantity ``1.500`` beside prices ``2,50`` is
+    1500, not 1.5 kg). A value with a lone point beside decimal commas is refused in one line,
+    as it could be either."""
     text = s.drop_nulls()
     comma = text.str.contains(_DECIMAL_COMMA)
-    if not comma.any():
+    if not comma.any() and not comma_locale:
         return s
     dotted = text.filter(~comma & text.str.contains(".", literal=True) & ~text.str.contains(_THOUSANDS))
     if len(dotted):
-        raise InputError(f"{where}: value {dotted[0]!r} has a decimal point where others have a decimal comma "
-                         f"({text.filter(comma)[0]!r})")
+        other = repr(text.filter(comma)[0]) if comma.any() else "another column's"
+        raise InputError(f"{where}: value {dotted[0]!r} has a decimal point where others have a decimal comma ({other})")
     return s.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True)
 
 
@@ -1117,7 +1124,10 @@ def _order_lines(kept: pl.DataFrame, order_id: pl.Series, product_id: pl.Series,
 
 def _quantity_int32(quantity: pl.Series, name: str) -> pl.Series:
     """The line quantities as stored (Int32), or a one-line error for a line (or a product's
-    lines merged in one order) above Int32: a data error, not an order size."""
+    lines merged in one order) above Int32: a data error, not an order size. Fractional
+    quantities (weighed goods) are stored as Float64, as written."""
+    if quantity.dtype.is_float():
+        return quantity.cast(pl.Float64)
     top = quantity.max()
     if top is not None and top > _INT32[1]:
         n = int((quantity > _INT32[1]).sum())
@@ -1270,7 +1280,7 @@ def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame, u
     first = rep.select("_line", "_pos").join(grouped.select(pl.exclude(_MERGE_KEYS)), on="_line")
     # quantities widen to Int64: a merged sum above Int32 is reported by `_quantity_int32`, never wrapped
     cols = [c for c in first.columns if c not in ("_line", "_pos")]
-    wide = {c: pl.Int64 if c == "quantity" else lines[c].dtype for c in cols}
+    wide = {c: _summable(lines[c].dtype) if c == "quantity" else lines[c].dtype for c in cols}
     updates = [lines[c].cast(wide[c]).scatter(first["_pos"], first[c].cast(wide[c])) for c in cols]
     dropped = rep.filter(~pl.col("_line").is_in(grouped["_line"].implode()))["_pos"]
     keep = pl.repeat(True, lines.height, eager=True).scatter(dropped, False)
@@ -1280,13 +1290,18 @@ def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame, u
 _MERGE_KEYS = ("_pair", "order_id", "product_id", "user_id")
 
 
+def _summable(quantity: pl.DataType) -> pl.DataType:
+    """What quantities are summed in: Int64 for whole units, Float64 for weighed goods."""
+    return pl.Float64 if quantity.is_float() else pl.Int64
+
+
 def _merge_repeated(lines: pl.DataFrame) -> pl.DataFrame:
     keep = ["_pair", "_line", "order_id", "product_id", "user_id"]
     lines = lines.with_columns(_pair=pl.col("order_id").cast(pl.Int64) * _SHIFT + pl.col("product_id").cast(pl.Int64))
     agg = [pl.col("_line").min(), pl.col("order_id").first(), pl.col("product_id").first(), pl.col("user_id").first()]
     # summed as Int64 whatever the lines hold (Int32 after a narrowed read): a sum too large
     # fails when it is written back, never wraps
-    qty = pl.col("quantity").cast(pl.Int64) if "quantity" in lines.columns else pl.lit(1)
+    qty = pl.col("quantity").cast(_summable(lines["quantity"].dtype)) if "quantity" in lines.columns else pl.lit(1)
     if "quantity" in lines.columns:
         agg.append(qty.sum())
         keep.append("quantity")
