@@ -8,6 +8,7 @@ lines with plain polars, not read back from the project's own intermediate table
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -147,11 +148,14 @@ def test_uci_p_topfreq_recomputed_independently(uci_run, usable):
 
 
 def test_purchase_log_without_time_of_day_runs_through(tmp_path):
-    """Real lines with dates only and text customer ids: hour is unknown (null, WARN check),
-    everything else runs, and the exports name customers and products by the file's ids."""
+    """Real lines with dates only, text customer ids and goods sold by weight: hour is unknown
+    (null, WARN check), everything else runs, quantities stay fractional where they are (M is
+    the spend), and the exports and the API name customers and products by the file's ids."""
     raw = pl.read_parquet(_uci()).head(60_000).with_columns(
         pl.col("InvoiceDate").str.slice(0, 10),
         CustomerID=pl.format("UK-{}", pl.col("CustomerID").cast(pl.Int64)),  # numbered by the ingest
+        # every 7th line weighed (0.37 of its count, e.g. kg): a grocery till's loose produce
+        Quantity=pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.col("Quantity") * 0.37).otherwise(pl.col("Quantity")),
     )
     clean = tmp_path / "clean"
     clean.mkdir()
@@ -168,11 +172,53 @@ def test_purchase_log_without_time_of_day_runs_through(tmp_path):
     assert len(warn) == 1 and not warn[0]["passed"] and warn[0]["severity"] == "WARN"
     assert outcome.materialized["orders_imputed"]["unknown_fields"] == ["order_hour_of_day"]
     _exports_use_the_files_ids(raw, curated / f"recsys/exports/{RUN}/data")
+    _monetary_is_the_spend_of_weighed_lines(curated, orders)
     # user_recos (what the API's /customers route maps) carries every user's code
     recos = pl.read_parquet(curated / f"recsys/recos/{RUN}/user_recos.parquet")
     codes = recos.select("user_id", "customer_code").unique()
     assert codes.height == recos["user_id"].n_unique() == orders["user_id"].n_unique()
     assert codes["customer_code"].is_in(raw["CustomerID"].unique().implode()).all()
+    _api_speaks_the_files_ids(raw, curated, codes)
+
+
+def _monetary_is_the_spend_of_weighed_lines(curated: Path, orders: pl.DataFrame) -> None:
+    lines = pl.read_parquet(curated / f"recsys/raw/{RUN}/order_products.parquet")
+    assert lines["quantity"].dtype == pl.Float64 and (lines["quantity"] % 1 != 0).sum() > 1_000
+    spend = (lines.join(orders.select("order_id", "user_id"), on="order_id")
+             .group_by("user_id").agg(spend=(pl.col("quantity") * pl.col("unit_price")).sum()))  # fmt: skip
+    seg = pl.read_parquet(curated / f"recsys/user_seg/{RUN}/user_seg.parquet").join(spend, on="user_id")
+    assert seg.height > 100 and seg["spend"].min() > 0
+    assert (seg["monetary"] - seg["spend"]).abs().max() < 1e-4
+
+
+def _api_speaks_the_files_ids(raw: pl.DataFrame, curated: Path, codes: pl.DataFrame) -> None:
+    """The API over the published run takes and answers the file's CustomerID and StockCode:
+    customers, similar products, enrich and a basket, unknown codes reported."""
+    from fastapi.testclient import TestClient
+
+    from insightflow_assets.serving.app import create_app
+    from resources import LocalStorage
+
+    stock = set(raw["StockCode"].unique().to_list())
+    customer = codes["customer_code"].sort()[0]
+    with TestClient(create_app(LocalStorage(root=str(curated)), watch_seconds=0)) as c:
+        for _ in range(600):  # the bundle loads in the background; not a timing assertion
+            if c.get("/health/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        recs = c.get(f"/customers/{customer}/recommendations", params={"k": 5}).json()
+        assert recs["source"] == "model" and recs["user_id"] == codes.filter(pl.col("customer_code") == customer)["user_id"][0]
+        products = pl.read_parquet(curated / f"recsys/raw/{RUN}/products.parquet")
+        code = products.sort("product_id")["product_code"][3]
+        similar = c.get(f"/products/by-code/{code}/similar", params={"k": 4}).json()
+        by_id = c.get(f"/products/{similar['product_id']}/similar", params={"k": 4}).json()
+        assert similar["product_code"] == code and similar["items"] == by_id["items"] and len(similar["items"]) == 4
+        assert {i["product_code"] for i in similar["items"]} <= stock
+        assert c.get("/products/by-code/NOT-A-CODE/similar").status_code == 404
+        enriched = c.post("/products/enrich", json={"product_codes": [code, "NOT-A-CODE"]}).json()
+        assert [p["product_code"] for p in enriched["products"]] == [code] and enriched["unknown_codes"] == ["NOT-A-CODE"]
+        basket = c.post("/baskets/complements", json={"product_codes": [code], "k": 5}).json()
+        assert len(basket["items"]) == 5 and basket["unknown_codes"] == []
 
 
 def _exports_use_the_files_ids(raw: pl.DataFrame, exports: Path) -> None:

@@ -253,6 +253,12 @@ def test_similar_products_by_cosine_of_lightfm_vectors(served):
     assert min(i["cosine"] for i in body["items"]) >= np.sort(np.delete(cos, 7))[-6] - 1e-5  # the 6 nearest
     missing = served.client.get("/products/987654/similar")
     assert missing.status_code == 404 and "987654" in missing.json()["detail"]
+    # by the retailer's code: these Instacart files keep their ids, so the code is the id as text
+    by_code = served.client.get(f"/products/by-code/{pid}/similar", params={"k": 6}).json()
+    assert by_code["items"] == body["items"] and by_code["product_code"] == str(pid)
+    assert [i["product_code"] for i in body["items"]] == [str(p) for p in got]
+    unknown = served.client.get("/products/by-code/SKU-X/similar")
+    assert unknown.status_code == 404 and "SKU-X" in unknown.json()["detail"]
 
 
 def test_enrich(served):
@@ -261,6 +267,10 @@ def test_enrich(served):
     body = served.client.post("/products/enrich", json={"product_ids": [row["product_id"], 987654]}).json()
     assert body["unknown_ids"] == [987654]
     assert body["products"] == [{k: row[k] for k in ("product_id", "product_name", "aisle_id", "aisle", "department_id", "department")}]
+    before = metric(served, "insightflow_unknown_ids_total", endpoint="enrich")
+    by_code = served.client.post("/products/enrich", json={"product_codes": [str(row["product_id"]), "SKU-X"]}).json()
+    assert by_code["products"] == body["products"] and by_code["unknown_codes"] == ["SKU-X"] and by_code["unknown_ids"] == []
+    assert metric(served, "insightflow_unknown_ids_total", endpoint="enrich") == before + 1
 
 
 @pytest.mark.parametrize(
@@ -278,6 +288,8 @@ def test_enrich(served):
         ("post", "/baskets/complements", {"product_ids": [1], "segment": 99}, "segment 99 is unknown"),
         ("post", "/baskets/complements", {"product_ids": [1], "profile": "nope"}, "profile 'nope' is unknown"),
         ("post", "/products/enrich", {"product_ids": []}, "body product_ids"),
+        ("post", "/products/enrich", {}, "product_ids or as product_codes"),
+        ("post", "/products/enrich", {"product_ids": [1], "product_codes": ["1"]}, "product_ids or as product_codes"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(served, method, path, payload, field):

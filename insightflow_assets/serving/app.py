@@ -31,6 +31,7 @@ ADMIN_KEY_ENV = "INSIGHTFLOW_ADMIN_KEY"
 ADMIN_HEADER = "X-Admin-Key"
 ProductId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 K = Annotated[int, Query(ge=1, le=100, description="list length, 1..100")]
+Code = Annotated[str, Field(min_length=1, max_length=200)]  # a retailer's id, as text
 
 
 class Strict(BaseModel):
@@ -39,7 +40,7 @@ class Strict(BaseModel):
 
 class ComplementsRequest(Strict):
     product_ids: list[ProductId] | None = Field(None, max_length=200, description="the basket, in the order items were added")
-    product_codes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+    product_codes: list[Code] | None = Field(
         None, max_length=200, description="or the basket by the retailer's product codes (product_code)")
     k: int = Field(10, ge=1, le=100)
     segment: int | None = Field(None, ge=ANY, le=127, description="user_seg segment; omitted: detected from the basket")
@@ -54,7 +55,15 @@ class ComplementsRequest(Strict):
 
 
 class EnrichRequest(Strict):
-    product_ids: list[ProductId] = Field(..., min_length=1, max_length=1000)
+    product_ids: list[ProductId] | None = Field(None, min_length=1, max_length=1000)
+    product_codes: list[Code] | None = Field(None, min_length=1, max_length=1000,
+                                             description="or the retailer's product codes (product_code)")
+
+    @model_validator(mode="after")
+    def _one_list(self) -> "EnrichRequest":
+        if (self.product_ids is None) == (self.product_codes is None):
+            raise ValueError("give the products as product_ids or as product_codes (one of them)")
+        return self
 
 
 class ReloadRequest(Strict):
@@ -188,29 +197,50 @@ def _basket_ids(b: Bundle, req: ComplementsRequest) -> tuple[list[int], list[str
     """The basket's product ids, and the codes no product has (reported, not fatal)."""
     if req.product_codes is None:
         return list(req.product_ids or []), []
-    found = [(c, id_of_code(b.product_codes, c)) for c in req.product_codes]
+    return _ids_of_codes(b, req.product_codes)
+
+
+def _ids_of_codes(b: Bundle, codes: list[str]) -> tuple[list[int], list[str]]:
+    """Product ids of the retailer's codes (in order), and the codes no product has."""
+    found = [(c, id_of_code(b.product_codes, c)) for c in codes]
     return [i for _, i in found if i is not None], [c for c, i in found if i is None]
 
 
 def _product_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
     @app.get("/products/{product_id}/similar")
     async def similar(product_id: Annotated[int, Path(ge=1, le=2**31 - 1)], k: K = 10) -> JSONResponse:
+        return _similar(_current(state), metrics, product_id, k)
+
+    @app.get("/products/by-code/{product_code}/similar")
+    async def similar_by_code(product_code: Annotated[str, Path(min_length=1, max_length=200)], k: K = 10) -> JSONResponse:
+        """The same list by the retailer's product code (``product_code`` in the exports)."""
         b = _current(state)
-        found = b.similar(product_id, k)
-        if found is None:
+        product_id = id_of_code(b.product_codes, product_code)
+        if product_id is None:
             metrics.unknown_ids.labels("similar").inc()
-            raise HTTPException(404, f"product {product_id} has no embedding in run {b.run_key}")
-        ids, cos = found
-        return JSONResponse({"run_key": b.run_key, "product_id": product_id,
-                             "items": [{"product_id": p, "cosine": c} for p, c in zip(ids, cos)]})
+            raise HTTPException(404, f"no product has the code {product_code!r} in run {b.run_key}")
+        return _similar(b, metrics, product_id, k)
 
     @app.post("/products/enrich")
     async def enrich(req: EnrichRequest) -> JSONResponse:
         b = _current(state)
-        found, unknown = b.enrich(req.product_ids)
-        if unknown:
-            metrics.unknown_ids.labels("enrich").inc(len(unknown))
-        return JSONResponse({"run_key": b.run_key, "products": found, "unknown_ids": unknown})
+        ids, unknown_codes = (req.product_ids, []) if req.product_codes is None else _ids_of_codes(b, req.product_codes)
+        found, unknown = b.enrich(ids)
+        if unknown or unknown_codes:
+            metrics.unknown_ids.labels("enrich").inc(len(unknown) + len(unknown_codes))
+        return JSONResponse({"run_key": b.run_key, "products": found, "unknown_ids": unknown,
+                             **({"unknown_codes": unknown_codes} if req.product_codes is not None else {})})
+
+
+def _similar(b: Bundle, metrics: Metrics, product_id: int, k: int) -> JSONResponse:
+    """The ``k`` products nearest by LightFM vector, each with the retailer's code."""
+    found = b.similar(product_id, k)
+    if found is None:
+        metrics.unknown_ids.labels("similar").inc()
+        raise HTTPException(404, f"product {product_id} has no embedding in run {b.run_key}")
+    ids, cos = found
+    return JSONResponse({"run_key": b.run_key, "product_id": product_id, "product_code": b.code_of(product_id),
+                         "items": [{"product_id": p, "product_code": b.code_of(p), "cosine": c} for p, c in zip(ids, cos)]})
 
 
 def _admin_guard(admin_key: str | None):

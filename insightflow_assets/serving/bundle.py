@@ -121,6 +121,13 @@ class Bundle:
         top = top[np.lexsort((self.item_ids[top], -cos[top]))]  # ties by product id
         return self.item_ids[top].tolist(), cos[top].tolist()
 
+    def code_of(self, product_id: int) -> str:
+        """The retailer's code of a product: the snapshot's ``product_code`` where it kept one,
+        else the id itself (ids kept as given), as `id_of_code` reads it back."""
+        row = self.products.get(int(product_id))
+        code = row.get("product_code") if row is not None else None
+        return str(code) if code is not None else str(int(product_id))
+
     def enrich(self, product_ids) -> tuple[list[dict], list[int]]:
         found = [{"product_id": int(p), **self.products[int(p)]} for p in product_ids if int(p) in self.products]
         return found, [int(p) for p in product_ids if int(p) not in self.products]
