@@ -613,3 +613,17 @@ def _line(result, order_code: str, product_code: str) -> dict:
     code = "product_code" if "product_code" in products.columns else "product_id"
     pid = products.filter(pl.col(code).cast(pl.String) == product_code)["product_id"][0]
     return result.snapshot.order_products.filter((pl.col("order_id") == oid) & (pl.col("product_id") == pid)).row(0, named=True)
+
+
+def test_a_nan_quantity_in_a_float_column_is_missing(tmp_path):
+    """pandas writes a quantity column with a gap as float with NaN: whole values stay Int32, the
+    NaN is a missing quantity (its line counts as a purchase, 0 in M), not a fraction."""
+    path = tmp_path / "transactions.parquet"
+    pl.DataFrame({
+        "InvoiceNo": ["1", "1", "2"], "StockCode": ["A1", "D2", "A1"], "Quantity": [2.0, float("nan"), 1.0],
+        "InvoiceDate": ["2011-01-03 09:00:00", "2011-01-03 09:00:00", "2011-01-05 09:00:00"],
+        "UnitPrice": [1.5, 2.0, 1.5], "CustomerID": [7.0, 7.0, 7.0],
+    }).write_parquet(path)  # fmt: skip
+    lines = derive_snapshot(path).snapshot.order_products
+    assert lines["quantity"].dtype == pl.Int32 and lines.height == 3
+    assert sorted(lines["quantity"].to_list(), key=lambda q: -1 if q is None else q) == [None, 1, 2]

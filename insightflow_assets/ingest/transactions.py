@@ -520,6 +520,8 @@ def _number(
         raise InputError(f"{name}: column {cols[col]}: value {bad[0]!r} is not a number ({len(bad)} row(s))")
     if dtype == pl.Float64:
         return _price(parsed).alias(col)
+    if dtype == pl.Int64:
+        parsed = parsed.fill_nan(None)  # NaN (pandas' missing value in a float column) is missing
     if dtype == pl.Int64 and (parsed.drop_nulls() % 1 != 0).any():
         # weighed goods (1.235 kg of apples): the quantity stays as written, in Float64
         return parsed.alias(col)
