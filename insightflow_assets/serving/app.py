@@ -201,9 +201,11 @@ def _basket_ids(b: Bundle, req: ComplementsRequest) -> tuple[list[int], list[str
 
 
 def _ids_of_codes(b: Bundle, codes: list[str]) -> tuple[list[int], list[str]]:
-    """Product ids of the retailer's codes (in order), and the codes no product has."""
+    """Product ids of the retailer's codes (in order), and the codes no product of the run has
+    (a number that is no product id, where the ids were kept as given, included)."""
     found = [(c, id_of_code(b.product_codes, c)) for c in codes]
-    return [i for _, i in found if i is not None], [c for c, i in found if i is None]
+    known = [(c, i) for c, i in found if i is not None and i in b.products]
+    return [i for _, i in known], [c for c, i in found if (c, i) not in known]
 
 
 def _product_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
