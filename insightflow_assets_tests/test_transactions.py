@@ -178,10 +178,20 @@ def test_quantities_with_thousands_dots_beside_comma_prices_are_thousands(tmp_pa
     assert sorted(read["quantity"].to_list()) == [12, 1500] and read["quantity"].dtype == pl.Int64
     with pytest.raises(InputError, match=r"column Quantity: value '2.5' has a decimal point where others have a decimal comma"):
         read_transactions(write(tmp_path / "u", lines("1.500", "2.5")) / "transactions.csv", TransactionsSpec())
-    # no decimal comma anywhere in the file: its points are decimal points (weighed goods)
-    plain = lines("1.500", "12", "2.50").replace(";1,50;", ";1.50;")
-    read = read_transactions(write(tmp_path / "v", plain) / "transactions.csv", TransactionsSpec())
-    assert sorted(read["quantity"].to_list()) == [1.5, 12.0]
+    # no decimal comma anywhere in the ';' file: 1.500 is 1500 or 1.5 kg, not guessed
+    plain = write(tmp_path / "v", lines("1.500", "12", "2.50").replace(";1,50;", ";1.50;")) / "transactions.csv"
+    with pytest.raises(InputError, match=r"column Quantity: value '1.500' could be 1500 \(a dot grouping thousands\) "
+                                         r"or a decimal; set the ingest config decimal_mark to ',' or '.'"):
+        read_transactions(plain, TransactionsSpec())
+    assert sorted(read_transactions(plain, TransactionsSpec(decimal_mark="."))["quantity"].to_list()) == [1.5, 12.0]
+    # "," given: dots group thousands, so the prices written with a point are refused
+    with pytest.raises(InputError, match=r"column UnitPrice: value '1.50' has a decimal point where others have a decimal comma"):
+        read_transactions(plain, TransactionsSpec(decimal_mark=","))
+    # a dot that groups nothing (1.25) shows the column's points are decimal points: weighed goods
+    weighed = write(tmp_path / "w", lines("1.500", "1.25", "2.50").replace(";1,50;", ";1.50;")) / "transactions.csv"
+    assert sorted(read_transactions(weighed, TransactionsSpec())["quantity"].to_list()) == [1.25, 1.5]
+    with pytest.raises(InputError, match="decimal_mark 'x' is not"):
+        TransactionsSpec(decimal_mark="x")
 
 
 @pytest.mark.parametrize("separator", [",", "\t"])

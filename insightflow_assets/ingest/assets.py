@@ -76,6 +76,15 @@ class IngestConfig(Config):
         ),
     )
 
+    decimal_mark: str | None = Field(
+        default=None,
+        description=(
+            "Transactions form: the decimal mark of quantities and prices, ',' (dots group thousands: 1.234,50) "
+            "or '.'. Default: ',' in a ';'-separated file with a decimal comma in a number column, else '.'; "
+            "a ';' file whose dotted numbers all look like thousands (1.200) is refused until this is set."
+        ),
+    )
+
     cutoff: str | None = Field(
         default=None,
         description=(
@@ -102,6 +111,7 @@ class IngestConfig(Config):
             non_product_prefixes=tuple(self.non_product_prefixes),
             timestamp_unit=self.timestamp_unit,
             timestamp_format=self.timestamp_format,
+            decimal_mark=self.decimal_mark,
         )
 
 

@@ -118,10 +118,16 @@ class TransactionsSpec:
     timestamp_unit: str | None = None
     # strftime-style format of text timestamps (e.g. "%d/%m/%Y %H:%M"); None: the known formats
     timestamp_format: str | None = None
+    # the decimal mark of quantities and prices: "," (dots group thousands), "." (no thousands
+    # mark), None: a ';'-separated file with a decimal comma in any number column is ",", any
+    # other file "." (`_decimal_point`; refused where it cannot tell)
+    decimal_mark: str | None = None
 
     def __post_init__(self) -> None:
         if self.timestamp_unit not in (None, *TIMESTAMP_UNITS):
             raise InputError(f"transactions config: timestamp_unit {self.timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+        if self.decimal_mark not in (None, ",", "."):
+            raise InputError(f"transactions config: decimal_mark {self.decimal_mark!r} is not ',' or '.'")
 
 
 @dataclass
@@ -182,7 +188,7 @@ def read_transactions(
     delimiter = sniff_delimiter(path, encoding)
     # Where ``;`` separates the fields, a comma in a number may be its decimal mark (Excel's
     # export in the locales that write 1.234,50); a tab says nothing about the locale.
-    decimal_comma = delimiter == ";"
+    decimal_comma = delimiter == ";" if spec.decimal_mark is None else spec.decimal_mark == ","
     return read_csv_checked(
         path, name, encoding, lambda p: _read_file(p, spec, name, is_parquet=False, decimal_comma=decimal_comma), delimiter
     )
@@ -194,16 +200,19 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     cols = resolve_columns(found, spec, name)
     if not is_parquet:
         _refuse_scientific_ids(_scan_csv(path, cols, typed=False).head(_SAMPLE).collect(), cols, name)
-    simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if spec.timestamp_unit is None else None
+    decimal_comma = decimal_comma or spec.decimal_mark == ","
+    # numbers that may carry a decimal comma or thousands dots are read as text, then decided
+    plain = spec.timestamp_unit is None and not decimal_comma
+    simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if plain else None
     if simple is not None:
         return _with_orders(simple)
-    raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols)
+    raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols, typed=not decimal_comma)
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
     out = raw.select(pl.col(c).alias(logical) for logical, c in cols.items())
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
-    typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format)
+    typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format, spec.decimal_mark == ",")
     return _with_orders(typed.rechunk())
 
 
@@ -269,13 +278,15 @@ def _scan_csv(path: Path, cols: dict[str, str], typed: bool) -> pl.LazyFrame:
     return pl.scan_csv(path, **types).select(list(cols.values())).filter(pl.any_horizontal(pl.all().is_not_null()))
 
 
-def _read_csv(path: Path, cols: dict[str, str]) -> pl.DataFrame:
+def _read_csv(path: Path, cols: dict[str, str], typed: bool = True) -> pl.DataFrame:
     # Fast path: numbers parsed by the reader; a bad value falls back to strings, where
     # `_number` finds it and names it.
-    try:
-        return _scan_csv(path, cols, typed=True).collect(optimizations=_EVERY_FIELD)
-    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        return _scan_csv(path, cols, typed=False).collect(optimizations=_EVERY_FIELD)
+    if typed:
+        try:
+            return _scan_csv(path, cols, typed=True).collect(optimizations=_EVERY_FIELD)
+        except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+            pass
+    return _scan_csv(path, cols, typed=False).collect(optimizations=_EVERY_FIELD)
 
 
 def _read_simple(path: Path, cols: dict[str, str], is_parquet: bool, fmt: str | None = None) -> pl.DataFrame | None:
@@ -415,7 +426,7 @@ def _tidy_ids(df: pl.DataFrame, text_ints: set[str]) -> pl.DataFrame:
 
 def _typed(
     df: pl.DataFrame, cols: dict[str, str], name: str, unit: str | None = None, decimal_comma: bool = False,
-    fmt: str | None = None,
+    fmt: str | None = None, comma_given: bool = False,
 ) -> pl.DataFrame:
     """Ids as keys (`_id_column`), quantity integer, price float, timestamp datetime; bad values
     named. ``decimal_comma``: numbers may be written ``1.234,50`` (`_decimal_point`)."""
@@ -433,7 +444,7 @@ def _typed(
         if df[col].null_count():
             raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s)")
     # a decimal comma in one number column sets the file's locale: dots in the others group thousands
-    comma_locale = decimal_comma and any(_has_decimal_comma(df[c]) for c in ("quantity", "unit_price") if c in cols)
+    comma_locale = decimal_comma and (comma_given or any(_has_decimal_comma(df[c]) for c in ("quantity", "unit_price") if c in cols))
     if "quantity" in cols:
         df = df.with_columns(_number(df, "quantity", pl.Int64, cols, name, decimal_comma, comma_locale))
     if "unit_price" in cols:
@@ -547,6 +558,12 @@ def _decimal_point(s: pl.Series, where: str, comma_locale: bool = False) -> pl.S
     text = s.drop_nulls()
     comma = text.str.contains(_DECIMAL_COMMA)
     if not comma.any() and not comma_locale:
+        # a ';' file (a decimal-comma locale's export) without any decimal comma: 1.200 is
+        # 1200 there, or 1.2 from a program writing points; a dot that groups nothing (1.5) settles it
+        dotted = text.filter(text.str.contains(".", literal=True))
+        if len(dotted) and dotted.str.contains(_THOUSANDS).all():
+            raise InputError(f"{where}: value {dotted[0]!r} could be {dotted[0].replace('.', '')} (a dot grouping "
+                             f"thousands) or a decimal; set the ingest config decimal_mark to ',' or '.'")
         return s
     dotted = text.filter(~comma & text.str.contains(".", literal=True) & ~text.str.contains(_THOUSANDS))
     if len(dotted):
