@@ -637,3 +637,14 @@ def test_a_nan_quantity_in_a_float_column_is_missing(tmp_path):
     lines = derive_snapshot(path).snapshot.order_products
     assert lines["quantity"].dtype == pl.Int32 and lines.height == 3
     assert sorted(lines["quantity"].to_list(), key=lambda q: -1 if q is None else q) == [None, 1, 2]
+
+
+@pytest.mark.parametrize("gap", ["#N/A", "N/A", "-", "\\N"])
+def test_spreadsheet_and_database_gaps_are_missing_customers(tmp_path, gap):
+    """Excel's #N/A, N/A, a dash, MySQL's \\N in the customer column are no customer, not one
+    customer holding every guest's lines (probe round 3: 17,371 lines under one fake id)."""
+    text = TINY.replace("1.50,,UK", f"1.50,{gap},UK")
+    assert text != TINY
+    result = derive_snapshot(write(tmp_path / "g", text) / "transactions.csv")
+    assert result.excluded == derive_snapshot(write(tmp_path / "plain") / "transactions.csv").excluded
+    assert result.excluded["no_customer_id"] == 1

@@ -24,7 +24,8 @@ from typing import Callable, Iterator, TypeVar
 import polars as pl
 
 # Markers of a missing number; the string columns of Instacart's files keep these as written.
-NULLS = ["", "NA", "NaN", "nan", "null", "NULL", "None"]
+# Spreadsheets' and databases' gaps too: Excel's #N/A, N/A, a dash, MySQL's \N.
+NULLS = ["", "NA", "NaN", "nan", "null", "NULL", "None", "#N/A", "N/A", "n/a", "-", "\\N"]
 # What the readers raise on a file they cannot parse: polars' own errors, OSError (a truncated
 # .gz) and, on some damaged parquet pages, a Rust panic that derives from BaseException only.
 READER_ERRORS = (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException)
