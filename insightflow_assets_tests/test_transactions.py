@@ -648,3 +648,16 @@ def test_spreadsheet_and_database_gaps_are_missing_customers(tmp_path, gap):
     result = derive_snapshot(write(tmp_path / "g", text) / "transactions.csv")
     assert result.excluded == derive_snapshot(write(tmp_path / "plain") / "transactions.csv").excluded
     assert result.excluded["no_customer_id"] == 1
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    """A list price and a sale price both headed UnitPrice: the reader took the first without a
+    word (probe round 3: M +20 %). Now one line names the column."""
+    from insightflow_assets.ingest.loading import InputError
+
+    rows = [line + ",9.99" for line in LINES]
+    text = HEADER.strip() + ",UnitPrice\n" + "\n".join(rows) + "\n"
+    with pytest.raises(InputError, match=r"^transactions.csv: column UnitPrice appears 2 times in the header"):
+        derive_snapshot(write(tmp_path / "d", text) / "transactions.csv")
+    # a twice-named column the run does not read is left alone
+    derive_snapshot(write(tmp_path / "e", HEADER.strip() + ",Country\n" + "\n".join(l + ",UK" for l in LINES) + "\n") / "transactions.csv")

@@ -164,7 +164,19 @@ def resolve_columns(found: list[str], spec: TransactionsSpec, name: str) -> dict
                 f"{name}: missing column {logical} (looked for {', '.join(candidates)}; found: {', '.join(found)}); "
                 "map it in the transactions config"
             )
+    _refuse_twice_named(out, found, name)
     return out
+
+
+def _refuse_twice_named(cols: dict[str, str], found: list[str], name: str) -> None:
+    """Two columns of one name (a list price and a sale price both called UnitPrice): which one
+    is meant cannot be told, and the reader would take the first. Polars names the second
+    ``<name>_duplicated_0``."""
+    for col in cols.values():
+        copies = [c for c in found if c.startswith(f"{col}_duplicated_")]
+        if copies:
+            raise InputError(f"{name}: column {col} appears {len(copies) + 1} times in the header; "
+                             "rename the one to use or drop the others")
 
 
 def read_transactions(
