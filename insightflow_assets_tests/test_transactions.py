@@ -661,3 +661,24 @@ def test_a_column_named_twice_is_refused(tmp_path):
         derive_snapshot(write(tmp_path / "d", text) / "transactions.csv")
     # a twice-named column the run does not read is left alone
     derive_snapshot(write(tmp_path / "e", HEADER.strip() + ",Country\n" + "\n".join(l + ",UK" for l in LINES) + "\n") / "transactions.csv")
+
+
+def test_order_fields_on_the_first_line_only_are_carried_to_the_order(tmp_path):
+    """Shopify writes the customer and the time on an order's first line only: the other lines
+    were excluded as "no customer" (probe round 3: 95 % of the lines). They take their order's."""
+    rows = [line.split(",") for line in LINES]
+    seen = set()
+    for row in rows:
+        if row[0] in seen:
+            row[4] = row[6] = ""  # InvoiceDate, CustomerID
+        seen.add(row[0])
+    text = HEADER + "\n".join(",".join(r) for r in rows) + "\n"
+    sparse = derive_snapshot(write(tmp_path / "s", text) / "transactions.csv")
+    full = derive_snapshot(write(tmp_path / "f") / "transactions.csv")
+    assert sparse.excluded == full.excluded
+    assert sparse.snapshot.orders.equals(full.snapshot.orders)
+    assert sparse.snapshot.order_products.equals(full.snapshot.order_products)
+    # two customers on one order's lines: which one the blank lines belong to is not guessed
+    odd = TINY.replace("1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,17850.0,UK", "1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,12346.0,UK")
+    odd = odd.replace("1001,A1,Red mug,3,2011-01-03 09:15:00,1.50,17850.0", "1001,A1,Red mug,3,2011-01-03 09:15:00,1.50,")
+    assert derive_snapshot(write(tmp_path / "o", odd) / "transactions.csv").excluded["no_customer_id"] == 2

@@ -247,8 +247,21 @@ def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
     """The lines with an ``order_id``: the file's, or `DERIVED_ORDERS` (dense ids; lines without
     a customer or a timestamp are excluded later for that reason anyway)."""
     if "order_id" in df.columns:
-        return df
+        return _order_fields_filled(df)
     return df.with_columns(order_id=pl.struct("customer_id", "timestamp").rank("dense").cast(pl.Int64))
+
+
+def _order_fields_filled(df: pl.DataFrame) -> pl.DataFrame:
+    """Shopify's export (and others') write the customer and the time on an order's first line
+    only: a line missing either takes its order's, where the order's other lines hold exactly
+    one value. An order no line of which names a customer (a guest's) stays without one."""
+    fills = []
+    for c in ("customer_id", "timestamp"):
+        if df[c].null_count():
+            known = pl.col(c).drop_nulls()
+            one = known.n_unique().over("order_id") == 1
+            fills.append(pl.when(pl.col(c).is_null() & one).then(known.first().over("order_id")).otherwise(pl.col(c)).alias(c))
+    return df.with_columns(fills) if fills else df
 
 
 def header_notes(path: Path, spec: TransactionsSpec, encoding: str = "utf-8") -> dict[str, str]:
