@@ -275,6 +275,11 @@ def test_ids_in_scientific_notation_are_refused(tmp_path):
         derive_snapshot(write(tmp_path / "e", text) / "transactions.csv")
     plain = derive_snapshot(write(tmp_path / "p", text.replace("6.01200E+15", "6012000012345678")) / "transactions.csv")
     assert plain.snapshot.orders["user_id"].n_unique() == 1 and plain.snapshot.orders.height == 2
+    # past the first 10,000 lines the distinct ids are checked (probe round 3: two customers merged)
+    head = "".join(f"{i},p{i % 7},2011-12-01 08:26,C{i % 50}\n" for i in range(10, 12_010))
+    late = "InvoiceNo,StockCode,InvoiceDate,CustomerID\n" + head + "9,p1,2011-12-01 08:26,6.01200E+15\n"
+    with pytest.raises(InputError, match=r"^transactions.csv: column CustomerID: value '6.01200E\+15' is an id in scientific notation"):
+        derive_snapshot(write(tmp_path / "late", late) / "transactions.csv")
 
 
 def test_string_customer_ids_are_numbered_and_dates_only_mean_no_hour(tmp_path):

@@ -217,7 +217,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     plain = spec.timestamp_unit is None and not decimal_comma
     simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if plain else None
     if simple is not None:
-        return _with_orders(simple)
+        return _with_orders(_no_scientific_ids(simple, cols, name))
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols, typed=not decimal_comma)
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
@@ -225,7 +225,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
     typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format, spec.decimal_mark == ",")
-    return _with_orders(typed.rechunk())
+    return _with_orders(_no_scientific_ids(typed.rechunk(), cols, name))
 
 
 # how Excel (and pandas) print a long number: 6.01200E+15, 6,01200E+15 in a decimal-comma locale
@@ -236,11 +236,24 @@ def _refuse_scientific_ids(sample: pl.DataFrame, cols: dict[str, str], name: str
     """Ids written in scientific notation stop the ingest in one line: distinct customers (or
     orders, products) would silently become one."""
     for c in (c for c in ("customer_id", "order_id", "product_id") if c in cols):
-        values = sample[cols[c]].drop_nulls()
-        hit = values.filter(values.str.contains(_SCIENTIFIC))
-        if hit.len():
-            raise InputError(f"{name}: column {cols[c]}: value {hit[0]!r} is an id in scientific notation (a spreadsheet's "
-                             f"display of a long number: its last digits are lost); export the column as text")
+        _refuse_scientific(sample[cols[c]], cols[c], name)
+
+
+def _refuse_scientific(ids: pl.Series, column: str, name: str) -> None:
+    values = ids.drop_nulls()
+    hit = values.filter(values.str.contains(_SCIENTIFIC))
+    if hit.len():
+        raise InputError(f"{name}: column {column}: value {hit[0]!r} is an id in scientific notation (a spreadsheet's "
+                         f"display of a long number: its last digits are lost); export the column as text")
+
+
+def _no_scientific_ids(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
+    """`_refuse_scientific_ids` past the first lines: on the distinct values of every id column
+    read as text (those read as numbers hold none)."""
+    for c in ("customer_id", "order_id", "product_id"):
+        if c in cols and df[c].dtype in (pl.Categorical, pl.String):
+            _refuse_scientific(df[c].unique().cast(pl.String), cols[c], name)
+    return df
 
 
 def _with_orders(df: pl.DataFrame) -> pl.DataFrame:
