@@ -5,6 +5,7 @@ internal tables, the exclusions by reason, the column mapping and every bad-inpu
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import polars as pl
@@ -687,3 +688,38 @@ def test_order_fields_on_the_first_line_only_are_carried_to_the_order(tmp_path):
     odd = TINY.replace("1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,17850.0,UK", "1001,B2,Blue plate,1,2011-01-03 09:15:00,4.00,12346.0,UK")
     odd = odd.replace("1001,A1,Red mug,3,2011-01-03 09:15:00,1.50,17850.0", "1001,A1,Red mug,3,2011-01-03 09:15:00,1.50,")
     assert derive_snapshot(write(tmp_path / "o", odd) / "transactions.csv").excluded["no_customer_id"] == 2
+
+
+@pytest.mark.parametrize("content, what", [
+    ("zip", "a ZIP archive (an .xlsx workbook is one)"),
+    ("xls", "an Excel 97-2003 workbook (.xls)"),
+    ("parquet", "a parquet file (name it .parquet)"),
+])
+def test_a_workbook_or_archive_named_csv_says_what_it_is(tmp_path, content, what):
+    """Not "bytes that are not valid utf-8 … set the ingest config encoding" (probe round 3)."""
+    import io
+    import zipfile
+
+    from insightflow_assets.ingest.loading import InputError
+
+    if content == "zip":
+        buf = io.BytesIO()
+        zipfile.ZipFile(buf, "w").writestr("transactions.csv", TINY)
+        data = buf.getvalue()
+    elif content == "xls":
+        data = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)
+    else:
+        buf = io.BytesIO()
+        pl.DataFrame({"a": [1]}).write_parquet(buf)
+        data = buf.getvalue()
+    path = tmp_path / "transactions.csv"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=rf"^transactions.csv: is {re.escape(what)}, not CSV text"):
+        derive_snapshot(path)
+
+
+def test_an_unusable_timestamp_format_is_the_configs_fault():
+    from insightflow_assets.ingest.loading import InputError
+
+    with pytest.raises(InputError, match=r"^transactions config: timestamp_format '%I:%M' is not a usable format"):
+        TransactionsSpec(timestamp_format="%I:%M")

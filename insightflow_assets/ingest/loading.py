@@ -157,6 +157,7 @@ def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path]
     field, which polars refuses), is a re-quoted UTF-8 file the reader can parse. Both input
     forms read their CSV files through here.
     """
+    _refuse_workbooks(path, name)
     if is_utf8(encoding) and delimiter == ",":
         try:
             return read(path)
@@ -167,6 +168,23 @@ def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path]
             return read(copy)
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
+
+
+# Files that are not text whatever their name: a workbook saved over a .csv, or zipped.
+_NOT_CSV = {
+    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook is one)",
+    b"\xd0\xcf\x11\xe0": "an Excel 97-2003 workbook (.xls)",
+    b"PAR1": "a parquet file (name it .parquet)",
+}
+
+
+def _refuse_workbooks(path: Path, name: str) -> None:
+    """One line naming what the file is, not "bytes that are not valid utf-8" and the encoding."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for magic, what in _NOT_CSV.items():
+        if head.startswith(magic):
+            raise InputError(f"{name}: is {what}, not CSV text; save the sheet as CSV (UTF-8), unzip it or rename it")
 
 
 def _read_csv_file(path: Path, table: str, name: str) -> pl.DataFrame:

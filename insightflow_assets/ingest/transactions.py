@@ -126,8 +126,18 @@ class TransactionsSpec:
     def __post_init__(self) -> None:
         if self.timestamp_unit not in (None, *TIMESTAMP_UNITS):
             raise InputError(f"transactions config: timestamp_unit {self.timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+        if self.timestamp_format is not None:
+            _check_format(self.timestamp_format)
         if self.decimal_mark not in (None, ",", "."):
             raise InputError(f"transactions config: decimal_mark {self.decimal_mark!r} is not ',' or '.'")
+
+
+def _check_format(fmt: str) -> None:
+    """A format polars cannot use is the config's fault: say so in one line, before any file is read."""
+    try:
+        pl.Series(["2024-01-01"]).str.to_datetime(fmt, strict=False)
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"transactions config: timestamp_format {fmt!r} is not a usable format ({first_line(exc)})") from None
 
 
 @dataclass
