@@ -85,6 +85,14 @@ class IngestConfig(Config):
         ),
     )
 
+    duplicate_lines: str = Field(
+        default="drop",
+        description=(
+            "Transactions form: a line equal in every mapped column to an earlier one is a double export "
+            "('drop', the default) or another scan of the same item ('add': repeats add up to the quantity)."
+        ),
+    )
+
     cutoff: str | None = Field(
         default=None,
         description=(
@@ -112,6 +120,7 @@ class IngestConfig(Config):
             timestamp_unit=self.timestamp_unit,
             timestamp_format=self.timestamp_format,
             decimal_mark=self.decimal_mark,
+            duplicate_lines=self.duplicate_lines,
         )
 
 

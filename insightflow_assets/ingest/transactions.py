@@ -122,12 +122,17 @@ class TransactionsSpec:
     # mark), None: a ';'-separated file with a decimal comma in any number column is ",", any
     # other file "." (`_decimal_point`; refused where it cannot tell)
     decimal_mark: str | None = None
+    # a line equal in every mapped column to an earlier one: "drop" (a double export), or
+    # "add" (a till that writes one line per scan: repeats add up like lines without a quantity)
+    duplicate_lines: str = "drop"
 
     def __post_init__(self) -> None:
         if self.timestamp_unit not in (None, *TIMESTAMP_UNITS):
             raise InputError(f"transactions config: timestamp_unit {self.timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
         if self.timestamp_format is not None:
             _check_format(self.timestamp_format)
+        if self.duplicate_lines not in ("drop", "add"):
+            raise InputError(f"transactions config: duplicate_lines {self.duplicate_lines!r} is not 'drop' or 'add'")
         if self.decimal_mark not in (None, ",", "."):
             raise InputError(f"transactions config: decimal_mark {self.decimal_mark!r} is not ',' or '.'")
 
@@ -846,19 +851,22 @@ def derive_snapshot(
     lines, excluded = usable_lines(df, spec, name)
     del df
     with _plain_pages():
-        snap, info = _derive(lines, excluded, name)
+        snap, info = _derive(lines, excluded, name, add_repeats=spec.duplicate_lines == "add")
     info.update(header_notes(path, spec, encoding))
     return TransactionsResult(snap, excluded, lines_in, info)
 
 
-def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[Snapshot, dict]:
+def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str, add_repeats: bool = False) -> tuple[Snapshot, dict]:
     """The internal tables from the usable lines; counts the duplicate lines into ``excluded``.
 
     Without a quantity column each line is one unit (H&M's and Olist's logs write a row per
-    item): a product's lines in one order add up to its quantity, and no line is a duplicate."""
+    item): a product's lines in one order add up to its quantity, and no line is a duplicate.
+    ``add_repeats`` (config ``duplicate_lines: add``): the same with a quantity column, for a
+    till that writes a line per scan."""
     users, user_info, codes = _user_ids(lines["customer_id"])
-    units = "quantity" not in lines.columns
-    lines = lines.with_columns(users, *([pl.lit(1, pl.Int32).alias("quantity")] if units else []))
+    no_quantity = "quantity" not in lines.columns
+    units = no_quantity or add_repeats
+    lines = lines.with_columns(users, *([pl.lit(1, pl.Int32).alias("quantity")] if no_quantity else []))
     (products, line_products), (orders, line_orders) = _in_parallel(lambda: _products(lines), lambda: _orders(lines, name))
     if codes is not None:
         orders = orders.join(codes, on="user_id", how="left", maintain_order="left")
@@ -872,7 +880,8 @@ def _derive(lines: pl.DataFrame, excluded: dict[str, int], name: str) -> tuple[S
         "form": "transactions",
         "time_of_day": has_time,
         "repeated_product_lines_merged": merged,
-        **({"quantity": "one unit per line (the file has no quantity column)"} if units else {}),
+        **({"quantity": "one unit per line (the file has no quantity column)"} if no_quantity else {}),
+        **({"duplicate_lines": "added up (config duplicate_lines: add)"} if add_repeats else {}),
         "first_ts": str(orders["order_ts"].min()),
         "last_ts": str(orders["order_ts"].max()),
     }
