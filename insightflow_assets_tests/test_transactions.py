@@ -738,3 +738,19 @@ def test_a_till_writing_a_line_per_scan_adds_its_repeats(tmp_path):
     assert added.info["duplicate_lines"].startswith("added up")
     with pytest.raises(InputError, match="duplicate_lines 'keep' is not 'drop' or 'add'"):
         TransactionsSpec(duplicate_lines="keep")
+
+
+def test_carriage_return_line_ends_and_list_columns_are_named(tmp_path):
+    """Old Mac Excel ends lines with CR only: it read as "the table is empty". A parquet list
+    column gave polars' cast error without the column (probe round 3, U2 and U5)."""
+    path = tmp_path / "transactions.csv"
+    path.write_bytes(TINY.replace("\n", "\r").encode())
+    with pytest.raises(InputError, match=r"^transactions.csv: its lines end in a carriage return only"):
+        derive_snapshot(path)
+    path.write_bytes(TINY.replace("\n", "\r\n").encode())  # Windows line ends read as they are
+    assert derive_snapshot(path).lines_in == 12
+    table = tmp_path / "transactions.parquet"
+    pl.DataFrame({"InvoiceNo": ["1"], "StockCode": [["A1", "B2"]], "InvoiceDate": ["2011-01-03 09:15:00"],
+                  "CustomerID": [7]}).write_parquet(table)
+    with pytest.raises(InputError, match=r"^transactions.parquet: column StockCode holds List\(String\) values, not one value per line"):
+        derive_snapshot(table)

@@ -157,7 +157,7 @@ def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path]
     field, which polars refuses), is a re-quoted UTF-8 file the reader can parse. Both input
     forms read their CSV files through here.
     """
-    _refuse_workbooks(path, name)
+    _refuse_unreadable_layouts(path, name)
     if is_utf8(encoding) and delimiter == ",":
         try:
             return read(path)
@@ -178,13 +178,16 @@ _NOT_CSV = {
 }
 
 
-def _refuse_workbooks(path: Path, name: str) -> None:
+def _refuse_unreadable_layouts(path: Path, name: str) -> None:
     """One line naming what the file is, not "bytes that are not valid utf-8" and the encoding."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(1 << 16)
     for magic, what in _NOT_CSV.items():
         if head.startswith(magic):
             raise InputError(f"{name}: is {what}, not CSV text; save the sheet as CSV (UTF-8), unzip it or rename it")
+    if b"\r" in head and b"\n" not in head and not head.startswith(b"\x1f\x8b"):  # not inside a .gz
+        raise InputError(f"{name}: its lines end in a carriage return only (Excel's 'CSV (Macintosh)'), so it reads "
+                         "as one line; save it as CSV with Windows or Unix line ends")
 
 
 def _read_csv_file(path: Path, table: str, name: str) -> pl.DataFrame:

@@ -223,8 +223,12 @@ def read_transactions(
 
 def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, decimal_comma: bool = False) -> pl.DataFrame:
     """`read_transactions` of one file; the reader's own errors (`READER_ERRORS`) propagate."""
-    found = list(pl.read_parquet_schema(path)) if is_parquet else pl.read_csv(path, n_rows=0, infer_schema=False).columns
+    schema = pl.read_parquet_schema(path) if is_parquet else None
+    found = list(schema) if schema is not None else pl.read_csv(path, n_rows=0, infer_schema=False).columns
     cols = resolve_columns(found, spec, name)
+    for col in cols.values():
+        if schema is not None and schema[col].is_nested():
+            raise InputError(f"{name}: column {col} holds {schema[col]} values, not one value per line")
     if not is_parquet:
         _refuse_scientific_ids(_scan_csv(path, cols, typed=False).head(_SAMPLE).collect(), cols, name)
     decimal_comma = decimal_comma or spec.decimal_mark == ","
