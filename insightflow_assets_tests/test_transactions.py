@@ -754,3 +754,20 @@ def test_carriage_return_line_ends_and_list_columns_are_named(tmp_path):
                   "CustomerID": [7]}).write_parquet(table)
     with pytest.raises(InputError, match=r"^transactions.parquet: column StockCode holds List\(String\) values, not one value per line"):
         derive_snapshot(table)
+
+
+def test_a_shopify_orders_export_reads_with_its_order_column_mapped(tmp_path):
+    """Shopify's orders export: "Name" is the order (#1001), the customer ("Email") and the time
+    ("Created at") on an order's first line only, the items under "Lineitem …" names."""
+    header = "Name,Email,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku\n"
+    rows = ["#1001,ann@x.org,2024-05-01 10:00:00 +0200,2,Red mug,1.50,A1", "#1001,,,1,Blue plate,4.00,B2",
+            "#1002,ann@x.org,2024-05-08 10:00:00 +0200,1,Red mug,1.50,A1", "#1003,bob@x.org,2024-05-02 09:00:00 +0200,3,Green bowl,2.25,C3"]
+    path = write(tmp_path / "s", header + "\n".join(rows) + "\n") / "transactions.csv"
+    result = derive_snapshot(path, TransactionsSpec(columns={"order_id": "Name"}))
+    assert sum(result.excluded.values()) == 0 and result.snapshot.order_products.height == 4
+    assert sorted(result.snapshot.products["product_name"].to_list()) == ["Blue plate", "Green bowl", "Red mug"]
+    assert sorted(result.snapshot.orders["customer_code"].unique().to_list()) == ["ann@x.org", "bob@x.org"]
+    assert _line(result, "#1001", "B2")["quantity"] == 1 and _line(result, "#1001", "A1")["unit_price"] == 1.5
+    # WooCommerce's "Order Number" is an order column as it is
+    woo = write(tmp_path / "w", "Order Number,Customer ID,Order Date,SKU,Quantity\n7,3,2024-05-01,A1,2\n") / "transactions.csv"
+    assert derive_snapshot(woo).snapshot.orders["order_code"].to_list() == ["7"]

@@ -52,18 +52,21 @@ from insightflow_assets.ingest.loading import (
 # customer_id); an exact match wins. The UCI Online Retail (I and II) names are among them, so
 # those files work as they are, and so are common names of other retail exports.
 DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
+    # WooCommerce's "Order Number", Shopify's "Email" and "Lineitem …" (folded: any case and
+    # separators); Shopify's order column "Name" is mapped by hand, as "name" is a product's
     "customer_id": ("customer_id", "CustomerID", "Customer ID", "customer", "user_id", "client_id", "member_id",
-                    "household_key", "shopper_id", "buyer_id"),
+                    "household_key", "shopper_id", "buyer_id", "customer_email", "email"),
     "order_id": ("order_id", "InvoiceNo", "Invoice", "invoice_id", "transaction_id", "basket_id", "receipt_id",
-                 "ticket_id", "bill_no"),
+                 "ticket_id", "bill_no", "order", "order_no", "order_number"),
     "timestamp": ("timestamp", "InvoiceDate", "order_date", "datetime", "date", "created_at", "transaction_dt",
                   "transaction_date", "transaction_time", "purchase_date", "order_purchase_timestamp",
                   "order_datetime", "event_time"),
-    "product_id": ("product_id", "StockCode", "sku", "item_id", "product_code", "article_id", "sku_id", "product"),
-    "quantity": ("quantity", "Quantity", "qty", "units"),
+    "product_id": ("product_id", "StockCode", "sku", "item_id", "product_code", "article_id", "sku_id", "product",
+                   "lineitem_sku"),
+    "quantity": ("quantity", "Quantity", "qty", "units", "lineitem_quantity"),
     # not "sales_price": Ta-Feng's SALES_PRICE is the line's total, and M would multiply it again
-    "unit_price": ("unit_price", "UnitPrice", "Price", "price", "selling_price"),
-    "product_name": ("product_name", "Description", "name", "item_name", "product_title"),
+    "unit_price": ("unit_price", "UnitPrice", "Price", "price", "selling_price", "lineitem_price"),
+    "product_name": ("product_name", "Description", "lineitem_name", "name", "item_name", "product_title"),
     "category": ("category", "Category", "department", "product_category", "category_name"),
 }
 REQUIRED = ("customer_id", "timestamp", "product_id")
