@@ -771,3 +771,19 @@ def test_a_shopify_orders_export_reads_with_its_order_column_mapped(tmp_path):
     # WooCommerce's "Order Number" is an order column as it is
     woo = write(tmp_path / "w", "Order Number,Customer ID,Order Date,SKU,Quantity\n7,3,2024-05-01,A1,2\n") / "transactions.csv"
     assert derive_snapshot(woo).snapshot.orders["order_code"].to_list() == ["7"]
+
+
+@pytest.mark.parametrize("encoding, config", [("utf-16", None), ("utf-32", None), ("utf-16-le", "utf-16-le")])
+def test_utf16_and_utf32_text_reads_like_utf8(tmp_path, encoding, config):
+    """Excel's "Unicode Text" is UTF-16 with a byte-order mark, tab-separated: the mark says the
+    encoding; without one, the config does. It was refused (lines cut at the byte 0x0A)."""
+    text = TINY.replace("Red mug", "Tasse à café")
+    plain = derive_snapshot(write(tmp_path / "p", text) / "transactions.csv")
+    path = tmp_path / "transactions.csv"
+    path.write_bytes(text.replace(",", "\t").encode(encoding))
+    wide = derive_snapshot(path, encoding=config or "utf-8")
+    assert wide.excluded == plain.excluded and wide.snapshot.order_products.equals(plain.snapshot.order_products)
+    assert sorted(wide.snapshot.products["product_name"]) == sorted(plain.snapshot.products["product_name"])
+    if config is not None:  # without the mark nor the config: one line saying what it looks like
+        with pytest.raises(InputError, match=r"^transactions.csv: has a NUL byte beside every letter, as UTF-16 text"):
+            derive_snapshot(path)

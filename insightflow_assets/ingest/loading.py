@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import io
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -140,11 +141,46 @@ def _read_csv(path: Path, table: str, name: str, encoding: str) -> pl.DataFrame:
 def sniff_delimiter(path: Path, encoding: str = "utf-8") -> str:
     """The header's field separator: ``,`` unless the first line holds more ``;`` or tabs than
     commas (Excel's export in many European locales writes ``;``)."""
-    with open_bytes(path) as raw:
-        header = raw.readline().decode(encoding, errors="replace")
+    header = header_line(path, encoding)
     counts = {d: header.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] > counts[","] else ","
+
+
+# Byte-order marks that say the encoding (Excel's "Unicode Text" is UTF-16 with one): longest first.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def file_encoding(path: Path, encoding: str) -> str:
+    """``encoding``, or UTF-16/32 where the file starts with their byte-order mark and the config
+    says UTF-8 (the default): the mark says it, nothing is guessed."""
+    if not is_utf8(encoding):
+        return encoding
+    with open_bytes(path) as raw:
+        head = raw.read(4)
+    return next((enc for bom, enc in _BOMS if head.startswith(bom)), encoding)
+
+
+def _nul_interleaved(path: Path) -> bool:
+    with open_bytes(path) as raw:
+        head = raw.read(512)
+    return len(head) >= 8 and head.count(b"\x00") * 3 > len(head)
+
+
+def _is_wide(encoding: str) -> bool:
+    """UTF-16/32: a line end is not the byte 0x0A, so the bytes cannot be split into lines first."""
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+def header_line(path: Path, encoding: str) -> str:
+    """The CSV file's first line as text (no byte-order mark)."""
+    encoding = file_encoding(path, encoding)
+    with open_bytes(path) as raw:
+        if _is_wide(encoding):
+            line = io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="").readline()
+        else:
+            line = raw.readline().decode(encoding, errors="replace")
+    return line.lstrip("\ufeff")
 
 
 def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path], T], delimiter: str = ",") -> T:
@@ -158,6 +194,10 @@ def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path]
     forms read their CSV files through here.
     """
     _refuse_unreadable_layouts(path, name)
+    encoding = file_encoding(path, encoding)
+    if is_utf8(encoding) and _nul_interleaved(path):
+        raise InputError(f"{name}: has a NUL byte beside every letter, as UTF-16 text without a byte-order mark does; "
+                         "set the ingest config encoding to utf-16-le (or utf-16-be)")
     if is_utf8(encoding) and delimiter == ",":
         try:
             return read(path)
@@ -285,6 +325,9 @@ def _recode(raw, out, name: str, encoding: str, delimiter: str = ",") -> None:
 
 
 def _decoded_lines(raw, name: str, encoding: str) -> Iterator[str]:
+    if _is_wide(encoding):
+        yield from _wide_lines(raw, name, encoding)
+        return
     # A UTF-8 byte-order mark (Excel writes one) is not part of the first column name.
     first = "utf-8-sig" if is_utf8(encoding) else encoding
     n = 0
@@ -301,6 +344,18 @@ def _decoded_lines(raw, name: str, encoding: str) -> Iterator[str]:
             yield line.decode(first if n == 1 else encoding)
         except UnicodeDecodeError as exc:
             raise _BadBytes(n, line, exc) from None
+
+
+def _wide_lines(raw, name: str, encoding: str) -> Iterator[str]:
+    """UTF-16/32 text decoded as a stream, then cut into lines (the byte-order mark dropped)."""
+    n = 0
+    try:
+        for line in io.TextIOWrapper(raw, encoding=encoding, newline=""):
+            n += 1
+            yield line.lstrip("\ufeff") if n == 1 else line
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: after line {n:,}: bytes that are not valid {codecs.lookup(encoding).name}; "
+                         "check the ingest config encoding") from None
 
 
 def _bad_bytes_message(bad: _BadBytes, header: list[str], name: str, encoding: str, delimiter: str = ",") -> str:

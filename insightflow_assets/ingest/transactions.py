@@ -42,7 +42,7 @@ from insightflow_assets.ingest.loading import (
     Snapshot,
     as_written,
     first_line,
-    open_bytes,
+    header_line,
     read_csv_checked,
     sniff_delimiter,
 )
@@ -307,9 +307,7 @@ def header_notes(path: Path, spec: TransactionsSpec, encoding: str = "utf-8") ->
         found = list(pl.read_parquet_schema(path))
     else:
         delimiter = sniff_delimiter(path, encoding)
-        with open_bytes(path) as raw:
-            line = raw.readline().decode(encoding, errors="replace").lstrip("\ufeff")
-        found = next(csv.reader([line], delimiter=delimiter))
+        found = next(csv.reader([header_line(path, encoding)], delimiter=delimiter))
         if delimiter != ",":
             notes["separator"] = delimiter
     if "order_id" not in resolve_columns(found, spec, Path(path).name):
