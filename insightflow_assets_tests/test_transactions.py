@@ -223,11 +223,12 @@ def test_without_an_order_column_a_customer_and_timestamp_is_an_order(tmp_path, 
 
     result = derive_snapshot(write(tmp_path / "direct", TAFENG) / "transactions.csv")
     orders, lines = result.snapshot.orders, result.snapshot.order_products
-    # customer 1104905: 11/1 (two lines), 11/3; customer 418683: 11/1, 11/15 (two lines)
-    per_user = orders.group_by("user_id").agg(pl.col("order_number").max()).sort("user_id")
-    assert per_user.rows() == [(418683, 2), (1104905, 2)]
+    # customer 01104905: 11/1 (two lines), 11/3; customer 00418683: 11/1, 11/15 (two lines);
+    # zero-padded, so numbered (1 = 00418683, 2 = 01104905) with the file's text kept
+    per_user = orders.group_by("user_id", "customer_code").agg(pl.col("order_number").max()).sort("user_id")
+    assert per_user.rows() == [(1, "00418683", 2), (2, "01104905", 2)]
     sizes = lines.group_by("order_id").len().join(orders.select("order_id", "user_id", "order_number"), on="order_id")
-    assert sorted(sizes.select("user_id", "order_number", "len").rows()) == [(418683, 1, 1), (418683, 2, 2), (1104905, 1, 2), (1104905, 2, 1)]
+    assert sorted(sizes.select("user_id", "order_number", "len").rows()) == [(1, 1, 1), (1, 2, 2), (2, 1, 2), (2, 2, 1)]
     # no quantity column: each line is one unit
     assert lines["quantity"].to_list() == [1] * 6 and orders["order_hour_of_day"].null_count() == orders.height
     assert result.info["orders"] == DERIVED_ORDERS
@@ -787,3 +788,13 @@ def test_utf16_and_utf32_text_reads_like_utf8(tmp_path, encoding, config):
     if config is not None:  # without the mark nor the config: one line saying what it looks like
         with pytest.raises(InputError, match=r"^transactions.csv: has a NUL byte beside every letter, as UTF-16 text"):
             derive_snapshot(path)
+
+
+def test_zero_padded_customer_ids_keep_their_text(tmp_path):
+    """Loyalty cards written 00017850 are not customer 17850: numbered, with the code kept, and
+    017850 beside 17850 are two customers (probe round 3: merged). 17850.0 is still 17850."""
+    rows = ["1,p1,2024-05-01,00017850", "2,p2,2024-05-02,017850", "3,p1,2024-05-03,17850", "4,p2,2024-05-04,17850.0"]
+    path = write(tmp_path / "z", "InvoiceNo,StockCode,InvoiceDate,CustomerID\n" + "\n".join(rows) + "\n") / "transactions.csv"
+    orders = derive_snapshot(path).snapshot.orders.sort("order_code")
+    assert orders["customer_code"].to_list() == ["00017850", "017850", "17850", "17850"]
+    assert orders["user_id"].n_unique() == 3

@@ -930,7 +930,13 @@ def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None
     text = distinct.cast(pl.String)
     as_float = text.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
     as_int = as_float.cast(pl.Int64, strict=False)
-    integral = as_int.null_count() == 0 and bool((as_float == as_int).all())  # past Int64: null, so text
+    # pandas' float spelling of an integer id is that id: 17850.0 is 17850
+    digits = as_int.cast(pl.String)
+    text = pl.select(pl.when(as_float == as_int).then(pl.when(text == digits + ".0").then(digits).otherwise(text))
+                     .otherwise(text)).to_series()
+    # ...but an id is kept as a number only as the number is written: "00017850" (a loyalty
+    # card) and "017850" are other customers than 17850
+    integral = as_int.null_count() == 0 and bool((text == digits).all())  # past Int64: null, so text
     if integral and as_int.min() >= 0 and as_int.max() < 2**31:
         return _lookup(customer, distinct, as_int.cast(pl.Int32)).alias("user_id"), {"customer_ids": "as given"}, None
     return _numbered_ids(customer, distinct, text.rank("dense").cast(pl.Int32), text)
@@ -941,7 +947,7 @@ def _numbered_ids(
 ) -> tuple[pl.Series, dict, pl.DataFrame]:
     """Each line's ``number`` (that of its id in ``distinct``) and the map back to ``text``, the
     ids as the file spells them, which raw_orders keeps as ``customer_code`` for the exports."""
-    codes = pl.DataFrame({"user_id": number, "customer_code": text})
+    codes = pl.DataFrame({"user_id": number, "customer_code": text}).unique("user_id", maintain_order=True)
     return _lookup(customer, distinct, number).alias("user_id"), _NUMBERED, codes
 
 
