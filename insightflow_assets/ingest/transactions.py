@@ -1358,7 +1358,8 @@ def _merge_pairs(lines: pl.DataFrame, repeated: pl.Series, kept: pl.DataFrame, u
     with ``units``), merge the rest into the pair's first line; the lines merged and the
     duplicates dropped."""
     rep = lines.gather(repeated).select("_line", "order_id", "product_id", "user_id", _pos=repeated).sort("_line")
-    rep = rep.hstack(kept.drop("user_id", "order_id", "product_id").gather(rep["_line"]))
+    # the customer as numbered (user_id), not as spelt: 17850.0 and 17850 on two equal lines are one customer
+    rep = rep.hstack(kept.drop("user_id", "order_id", "product_id", "customer_id", strict=False).gather(rep["_line"]))
     distinct = (pl.repeat(True, rep.height, eager=True) if units
                 else rep.select(pl.struct(pl.exclude("_line", "_pos")).is_first_distinct()).to_series())
     grouped = _merge_repeated(rep.drop("_pos").filter(distinct))
