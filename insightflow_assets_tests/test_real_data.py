@@ -171,6 +171,8 @@ def test_purchase_log_without_time_of_day_runs_through(tmp_path):
     warn = [c for c in outcome.checks if c["check"] == "no_unknown_fields"]
     assert len(warn) == 1 and not warn[0]["passed"] and warn[0]["severity"] == "WARN"
     assert outcome.materialized["orders_imputed"]["unknown_fields"] == ["order_hour_of_day"]
+    # real customers, no shared account: the WARN check passes
+    assert [c["passed"] for c in outcome.checks if c["check"] == "no_dominant_customer"] == [True]
     _exports_use_the_files_ids(raw, curated / f"recsys/exports/{RUN}/data")
     _monetary_is_the_spend_of_weighed_lines(curated, orders)
     # user_recos (what the API's /customers route maps) carries every user's code

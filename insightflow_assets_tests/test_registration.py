@@ -118,7 +118,7 @@ CHECKS_BEFORE = {
 ASSETS_ADDED = {"lightfm_model", "basket_pairs", "basket_eval", "als_candidates"}
 CHECKS_ADDED = {
     "lightfm_model:lightfm_embeddings_finite", "basket_eval:basket_queries_return_k_new_products",
-    "basket_eval:basket_blend_not_worse_than_pairs",
+    "basket_eval:basket_blend_not_worse_than_pairs", "orders_imputed:no_dominant_customer",
 }  # fmt: skip
 
 

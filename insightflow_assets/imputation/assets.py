@@ -17,7 +17,7 @@ from dagster import (
 from insightflow_assets.common import all_conditions, conditions_description, current_run, run_asset, run_check
 from insightflow_assets.imputation.diagnostics import ESTIMATORS, day30_stats, mask_and_recover, plot_day30
 from insightflow_assets.imputation.mice import impute_orders, order_features
-from insightflow_assets.imputation.validation import domain_violations, unexpected_nulls, unknown_fields
+from insightflow_assets.imputation.validation import dominant_customer, domain_violations, unexpected_nulls, unknown_fields
 from resources.io_manager import ArtifactFolder
 from resources.layout import Artifact
 
@@ -177,6 +177,25 @@ def no_unknown_fields(orders_imputed: pl.DataFrame) -> AssetCheckResult:
     )
 
 
+@run_check(asset=orders_imputed, blocking=False)
+def no_dominant_customer(orders_imputed: pl.DataFrame) -> AssetCheckResult:
+    """No customer holds more than 5 % of the orders and 20× the median customer's: such an id
+    is a shared account (a till's guest id, a B2B account) better left out of the input."""
+    top = dominant_customer(orders_imputed)
+    code = None
+    if top["dominant"] and "customer_code" in orders_imputed.columns:
+        code = orders_imputed.filter(pl.col("user_id") == top["user_id"])["customer_code"][0]
+    return AssetCheckResult(
+        passed=not top["dominant"],
+        severity=AssetCheckSeverity.WARN,
+        description=(f"customer {code or top['user_id']} holds {top['orders']:,} orders ({top['share']:.1%}), "
+                     f"{top['orders'] / max(top['median_orders'], 1):.0f}× the median customer's: a shared account?"
+                     if top["dominant"] else None),
+        metadata={"top_customer": top["user_id"], **({"top_customer_code": code} if code is not None else {}),
+                  "top_orders": top["orders"], "top_share": float(top["share"]), "median_orders": float(top["median_orders"])},
+    )
+
+
 def imputed_values_in_domain(orders_imputed: pl.DataFrame) -> AssetCheckResult:
     """Every imputed field in its domain: gap 0–30, hour 0–23, dow 0–6, basket ≥ 1."""
     bad = domain_violations(orders_imputed)
@@ -241,4 +260,4 @@ def _scored_estimator(validation: dict[str, dict[str, Any]]) -> str:
     return ", ".join(sorted(labels)) or "pooled posterior draws (recorded before the estimator was)"
 
 
-CHECKS = [orders_imputed_valid, no_unknown_fields, mice_not_worse_than_median]
+CHECKS = [orders_imputed_valid, no_unknown_fields, no_dominant_customer, mice_not_worse_than_median]

@@ -65,3 +65,21 @@ def domain_violations(orders_imputed: pl.DataFrame) -> dict[str, int]:
             bad = bad | (c > hi)
         out[col] = int(orders_imputed.select(bad.fill_null(False).sum()).item())
     return out
+
+
+# One customer above both bars is a shared account (a till's guest or walk-in id, a B2B
+# account), not a shopper: its orders dominate popularity and its "recommendations" reach no one.
+DOMINANT_SHARE = 0.05  # of all orders
+DOMINANT_RATIO = 20.0  # times the median customer's orders
+
+
+def dominant_customer(orders: pl.DataFrame) -> dict:
+    """The customer with the most orders: its orders, share of all orders, the median customer's
+    orders, and whether it is above both `DOMINANT_SHARE` and `DOMINANT_RATIO`."""
+    per = orders.group_by("user_id").len()
+    if per.height == 0:
+        return {"user_id": None, "orders": 0, "share": 0.0, "median_orders": 0.0, "dominant": False}
+    top = per.sort(["len", "user_id"], descending=[True, False]).row(0, named=True)
+    share, median = top["len"] / orders.height, float(per["len"].median())
+    return {"user_id": int(top["user_id"]), "orders": int(top["len"]), "share": round(share, 4),
+            "median_orders": median, "dominant": share > DOMINANT_SHARE and top["len"] > DOMINANT_RATIO * median}
