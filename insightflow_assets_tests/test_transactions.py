@@ -808,3 +808,28 @@ def test_a_duplicate_line_is_one_whatever_the_customer_ids_spelling(tmp_path):
     result = derive_snapshot(write(tmp_path / "m", mixed) / "transactions.csv")
     assert result.excluded == derive_snapshot(write(tmp_path / "p") / "transactions.csv").excluded
     assert _line(result, "1001", "B2")["quantity"] == 1
+
+
+def test_a_separate_time_column_gives_the_time_of_day(tmp_path):
+    """POS exports' Date + Time and Dunnhumby's DAY + TRANS_TIME (HHMM): the time was dropped
+    with a "no time of day" warning (probe round 3); it is added to the date now."""
+    whole = derive_snapshot(write(tmp_path / "w") / "transactions.csv").snapshot.orders.sort("order_code")
+    header = HEADER.replace("InvoiceDate", "Date,Time")
+    split = [re.sub(r"(\d{4}-\d{2}-\d{2}) ", r"\1,", line) for line in LINES]  # "2011-01-03,09:15:00"
+    text = header + "\n".join(split) + "\n"
+    orders = derive_snapshot(write(tmp_path / "s", text) / "transactions.csv").snapshot.orders.sort("order_code")
+    assert orders["order_ts"].equals(whole["order_ts"]) and orders["order_hour_of_day"].equals(whole["order_hour_of_day"])
+    # HHMM numbers (Dunnhumby), the day mapped as a number of days
+    dunn = "household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,TRANS_TIME\n7,1,1,p1,1,1631\n7,2,3,p2,2,905\n8,3,2,p1,1,0\n"
+    spec = TransactionsSpec(columns={"timestamp": "DAY", "order_id": "BASKET_ID"}, timestamp_unit="day")
+    got = derive_snapshot(write(tmp_path / "d", dunn) / "transactions.csv", spec).snapshot.orders.sort("order_code")
+    assert [(t.hour, t.minute) for t in got["order_ts"]] == [(16, 31), (9, 5), (0, 0)]
+    # a 12-hour clock
+    pm = "Invoice,Customer,Date,Time,SKU\n1,7,2024-05-01,8:26 PM,p1\n2,7,2024-05-03,12:05 AM,p2\n"
+    got = derive_snapshot(write(tmp_path / "pm", pm) / "transactions.csv").snapshot.orders.sort("order_code")
+    assert [(t.hour, t.minute) for t in got["order_ts"]] == [(20, 26), (0, 5)]
+    # not a time: found by its name, it is left out; mapped, it stops the ingest in one line
+    odd = text.replace(",09:15:00,", ",morning,", 1)
+    assert derive_snapshot(write(tmp_path / "o", odd) / "transactions.csv").info["time_of_day"] is False
+    with pytest.raises(InputError, match=r"^transactions.csv: column Time: value 'morning' is not a time of day"):
+        derive_snapshot(write(tmp_path / "m", odd) / "transactions.csv", TransactionsSpec(columns={"time": "Time"}))

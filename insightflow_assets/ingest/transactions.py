@@ -68,6 +68,8 @@ DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
     "unit_price": ("unit_price", "UnitPrice", "Price", "price", "selling_price", "lineitem_price"),
     "product_name": ("product_name", "Description", "lineitem_name", "name", "item_name", "product_title"),
     "category": ("category", "Category", "department", "product_category", "category_name"),
+    # a time of day beside a date-only timestamp (POS exports' Date + Time, Dunnhumby's TRANS_TIME)
+    "time": ("time", "Time", "trans_time", "order_time", "time_of_day"),
 }
 REQUIRED = ("customer_id", "timestamp", "product_id")
 # Without an order column, a customer's lines with one timestamp are one order (one basket per
@@ -239,7 +241,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     plain = spec.timestamp_unit is None and not decimal_comma
     simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if plain else None
     if simple is not None:
-        return _with_orders(_no_scientific_ids(simple, cols, name))
+        return _with_orders(_no_scientific_ids(_with_time_of_day(simple, cols, name, "time" in spec.columns), cols, name))
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols, typed=not decimal_comma)
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
@@ -247,7 +249,7 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
     typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format, spec.decimal_mark == ",")
-    return _with_orders(_no_scientific_ids(typed.rechunk(), cols, name))
+    return _with_orders(_no_scientific_ids(_with_time_of_day(typed.rechunk(), cols, name, "time" in spec.columns), cols, name))
 
 
 # how Excel (and pandas) print a long number: 6.01200E+15, 6,01200E+15 in a decimal-comma locale
@@ -267,6 +269,47 @@ def _refuse_scientific(ids: pl.Series, column: str, name: str) -> None:
     if hit.len():
         raise InputError(f"{name}: column {column}: value {hit[0]!r} is an id in scientific notation (a spreadsheet's "
                          f"display of a long number: its last digits are lost); export the column as text")
+
+
+_TIME_FORMATS = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p", "%H:%M:%S%.f")
+
+
+def _with_time_of_day(df: pl.DataFrame, cols: dict[str, str], name: str, mapped: bool = False) -> pl.DataFrame:
+    """A separate time column added to a timestamp that holds dates only (else ignored: the
+    timestamp's own time wins); the column is dropped either way. Times are text (08:26,
+    8:26 PM, 08:26:00) or HHMM numbers (Dunnhumby's 1631). A column found by its name that
+    holds no times is left out (the file has no time of day then); one ``mapped`` in the
+    config stops the ingest in one line."""
+    if "time" not in df.columns:
+        return df
+    if _has_time_of_day(df["timestamp"].drop_nulls()):
+        return df.drop("time")
+    try:
+        since_midnight = _time_of_day(df["time"], cols["time"], name)
+    except InputError:
+        if mapped:
+            raise
+        return df.drop("time")
+    return df.with_columns((pl.col("timestamp") + since_midnight).alias("timestamp")).drop("time")
+
+
+def _time_of_day(s: pl.Series, column: str, name: str) -> pl.Series:
+    """Each value's time since midnight (a Duration); an unreadable one stops in one line."""
+    text = s.cast(pl.String).str.strip_chars().replace("", None)
+    hhmm = text.str.contains(r"^\d{1,4}$")
+    if bool(hhmm.fill_null(True).all()):  # HHMM numbers: 1631 is 16:31, 5 is 00:05
+        n = text.cast(pl.Int32)
+        hours, minutes = n // 100, n % 100
+        bad = text.filter((hours > 23) | (minutes > 59))
+        if len(bad):
+            raise InputError(f"{name}: column {column}: value {bad[0]!r} is not a time of day (HHMM)")
+        return pl.select(pl.duration(hours=hours, minutes=minutes, time_unit="us")).to_series()
+    for fmt in _TIME_FORMATS:
+        t = text.str.to_time(fmt, strict=False)
+        if t.null_count() == text.null_count():
+            return t.cast(pl.Duration("us"))
+    bad = text.filter(text.str.to_time(_TIME_FORMATS[1], strict=False).is_null() & text.is_not_null())
+    raise InputError(f"{name}: column {column}: value {bad[0]!r} is not a time of day (e.g. 08:26, 8:26 PM or 0826)")
 
 
 def _no_scientific_ids(df: pl.DataFrame, cols: dict[str, str], name: str) -> pl.DataFrame:
