@@ -320,7 +320,8 @@ BAD = {
         HEADER + "\n".join(",".join(l.split(",")[:6] + ["", l.split(",")[7]]) for l in LINES) + "\n",
         ["transactions.csv", "column CustomerID", "no value at all"],
     ),
-    "missing product id": (TINY.replace("1002,A1,", "1002,,"), ["transactions.csv", "column StockCode", "1 missing"]),
+    "missing product id": (TINY.replace("1002,A1,", "1002,,"), ["transactions.csv", "column StockCode", "1 missing", "data row 5"]),
+    "a total line at the end": (TINY + ",,Total,,,,,\n", ["transactions.csv", "column", "1 missing", "in the last row (13): a total or footer line?"]),
     "nothing usable": (HEADER + LINES[5] + "\n" + LINES[9] + "\n", ["transactions.csv", "no usable line", "cancellation 1"]),
     # stored as Int32: a quantity above it is a data error, named, not polars' cast failure
     "quantity above Int32": (TINY.replace("1002,A1,Red mug,1,", "1002,A1,Red mug,3000000000,"),

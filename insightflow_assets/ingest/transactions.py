@@ -543,7 +543,7 @@ def _typed(
             raise InputError(f"{name}: column {cols[col]}: no value at all (the {col} is required)")
     for col in (c for c in ("order_id", "product_id") if c in cols):
         if df[col].null_count():
-            raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s)")
+            raise InputError(f"{name}: column {cols[col]}: {df[col].null_count()} missing value(s){_where_missing(df[col])}")
     # a decimal comma in one number column sets the file's locale: dots in the others group thousands
     comma_locale = decimal_comma and (comma_given or any(_has_decimal_comma(df[c]) for c in ("quantity", "unit_price") if c in cols))
     if "quantity" in cols:
@@ -643,6 +643,15 @@ def _number(
 # 1,5 / -12,50 / 1.234,50 / 1234,5: a comma decimal mark, dots (if any) grouping thousands
 _DECIMAL_COMMA = r"^[+-]?(\d+|\d{1,3}(\.\d{3})+),\d+$"
 _THOUSANDS = r"^[+-]?\d{1,3}(\.\d{3})+$"  # 1.000 / 12.345.678 beside decimal commas
+
+
+def _where_missing(s: pl.Series) -> str:
+    """Where the first gap is, counted in the rows with data (blank lines are not rows); the
+    last row alone is most often a total or footer line."""
+    first = int(s.is_null().arg_true()[0])
+    if s.null_count() == 1 and first == s.len() - 1:
+        return f", in the last row ({s.len():,}): a total or footer line? drop it"
+    return f", the first in data row {first + 1:,}"
 
 
 def _has_decimal_comma(s: pl.Series) -> bool:
