@@ -789,6 +789,9 @@ def test_utf16_and_utf32_text_reads_like_utf8(tmp_path, encoding, config):
     if config is not None:  # without the mark nor the config: one line saying what it looks like
         with pytest.raises(InputError, match=r"^transactions.csv: has a NUL byte beside every letter, as UTF-16 text"):
             derive_snapshot(path)
+        # "utf-16" wants the mark: one line, not Python's UnicodeError (probe round 4)
+        with pytest.raises(InputError, match=r"^transactions.csv: the first line: not valid utf-16 text .*byte-order mark"):
+            derive_snapshot(path, encoding="utf-16")
 
 
 def test_zero_padded_customer_ids_keep_their_text(tmp_path):
@@ -825,6 +828,12 @@ def test_a_separate_time_column_gives_the_time_of_day(tmp_path):
     spec = TransactionsSpec(columns={"timestamp": "DAY", "order_id": "BASKET_ID"}, timestamp_unit="day")
     got = derive_snapshot(write(tmp_path / "d", dunn) / "transactions.csv", spec).snapshot.orders.sort("order_code")
     assert [(t.hour, t.minute) for t in got["order_ts"]] == [(16, 31), (9, 5), (0, 0)]
+    # a blank time keeps its line at its date (it was excluded as "no timestamp": probe round 4)
+    blank = text.replace(",14:00:00,", ",,", 1)  # order 1002: one line, nothing to take from
+    kept = derive_snapshot(write(tmp_path / "b", blank) / "transactions.csv")
+    full = derive_snapshot(write(tmp_path / "w2") / "transactions.csv").snapshot
+    assert kept.excluded["no_timestamp"] == 0
+    assert kept.snapshot.order_products.height == full.order_products.height and kept.snapshot.orders.height == full.orders.height
     # a 12-hour clock
     pm = "Invoice,Customer,Date,Time,SKU\n1,7,2024-05-01,8:26 PM,p1\n2,7,2024-05-03,12:05 AM,p2\n"
     got = derive_snapshot(write(tmp_path / "pm", pm) / "transactions.csv").snapshot.orders.sort("order_code")

@@ -176,10 +176,12 @@ def header_line(path: Path, encoding: str) -> str:
     """The CSV file's first line as text (no byte-order mark)."""
     encoding = file_encoding(path, encoding)
     with open_bytes(path) as raw:
-        if _is_wide(encoding):
+        if not _is_wide(encoding):
+            return raw.readline().decode(encoding, errors="replace").lstrip("\ufeff")
+        try:
             line = io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="").readline()
-        else:
-            line = raw.readline().decode(encoding, errors="replace")
+        except UnicodeError:  # "utf-16" without a byte-order mark: the reading says so in one line
+            return ""
     return line.lstrip("\ufeff")
 
 
@@ -321,7 +323,9 @@ def _recode(raw, out, name: str, encoding: str, delimiter: str = ",") -> None:
     except _BadBytes as bad:
         raise InputError(_bad_bytes_message(bad, header, name, encoding, delimiter)) from None
     except csv.Error as exc:
-        raise InputError(f"{name}: line {reader.line_num}: {exc}") from None
+        # e.g. "field larger than field limit": text decoded in the wrong encoding has no line ends
+        hint = "" if is_utf8(encoding) else "; check the ingest config encoding"
+        raise InputError(f"{name}: line {reader.line_num}: {exc}{hint}") from None
 
 
 def _decoded_lines(raw, name: str, encoding: str) -> Iterator[str]:
@@ -353,9 +357,10 @@ def _wide_lines(raw, name: str, encoding: str) -> Iterator[str]:
         for line in io.TextIOWrapper(raw, encoding=encoding, newline=""):
             n += 1
             yield line.lstrip("\ufeff") if n == 1 else line
-    except UnicodeDecodeError:
-        raise InputError(f"{name}: after line {n:,}: bytes that are not valid {codecs.lookup(encoding).name}; "
-                         "check the ingest config encoding") from None
+    except UnicodeError as exc:  # bad bytes, or "utf-16"/"utf-32" on a file without a byte-order mark
+        where = f"line {n + 1:,}" if n else "the first line"
+        raise InputError(f"{name}: {where}: not valid {codecs.lookup(encoding).name} text ({exc.reason if hasattr(exc, 'reason') else exc}); "
+                         "check the ingest config encoding (utf-16-le or utf-16-be where the file has no byte-order mark)") from None
 
 
 def _bad_bytes_message(bad: _BadBytes, header: list[str], name: str, encoding: str, delimiter: str = ",") -> str:

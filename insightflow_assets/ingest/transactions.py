@@ -290,7 +290,8 @@ def _with_time_of_day(df: pl.DataFrame, cols: dict[str, str], name: str, mapped:
         if mapped:
             raise
         return df.drop("time")
-    return df.with_columns((pl.col("timestamp") + since_midnight).alias("timestamp")).drop("time")
+    # a blank time leaves the line at its date (midnight), as a date-only file reads
+    return df.with_columns((pl.col("timestamp") + since_midnight.fill_null(timedelta(0))).alias("timestamp")).drop("time")
 
 
 def _time_of_day(s: pl.Series, column: str, name: str) -> pl.Series:
