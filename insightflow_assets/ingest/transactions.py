@@ -983,6 +983,9 @@ def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None
     text = distinct.cast(pl.String)
     as_float = text.cast(pl.Float64, strict=False)  # "17850" and "17850.0" alike
     as_int = as_float.cast(pl.Int64, strict=False)
+    if bool(text.str.contains("@", literal=True).all()):
+        # e-mail addresses as customer ids (Shopify's Email): Ann@x.org and ann@x.org are one customer
+        text = text.str.to_lowercase()
     # pandas' float spelling of an integer id is that id: 17850.0 is 17850
     digits = as_int.cast(pl.String)
     text = pl.select(pl.when(as_float == as_int).then(pl.when(text == digits + ".0").then(digits).otherwise(text))
