@@ -161,12 +161,6 @@ def file_encoding(path: Path, encoding: str) -> str:
     return next((enc for bom, enc in _BOMS if head.startswith(bom)), encoding)
 
 
-def _nul_interleaved(path: Path) -> bool:
-    with open_bytes(path) as raw:
-        head = raw.read(512)
-    return len(head) >= 8 and head.count(b"\x00") * 3 > len(head)
-
-
 def _is_wide(encoding: str) -> bool:
     """UTF-16/32: a line end is not the byte 0x0A, so the bytes cannot be split into lines first."""
     return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
@@ -195,11 +189,8 @@ def read_csv_checked(path: Path, name: str, encoding: str, read: Callable[[Path]
     field, which polars refuses), is a re-quoted UTF-8 file the reader can parse. Both input
     forms read their CSV files through here.
     """
-    _refuse_unreadable_layouts(path, name)
     encoding = file_encoding(path, encoding)
-    if is_utf8(encoding) and _nul_interleaved(path):
-        raise InputError(f"{name}: has a NUL byte beside every letter, as UTF-16 text without a byte-order mark does; "
-                         "set the ingest config encoding to utf-16-le (or utf-16-be)")
+    _refuse_unreadable_layouts(path, name, encoding)
     if is_utf8(encoding) and delimiter == ",":
         try:
             return read(path)
@@ -220,16 +211,23 @@ _NOT_CSV = {
 }
 
 
-def _refuse_unreadable_layouts(path: Path, name: str) -> None:
-    """One line naming what the file is, not "bytes that are not valid utf-8" and the encoding."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
+def _refuse_unreadable_layouts(path: Path, name: str, encoding: str) -> None:
+    """One line naming what the file is (read from its first 64 KiB, a .gz unpacked), not
+    "bytes that are not valid utf-8" and the encoding."""
+    try:
+        with open_bytes(path) as raw:
+            head = raw.read(1 << 16)
+    except (EOFError, OSError, zlib.error):  # a damaged .gz: the reading names its line
+        return
     for magic, what in _NOT_CSV.items():
         if head.startswith(magic):
             raise InputError(f"{name}: is {what}, not CSV text; save the sheet as CSV (UTF-8), unzip it or rename it")
-    if b"\r" in head and b"\n" not in head and not head.startswith(b"\x1f\x8b"):  # not inside a .gz
+    if b"\r" in head and b"\n" not in head:
         raise InputError(f"{name}: its lines end in a carriage return only (Excel's 'CSV (Macintosh)'), so it reads "
                          "as one line; save it as CSV with Windows or Unix line ends")
+    if is_utf8(encoding) and len(head) >= 8 and head[:512].count(b"\x00") * 3 > len(head[:512]):
+        raise InputError(f"{name}: has a NUL byte beside every letter, as UTF-16 text without a byte-order mark does; "
+                         "set the ingest config encoding to utf-16-le (or utf-16-be)")
 
 
 def _read_csv_file(path: Path, table: str, name: str) -> pl.DataFrame:

@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import re
-from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -214,7 +214,7 @@ def read_transactions(
     name = display_name or Path(path).name
     if str(path).endswith(".parquet"):
         try:
-            return _read_file(path, spec, name, is_parquet=True)
+            return _read_file(path, spec, name, is_parquet=True, decimal_comma=spec.decimal_mark == ",")
         except READER_ERRORS as exc:
             raise InputError(f"{name}: cannot be read ({first_line(exc)})") from None
     delimiter = sniff_delimiter(path, encoding)
@@ -236,12 +236,11 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
             raise InputError(f"{name}: column {col} holds {schema[col]} values, not one value per line")
     if not is_parquet:
         _refuse_scientific_ids(_scan_csv(path, cols, typed=False).head(_SAMPLE).collect(), cols, name)
-    decimal_comma = decimal_comma or spec.decimal_mark == ","
     # numbers that may carry a decimal comma or thousands dots are read as text, then decided
     plain = spec.timestamp_unit is None and not decimal_comma
     simple = _read_simple(path, cols, is_parquet, spec.timestamp_format) if plain else None
     if simple is not None:
-        return _with_orders(_no_scientific_ids(_with_time_of_day(simple, cols, name, "time" in spec.columns), cols, name))
+        return _finished(simple, cols, name, spec)
     raw = pl.read_parquet(path, columns=list(cols.values())) if is_parquet else _read_csv(path, cols, typed=not decimal_comma)
     if raw.height == 0:
         raise InputError(f"{name}: the table is empty")
@@ -249,7 +248,14 @@ def _read_file(path: Path, spec: TransactionsSpec, name: str, is_parquet: bool, 
     del raw
     # Readers return many chunks; sorts, gathers and grouping run far faster on one.
     typed = _typed(out, cols, name, spec.timestamp_unit, decimal_comma, spec.timestamp_format, spec.decimal_mark == ",")
-    return _with_orders(_no_scientific_ids(_with_time_of_day(typed.rechunk(), cols, name, "time" in spec.columns), cols, name))
+    return _finished(typed.rechunk(), cols, name, spec)
+
+
+def _finished(df: pl.DataFrame, cols: dict[str, str], name: str, spec: TransactionsSpec) -> pl.DataFrame:
+    """What both reads end with: the time column folded in, the ids checked past the first
+    lines, and every line with its order."""
+    df = _with_time_of_day(df, cols, name, mapped="time" in spec.columns)
+    return _with_orders(_no_scientific_ids(df, cols, name))
 
 
 # how Excel (and pandas) print a long number: 6.01200E+15, 6,01200E+15 in a decimal-comma locale
@@ -633,9 +639,8 @@ def _number(
         raise InputError(f"{name}: column {cols[col]}: value {bad[0]!r} is not a number ({len(bad)} row(s))")
     if dtype == pl.Float64:
         return _price(parsed).alias(col)
-    if dtype == pl.Int64:
-        parsed = parsed.fill_nan(None)  # NaN (pandas' missing value in a float column) is missing
-    if dtype == pl.Int64 and (parsed.drop_nulls() % 1 != 0).any():
+    parsed = parsed.fill_nan(None)  # NaN (pandas' missing value in a float column) is missing
+    if (parsed.drop_nulls() % 1 != 0).any():
         # weighed goods (1.235 kg of apples): the quantity stays as written, in Float64
         return parsed.alias(col)
     return parsed.cast(dtype).alias(col)
