@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -38,32 +38,42 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422, not silently ignored
 
 
-class ComplementsRequest(Strict):
+class ProductsByIdOrCode(Strict):
+    """Products given by internal id or by the retailer's code: exactly one of the two lists."""
+
+    _what: ClassVar[str] = "products"  # what the error names
+    product_ids: list[ProductId] | None
+    product_codes: list[Code] | None
+
+    @model_validator(mode="after")
+    def _one_of_ids_or_codes(self):
+        if (self.product_ids is None) == (self.product_codes is None):
+            raise ValueError(f"give the {self._what} as product_ids or as product_codes (one of them)")
+        return self
+
+    def ids(self, b: Bundle) -> tuple[list[int], list[str]]:
+        """The product ids asked for, and the codes no product of the run has (reported, not fatal)."""
+        if self.product_codes is None:
+            return list(self.product_ids or []), []
+        return _ids_of_codes(b, self.product_codes)
+
+
+class ComplementsRequest(ProductsByIdOrCode):
+    _what: ClassVar[str] = "basket"
     product_ids: list[ProductId] | None = Field(None, max_length=200, description="the basket, in the order items were added")
     product_codes: list[Code] | None = Field(
         None, max_length=200, description="or the basket by the retailer's product codes (product_code)")
     k: int = Field(10, ge=1, le=100)
     segment: int | None = Field(None, ge=ANY, le=127, description="user_seg segment; omitted: detected from the basket")
-
-    @model_validator(mode="after")
-    def _one_basket(self) -> "ComplementsRequest":
-        if (self.product_ids is None) == (self.product_codes is None):
-            raise ValueError("give the basket as product_ids or as product_codes (one of them)")
-        return self
     profile: str | None = Field(None, max_length=64, description="basket profile; omitted: the bundle's active one")
     expand: bool = Field(False, description="add name, aisle and department to each product")
 
 
-class EnrichRequest(Strict):
+class EnrichRequest(ProductsByIdOrCode):
+    _what: ClassVar[str] = "products"
     product_ids: list[ProductId] | None = Field(None, min_length=1, max_length=1000)
     product_codes: list[Code] | None = Field(None, min_length=1, max_length=1000,
                                              description="or the retailer's product codes (product_code)")
-
-    @model_validator(mode="after")
-    def _one_list(self) -> "EnrichRequest":
-        if (self.product_ids is None) == (self.product_codes is None):
-            raise ValueError("give the products as product_ids or as product_codes (one of them)")
-        return self
 
 
 class ReloadRequest(Strict):
@@ -174,7 +184,7 @@ def _basket_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
             raise HTTPException(422, f"profile {profile!r} is unknown (known: {', '.join(sorted(b.basket.profiles))})")
         if req.segment is not None and req.segment not in b.basket.popularity:
             raise HTTPException(422, f"segment {req.segment} is unknown (known: {', '.join(map(str, sorted(b.basket.popularity)))})")
-        ids, unknown_codes = _basket_ids(b, req)
+        ids, unknown_codes = req.ids(b)
         res = b.basket.recommend(ids, req.k, segment=req.segment, profile=profile)
         if unknown_codes:
             metrics.unknown_ids.labels("baskets").inc(len(unknown_codes))
@@ -191,13 +201,6 @@ def _basket_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None:
             "segment_detected": res.segment_detected, "unknown_ids": res.unknown_ids,
             **({"unknown_codes": unknown_codes} if req.product_codes is not None else {}), "items": items,
         })  # fmt: skip
-
-
-def _basket_ids(b: Bundle, req: ComplementsRequest) -> tuple[list[int], list[str]]:
-    """The basket's product ids, and the codes no product has (reported, not fatal)."""
-    if req.product_codes is None:
-        return list(req.product_ids or []), []
-    return _ids_of_codes(b, req.product_codes)
 
 
 def _ids_of_codes(b: Bundle, codes: list[str]) -> tuple[list[int], list[str]]:
@@ -226,7 +229,7 @@ def _product_routes(app: FastAPI, state: ServingState, metrics: Metrics) -> None
     @app.post("/products/enrich")
     async def enrich(req: EnrichRequest) -> JSONResponse:
         b = _current(state)
-        ids, unknown_codes = (req.product_ids, []) if req.product_codes is None else _ids_of_codes(b, req.product_codes)
+        ids, unknown_codes = req.ids(b)
         found, unknown = b.enrich(ids)
         if unknown or unknown_codes:
             metrics.unknown_ids.labels("enrich").inc(len(unknown) + len(unknown_codes))
