@@ -993,8 +993,7 @@ def _user_ids(customer: pl.Series) -> tuple[pl.Series, dict, pl.DataFrame | None
         text = text.str.to_lowercase()
     # pandas' float spelling of an integer id is that id: 17850.0 is 17850
     digits = as_int.cast(pl.String)
-    text = pl.select(pl.when(as_float == as_int).then(pl.when(text == digits + ".0").then(digits).otherwise(text))
-                     .otherwise(text)).to_series()
+    text = pl.select(pl.when(text == digits + ".0").then(digits).otherwise(text)).to_series()
     # ...but an id is kept as a number only as the number is written: "00017850" (a loyalty
     # card) and "017850" are other customers than 17850
     integral = as_int.null_count() == 0 and bool((text == digits).all())  # past Int64: null, so text
