@@ -217,7 +217,7 @@ def main() -> None:
         print("validation winner:", sel["winner"]["label"], {k: round(v, 4) for k, v in sel["winner"].items() if "@" in k})
         print("candidates (seconds = fit + score):")
         for c in sel["candidates"]:
-            print(f"    {c['label']:<14} {json.dumps(c['params'], sort_keys=True)[:90]:<92} map@10 {c['map@10']:.4f}  {c['seconds']:>6.1f} s")
+            print(f"    {c['label']:<14} {json.dumps(c['params'], sort_keys=True)[:90]:<92} map@10 {_score(c['map@10'])}  {c['seconds']:>6.1f} s")
     payload = {
         "benchmark": "selection", "tag": args.tag, "users": USERS, "data": str(args.data),
         "stages": rows, "machine": machine(), "load_average_end": os.getloadavg(),
@@ -225,6 +225,10 @@ def main() -> None:
         "timings": "wall_s = elapsed; cpu_s = user+sys of the process over all threads",
     }
     write_results(f"selection-{args.tag}", payload, ["stage", "wall_s", "cpu_s", "peak_rss_mb", "extra_mb", "load_1m"])
+
+
+def _score(value: float | None) -> str:
+    return "skipped" if value is None else f"{value:.4f}"  # None: the early stop did not try it
 
 
 if __name__ == "__main__":

@@ -237,7 +237,9 @@ def _selection_seconds(store, run_key: str) -> list[dict]:
         report = json.loads(store.read_bytes(artifact("model_selection").keys(run_key)["selection.json"]))
     except Exception:  # noqa: BLE001 - a failed run has no report; the run's errors say why
         return []
-    return [{"method": c["method"], "params": c["params"], "map@10": round(c["map@10"], 4), "seconds": c["seconds"]}
+    # a candidate the early stop skipped has no score ("skipped" says why)
+    return [{"method": c["method"], "params": c["params"], "seconds": c["seconds"],
+             "map@10": round(c["map@10"], 4) if c["map@10"] is not None else "skipped"}
             for c in report["candidates"]]
 
 

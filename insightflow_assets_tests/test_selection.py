@@ -12,7 +12,7 @@ from insightflow_assets.postrank.export import complete_lists
 from insightflow_assets.ratings.build import target_orders
 from insightflow_assets.recommenders.base import Candidate
 from insightflow_assets.model.als import DEFAULT_PARAMS, recommend
-from insightflow_assets.selection.select import default_candidates, select, validation_split, validation_users
+from insightflow_assets.selection.select import default_candidates, ranking, select, validation_split, validation_users
 
 CANDIDATES = [
     Candidate("baseline"),
@@ -74,8 +74,6 @@ def test_winner_is_the_best_on_validation(data):
     assert report["winner"]["map@10"] == best["map@10"]
     assert set(report["best_per_method"]) == {c.method for c in CANDIDATES}
     # the winner is ranking()'s first (its tie rule tested below applies to the report)
-    from insightflow_assets.selection.select import ranking
-
     first = report["candidates"][ranking(report["candidates"])[0]]
     assert (report["winner"]["method"], report["winner"]["params"]) == (first["method"], first["params"])
 
@@ -156,3 +154,80 @@ def test_als_iterations_chosen_on_validation_for_the_stored_model(data):
     # one fit per count, continued: the 6-iteration model is reached once, shared by both methods
     (path,) = [v for k, v in window._memo.items() if k.startswith("als_path:")]
     assert path.done == 6
+
+
+def _als_family(factors: int, iterations: tuple[int, ...], postrank: tuple[int, ...]) -> list[Candidate]:
+    grid = {"als": [{"iterations": i} for i in iterations],
+            "als_postrank": [{"iterations": i, "postrank_alpha": 0.3, "popularity_kind": "user"} for i in postrank]}
+    return [c for c in default_candidates({**DEFAULT_PARAMS, "factors": factors}, grid) if c.method in grid]
+
+
+def test_als_iterations_stop_once_validation_falls(data):
+    """On this data 16-factor ALS scores lower at 5 iterations than at 2 (by about 12 %): the
+    15-iteration candidates (ALS and its post-rank) are not tried, the shared fit stops at 5,
+    and the report says why; with the early stop off every count is scored and the fit reaches 15."""
+    orders, lines = data
+    results = {}
+    for fall in (0.01, None):
+        window, truth = validation_split(orders, lines)
+        users = validation_users(truth, window, None, 42)
+        report = select(_als_family(16, (2, 5, 15), (2, 15)), window, truth, users, stop_fall=fall)
+        (path,) = [v for k, v in window._memo.items() if k.startswith("als_path:")]
+        results[fall] = (report, path.done)
+    stopped, done = results[0.01]
+    full, full_done = results[None]
+    scores = {(r["method"], r["params"]["iterations"]): r["map@10"] for r in full["candidates"]}
+    assert scores[("als", 5)] < 0.95 * scores[("als", 2)]  # the fall this test is about
+    assert done == 5 and full_done == 15 and full["early_stop"] == {}
+    skipped = [r for r in stopped["candidates"] if "skipped" in r]
+    assert {(r["method"], r["params"]["iterations"]) for r in skipped} == {("als", 15), ("als_postrank", 15)}
+    assert all(r["map@10"] is None for r in skipped)
+    assert "fell from" in stopped["early_stop"]["als"] and "iterations=2" in stopped["early_stop"]["als"]
+    # what was tried scored exactly as without the stop, and the choice is made among those only
+    for r in stopped["candidates"]:
+        if "skipped" not in r:
+            assert r["map@10"] == scores[(r["method"], r["params"]["iterations"])]
+    assert stopped["best_fit"]["als"]["params"]["iterations"] in (2, 5)
+    assert all(stopped["candidates"][i]["map@10"] is not None for i in ranking(stopped["candidates"]))
+
+
+def test_als_iterations_go_on_while_validation_rises(data):
+    """64-factor ALS improves from 1 to 3 to 6 iterations here: nothing is skipped."""
+    orders, lines = data
+    window, truth = validation_split(orders, lines)
+    users = validation_users(truth, window, None, 42)
+    report = select(_als_family(64, (1, 3, 6), ()), window, truth, users)
+    maps = [r["map@10"] for r in report["candidates"]]
+    assert maps[0] < maps[1] < maps[2] and report["early_stop"] == {}
+
+
+def test_early_stop_rule():
+    """A fall within the margin goes on; one beyond it stops the family's larger values only."""
+    from insightflow_assets.selection.select import EarlyStop
+
+    class Path:
+        name, label, fit_family, path_param = "als", "ALS", "als", "iterations"
+
+        def __init__(self, iterations):
+            self.iterations = iterations
+
+        def fit_params(self):
+            return {"iterations": self.iterations}
+
+    class Other(Path):
+        name, label, fit_family, path_param = "other", "Other", "other", None
+
+    row = lambda v: [{"map@10": v}]  # noqa: E731
+    stop = EarlyStop(0.01)
+    stop.record(Path(2), row(0.1057))
+    stop.record(Path(5), row(0.1053))  # -0.4 %: a tie, go on
+    assert stop.stopped(Path(15)) is None
+    stop.record(Path(15), row(0.0900))  # -14.5 %: stop past 15
+    assert stop.stopped(Path(15)) is None and stop.stopped(Path(30)) is not None
+    assert stop.stopped(Other(None)) is None and "-14.5%" in stop.reasons()["als"]
+    never = EarlyStop(None)
+    never.record(Path(2), row(0.2))
+    never.record(Path(5), row(0.01))
+    assert never.stopped(Path(15)) is None and never.reasons() == {}
+    fitted = [(None, Path(15), 0), (None, Other(None), 0), (None, Path(2), 0)]
+    assert stop.order([[0], [1], [2]], fitted) == [[1], [2], [0]]

@@ -17,6 +17,7 @@ class Als(Recommender):
 
     name, label = "als", "ALS"
     fit_family = "als"
+    path_param = "iterations"  # one fit continued (AlsPath): a later count costs only the extra iterations
     # fitted state: a stored or fully solved model, or a path (AlsPath) and its iteration count
     _model: AlsModel | None = None
     _path: AlsPath | None = None

@@ -84,6 +84,9 @@ class Recommender(ABC):
     # a baseline (no model, nothing tuned) wins an exact tie of validation scores: a model is
     # exported only when it beats one (the model selection's tie rule)
     baseline: ClassVar[bool] = False
+    # a fit parameter along which one fit is continued (ALS: iterations): the selection scores
+    # the family's candidates in ascending order of it and stops advancing once validation falls
+    path_param: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)

@@ -10,6 +10,7 @@ from insightflow_assets.common import current_run, run_asset
 from insightflow_assets.model.als import DEFAULT_PARAMS
 from insightflow_assets.selection.select import (
     REPORTED,
+    TIE,
     default_candidates,
     select,
     unvalidated,
@@ -35,6 +36,10 @@ class SelectionConfig(Config):
     grid: Optional[dict[str, list[dict[str, Any]]]] = Field(
         None, description="method -> list of parameter sets; None = the default grid (selection.select.DEFAULT_GRID)"
     )
+    early_stop_fall: Optional[float] = Field(
+        TIE, ge=0, description="ALS iterations: larger counts are not tried once a method's validation map@10 fell by "
+        "more than this share from one count to the next (selection.select.EarlyStop); None = try every count",
+    )
 
 
 @run_asset(
@@ -54,7 +59,7 @@ def model_selection(
     users = validation_users(truth, window, config.sample_users, config.seed)
     als = {**config.als, "fit_users": config.als_fit_users}
     candidates = default_candidates(als, config.grid)
-    report = select(candidates, window, truth, users) if users.size else unvalidated(candidates)
+    report = select(candidates, window, truth, users, stop_fall=config.early_stop_fall) if users.size else unvalidated(candidates)
     win = report["winner"]
     best = report["best_per_method"]
     return Output(
@@ -66,6 +71,8 @@ def model_selection(
             **{f"validation_{m}_{metric}": float(v[metric]) for m, v in best.items() for metric in REPORTED},
             # the grid and every score are in the stored selection.json (path above)
             "candidates": len(report["candidates"]),
+            "candidates_skipped": sum("skipped" in c for c in report["candidates"]),
+            **({"early_stop": "; ".join(report["early_stop"].values())} if report["early_stop"] else {}),
             **({"unvalidated": report["unvalidated"]} if "unvalidated" in report else {}),
         },
     )

@@ -66,19 +66,27 @@ def select(
     users: np.ndarray,
     *,
     n: int = 10,
+    stop_fall: float | None = TIE,
 ) -> dict[str, Any]:
-    """Score every candidate on the validation baskets and name the winner (`ranking`)."""
+    """Score every candidate on the validation baskets and name the winner (`ranking`).
+    ``stop_fall``: along a family's path parameter (ALS's iterations) the larger values are not
+    tried once a method's score fell by more than this share (`EarlyStop`); None tries them all."""
     popular = item_popularity(window.ratings)
     judged = prepare_truth(truth, users=users)  # prepared once, every candidate is scored on it
     by_index: dict[int, dict] = {}
     fitted = fit_all(candidates, window)
-    for group in _sharing_groups(fitted):
+    path = EarlyStop(stop_fall)
+    for group in path.order(_sharing_groups(fitted), fitted):
+        if reason := path.stopped(fitted[group[0]][1]):
+            by_index.update({i: _skipped(fitted[i][0], fitted[i][1], reason) for i in group})
+            continue
         t0 = time.perf_counter()
         lists = type(fitted[group[0]][1]).recommend_many([fitted[i][1] for i in group], users, n)
         shared = (time.perf_counter() - t0) / len(group)  # the group's common work, split evenly
         for i, recs in zip(group, lists):
             cand, rec, fit_seconds = fitted[i]
             by_index[i] = _scored(cand, rec, recs, users, n, popular, judged, fit_seconds + shared)
+        path.record(fitted[group[0]][1], [by_index[i] for i in group])
     rows = [by_index[i] for i in range(len(fitted))]
     order = ranking(rows)
     winner = rows[order[0]]
@@ -93,6 +101,8 @@ def select(
         "winner": {k: winner[k] for k in ("method", "label", "params", *REPORTED)},
         # other methods (their best configuration) within 1 % of the winner
         "ties": sorted({rows[i]["method"] for i in order[1:] if rows[i]["method"] != winner["method"] and _tied(rows[i], winner)}),
+        # family -> why its larger path values were not tried (their rows say "skipped")
+        "early_stop": path.reasons(),
     }
 
 
@@ -109,7 +119,8 @@ def ranking(rows: list[dict]) -> list[int]:
             return 0
         return 1 if REGISTRY[row["method"]].baseline else 2
 
-    return sorted(range(len(rows)), key=lambda i: (-rows[i][METRIC], -rows[i]["recall@10"], tie_rank(rows[i]), i))
+    scored = [i for i, row in enumerate(rows) if row[METRIC] is not None]  # not the skipped ones
+    return sorted(scored, key=lambda i: (-rows[i][METRIC], -rows[i]["recall@10"], tie_rank(rows[i]), i))
 
 
 def unvalidated(candidates: list[Candidate]) -> dict[str, Any]:
@@ -127,9 +138,59 @@ def unvalidated(candidates: list[Candidate]) -> dict[str, Any]:
         "best_fit": {},
         "winner": {"method": cls.name, "label": cls.label, "params": {}, **{m: None for m in REPORTED}},
         "ties": [],
+        "early_stop": {},
         "unvalidated": f"no user has a basket before their second-to-last one, so nothing could be validated; "
         f"{cls.label} (no hyperparameters) is exported and every model runs with its defaults",
     }
+
+
+class EarlyStop:
+    """Early stopping along a family's path parameter (`Recommender.path_param`, ALS's
+    iterations): its candidates are scored in ascending order of the parameter, and once a
+    method's best validation `METRIC` at one value falls by more than ``fall`` (a share) below
+    its score at the previous value, the family's larger values are not tried — the fit would
+    only continue a path that already turned down. A fall within ``fall`` (a tie) goes on."""
+
+    def __init__(self, fall: float | None) -> None:
+        self.fall = fall
+        self.scores: dict[tuple[str, Any], float] = {}  # (method, value) -> best METRIC there
+        self.stops: dict[str, tuple[Any, str]] = {}  # family -> (last value tried, why)
+
+    @staticmethod
+    def value(rec) -> Any:
+        return rec.fit_params().get(rec.path_param) if rec.path_param else None
+
+    def order(self, groups: list[list[int]], fitted: list) -> list[list[int]]:
+        """Groups off any path first, in order, then by ascending path value."""
+        return sorted(groups, key=lambda g: (self.value(fitted[g[0]][1]) is not None, self.value(fitted[g[0]][1]) or 0))
+
+    def stopped(self, rec) -> str | None:
+        value, stop = self.value(rec), self.stops.get(rec.fit_family)
+        return stop[1] if value is not None and stop is not None and value > stop[0] else None
+
+    def record(self, rec, rows: list[dict]) -> None:
+        value = self.value(rec)
+        if self.fall is None or value is None:
+            return
+        method, score = type(rec).name, max(r[METRIC] for r in rows)
+        earlier = [(v, s) for (m, v), s in self.scores.items() if m == method and v < value]
+        self.scores[(method, value)] = score
+        if not earlier or rec.fit_family in self.stops:
+            return
+        before, was = max(earlier)
+        if was > 0 and (was - score) / was > self.fall:
+            self.stops[rec.fit_family] = (value, (
+                f"{type(rec).label}'s validation {METRIC} fell from {was:.4f} at {rec.path_param}={before} "
+                f"to {score:.4f} at {value} ({(score - was) / was:+.1%}, more than {self.fall:.0%}): "
+                f"larger {rec.path_param} not tried"))
+
+    def reasons(self) -> dict[str, str]:
+        return {family: why for family, (_, why) in self.stops.items()}
+
+
+def _skipped(cand: Candidate, rec, reason: str) -> dict:
+    return {"method": cand.method, "label": type(rec).label, "params": cand.params,
+            **{m: None for m in REPORTED}, "seconds": 0.0, "skipped": reason}
 
 
 def _sharing_groups(fitted: list) -> list[list[int]]:
@@ -166,7 +227,7 @@ def _tied(row: dict, winner: dict) -> bool:
 def _best_per_method(rows: list[dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for row in rows:
-        if row["method"] not in best or row[METRIC] > best[row["method"]][METRIC]:
+        if row[METRIC] is not None and (row["method"] not in best or row[METRIC] > best[row["method"]][METRIC]):
             best[row["method"]] = row
     return {m: {"params": r["params"], **{k: r[k] for k in REPORTED}} for m, r in best.items()}
 
@@ -177,7 +238,9 @@ def _best_fit(rows: list[dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for row in rows:
         cls = REGISTRY[row["method"]]
-        if cls.fit_family is not None and (cls.fit_family not in best or row[METRIC] > best[cls.fit_family][METRIC]):
+        if row[METRIC] is None or cls.fit_family is None:
+            continue
+        if cls.fit_family not in best or row[METRIC] > best[cls.fit_family][METRIC]:
             best[cls.fit_family] = row
     return {fam: {"method": r["method"], "params": REGISTRY[r["method"]](**r["params"]).fit_params(), METRIC: r[METRIC]}
             for fam, r in best.items()}
