@@ -290,11 +290,12 @@ def _neighbour_sums(x: sp.csr_matrix, lists: np.ndarray) -> tuple[np.ndarray, np
     if k <= 0:
         z = np.zeros((c, x.shape[1]), dtype=np.float64)
         return z, z, 0
-    w = sp.csr_matrix(
-        (np.ones(c * k, dtype=np.float32), lists[:, :k].ravel(), np.arange(0, c * k + 1, k)),
-        shape=(c, x.shape[0]),
-    )
-    a = (w @ x).toarray().astype(np.float64)
+    # the k neighbours' rows gathered, each entry added into its cluster's dense row: one
+    # bincount instead of a sparse product (whose symbolic pass and sparse result cost ~3x)
+    sub = x[lists[:, :k].ravel()]
+    cluster = np.repeat(np.repeat(np.arange(c, dtype=np.int64), k), np.diff(sub.indptr))
+    a = np.bincount(cluster * x.shape[1] + sub.indices, weights=sub.data, minlength=c * x.shape[1])
+    a = a.reshape(c, x.shape[1])
     return a, a + x[lists[:, k]].toarray(), k
 
 
