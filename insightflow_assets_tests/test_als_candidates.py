@@ -119,3 +119,21 @@ def test_a_sample_is_scored_once_and_evaluated_alike(sampled, stored):
     for key in ("map@10", "recall@10", "ndcg@10", "precision@20"):
         assert als["als"][key] == pytest.approx(again["als"][key], abs=1e-12)
         assert als["baseline"][key] == pytest.approx(again["baseline"][key], abs=1e-12)
+
+
+def test_lightfm_is_scored_from_its_embeddings_for_the_evaluated_users(sampled, stored):
+    """`lightfm_model` stores embeddings only; als_eval scores LightFM's lists for its sampled
+    users from them (topped up from popularity), and reports what that scoring gives."""
+    from insightflow_assets.lightfm.embeddings import FILES, LightfmEmbeddings
+    from insightflow_assets.lightfm.fit import top_n
+
+    model, _, frames = stored
+    users = eval_users(frames["holdout"], SAMPLE, 3)
+    emb = LightfmEmbeddings.from_files({f: _path(sampled, "lightfm_model", f).read_bytes() for f in FILES})
+    lists = complete_lists(top_n(emb, users, max(KS)), pl.Series(users), max(KS), item_popularity(frames["ratings"]))
+    assert lists["user_id"].n_unique() == SAMPLE
+    again, _ = evaluation_report(recommend(model, None, users, max(KS)), frames["ratings"], frames["holdout"], users,
+                                 n_items=frames["products"].height, ks=KS, extra_recs={"lightfm": lists})
+    reported = _metrics(sampled, "als_eval")["methods"]["lightfm"]
+    for key in ("map@10", "recall@10", "ndcg@10", "precision@20"):
+        assert reported[key] == pytest.approx(again["methods"]["lightfm"][key], abs=1e-12)

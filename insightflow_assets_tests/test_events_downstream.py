@@ -248,6 +248,20 @@ def test_events_lists_input_errors(snap):
         category_lists(_candidates([1]), event_history(prior), snap["products"], [1], cart_popularity(prior), alpha=0.8, beta=0.4, n=5)
 
 
+def _embeddings(users, products: pl.DataFrame) -> ArtifactFolder:
+    """A stored `lightfm_model` (seeded random 4-d embeddings) of these users and products."""
+    from insightflow_assets.lightfm.embeddings import LightfmEmbeddings, encode_files
+
+    rng, items = np.random.default_rng(5), np.sort(products["product_id"].to_numpy()).astype(np.int32)
+    emb = LightfmEmbeddings(
+        item_ids=items, item_vectors=rng.normal(size=(items.size, 4)).astype(np.float32),
+        item_biases=np.zeros(items.size, np.float32), user_ids=np.array(users, np.int32),
+        user_vectors=rng.normal(size=(len(users), 4)).astype(np.float32), user_biases=np.zeros(len(users), np.float32),
+        params={},
+    )
+    return ArtifactFolder(encode_files(emb.to_files()))
+
+
 def _candidates(users, n: int = 30) -> pl.DataFrame:
     """Every item for every user, the model preferring low ids (so unavailable 3 is near the top)."""
     return pl.DataFrame(
@@ -378,7 +392,7 @@ def materialized(tmp_path_factory, snap, ratings, holdout):
     stored = {
         "orders_imputed": snap["raw_orders"], "raw_order_products": snap["raw_order_products"],
         "products": snap["products"], "ratings": ratings, "holdout": holdout,
-        "nbr_model": ArtifactFolder.of({"recs.parquet": some}), "lightfm_model": ArtifactFolder.of({"recs.parquet": some}),
+        "nbr_model": ArtifactFolder.of({"recs.parquet": some}), "lightfm_model": _embeddings(list(WARM), snap["products"]),
         "model_selection": {"metric": "map@10", "winner": {"method": "als", "label": "ALS", "params": {}, "map@10": 0.0},
                             "best_per_method": {}, "ties": []},
     }  # fmt: skip

@@ -86,7 +86,7 @@ LAYOUT_ADDED = {
     "lightfm_model": (
         "recsys/models/lightfm-{ts}",
         ("item_ids.npy", "item_vectors.npy", "item_biases.npy", "user_ids.npy", "user_vectors.npy", "user_biases.npy",
-         "params.json", "recs.parquet"),
+         "params.json"),
         "recsys/models/lightfm/latest",
     ),
     "basket_pairs": ("recsys/basket/pairs-{ts}", ("pairs.parquet", "items.parquet", "params.json", "profiles.json"), "recsys/basket/latest"),

@@ -26,8 +26,12 @@ from insightflow_assets.evaluation.offline import (
     metrics_table,
     undefined_metrics,
 )
+from insightflow_assets.evaluation.baselines import item_popularity
 from insightflow_assets.ingest.events_schema import is_events_form
+from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
+from insightflow_assets.lightfm.fit import top_n
 from insightflow_assets.model.als import AlsModel, lists_from, recommend
+from insightflow_assets.postrank.export import complete_lists
 from resources.io_manager import ArtifactFolder, markdown_table
 from resources.layout import Artifact
 
@@ -146,7 +150,12 @@ def als_eval(
     model = AlsModel.from_files(als_model.files)
     users = eval_users(holdout, config.sample_users, config.seed)
     recs = lists_from(model, als_candidates, users, max(config.ks))
-    extra = {"tifu_knn": nbr_model.frame("recs.parquet"), "lightfm": lightfm_model.frame("recs.parquet")}
+    k = max(config.ks)
+    # LightFM stores its embeddings; its lists are scored here, for the evaluated users only
+    # (topped up from popularity, as an export would be)
+    lightfm = top_n(LightfmEmbeddings.from_files(lightfm_model.files), users, k, num_threads=0)
+    extra = {"tifu_knn": nbr_model.frame("recs.parquet"),
+             "lightfm": complete_lists(lightfm, pl.Series(users), k, item_popularity(ratings))}
     more = None
     if is_events_form(products):
         # the peer's metric set in every entry, and the category re-rank of the same ALS candidates

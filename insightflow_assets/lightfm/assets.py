@@ -1,5 +1,6 @@
-"""LightFM: `lightfm_model`, the hybrid model's embeddings (numpy arrays, no pickle) and every
-user's top-K, with the number of epochs chosen on the validation basket."""
+"""LightFM: `lightfm_model`, the hybrid model's embeddings (numpy arrays, no pickle), with the
+number of epochs chosen on the validation basket. Lists are scored from them where they are
+read (the evaluation's users, the exports if LightFM wins), as ALS's are from its factors."""
 
 import time
 
@@ -8,20 +9,17 @@ import polars as pl
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output
 
 from insightflow_assets.common import current_run, run_asset, run_check
-from insightflow_assets.evaluation.baselines import item_popularity
 from insightflow_assets.lightfm.embeddings import FILES, LightfmEmbeddings, encode_files
-from insightflow_assets.lightfm.fit import LightfmParams, top_n, train, validation_ceiling
-from insightflow_assets.postrank.export import complete_lists
+from insightflow_assets.lightfm.fit import LightfmParams, train, validation_ceiling
 from insightflow_assets.selection.select import validation_split
 from resources.io_manager import ArtifactFolder
 from resources.layout import Artifact
 
 GROUP = "model"
-RECS_FILE = "recs.parquet"
 
 
 class LightfmConfig(Config):
-    """LightFM's hyperparameters (see lightfm.fit.LightfmParams) and the stored list length."""
+    """LightFM's hyperparameters (see lightfm.fit.LightfmParams)."""
 
     no_components: int = 32
     loss: str = "warp"
@@ -36,21 +34,20 @@ class LightfmConfig(Config):
     validation_users: int = 10_000  # users scored after each validation epoch; 0 = all
     validation_sample_users: int = 20_000  # users the validation phase is fitted on (seeded sample); 0 = all
     final_update_budget: int = 15_000_000  # most interactions × epochs of the final fit; 0 = no cap
-    k: int = 20  # list length stored per user (≥ the largest evaluation K)
 
     def params(self) -> LightfmParams:
-        return LightfmParams(**self.model_dump(exclude={"k"}))
+        return LightfmParams(**self.model_dump())
 
 
 @run_asset(
     group=GROUP,
-    storage=Artifact("recsys/models/lightfm-{ts}", (*FILES, RECS_FILE), latest="recsys/models/lightfm/latest"),
-    kinds={"lightfm", "numpy", "parquet"},
+    storage=Artifact("recsys/models/lightfm-{ts}", FILES, latest="recsys/models/lightfm/latest"),
+    kinds={"lightfm", "numpy"},
     description=(
         "LightFM hybrid (WARP): products = identity + aisle + department (the category in the transactions form), "
         "customers = identity + segment. Epochs chosen by early stopping on each user's second-to-last basket, "
-        "then refitted on the training window; item/user vectors and biases as .npy, recs.parquet = every user's "
-        "top-K (topped up from popularity)."
+        "then refitted on the training window; item/user vectors and biases as .npy (no lists: a user's list is one "
+        "product with the item vectors, scored where it is read, e.g. by als_eval for the users it evaluates)."
     ),
 )
 def lightfm_model(
@@ -70,15 +67,12 @@ def lightfm_model(
     window, truth = validation_split(orders_imputed, raw_order_products) if needs_split else (None, None)
     # No line per epoch: the curve is this materialization's `validation_curve` (one log line below).
     trained = train(ratings, window.ratings if window else None, truth, products, user_seg, params)
-    users = orders_imputed["user_id"].unique().sort()
-    recs = complete_lists(top_n(trained.embeddings, users, config.k, params.threads()), users, config.k,
-                          item_popularity(ratings))
     seconds = round(time.perf_counter() - t0, 2)
-    trained.embeddings.params.update(k=config.k, seconds=seconds)
+    trained.embeddings.params.update(seconds=seconds)
     # the validation scores of the chosen epoch, when there was a validation phase
     best = trained.curve[trained.best_epoch - 1] if trained.curve else {}
     return Output(
-        ArtifactFolder(encode_files({**trained.embeddings.to_files(), RECS_FILE: recs})),
+        ArtifactFolder(encode_files(trained.embeddings.to_files())),
         metadata={
             "epochs_run": len(trained.curve),
             "best_epoch": trained.best_epoch,

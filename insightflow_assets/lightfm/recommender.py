@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from insightflow_assets.lightfm.embeddings import LightfmEmbeddings
 from insightflow_assets.lightfm.fit import LightfmParams, Problem, fit_lightfm, top_n
 from insightflow_assets.recommenders.base import Recommender, TrainingWindow, register
 
@@ -46,9 +47,9 @@ class LightFm(Recommender):
     def for_export(cls, params, window: TrainingWindow, stored) -> "Recommender":
         # the run's lightfm_model (fitted with the epochs chosen on validation), when given
         if stored.get("lightfm_model") is not None:
-            from insightflow_assets.nbr.recommender import StoredLists
-
-            return StoredLists(stored["lightfm_model"].frame("recs.parquet"))
+            rec = cls(**params)
+            rec.embeddings = LightfmEmbeddings.from_files(stored["lightfm_model"].files)
+            return rec
         return cls(**params).fit(window)
 
     def _recommend(self, users: np.ndarray, n: int) -> pl.DataFrame:
